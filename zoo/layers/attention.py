@@ -1,0 +1,56 @@
+"""Multi-head self-attention with a fused path and an explicit path that exposes the attention map."""
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention.
+
+    x: (B, N, D) -> (B, N, D). With ``return_attention=True`` the explicit path runs and the
+    softmax-normalised map (B, heads, N, N) is returned as well; otherwise
+    ``F.scaled_dot_product_attention`` runs when ``fused`` is set.
+
+    Subclasses that change the map (talking heads, re-attention) override :meth:`attention_map`
+    and set ``fused = False``: the map cannot be changed inside a fused kernel.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False,
+                 qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 head_dim: int | None = None, fused: bool = True):
+        super().__init__()
+        if head_dim is None:
+            if dim % num_heads:
+                raise ValueError(f'dim {dim} is not divisible by num_heads {num_heads}')
+            head_dim = dim // num_heads
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.scale = qk_scale if qk_scale is not None else head_dim ** -0.5
+        self.fused = fused
+        inner_dim = num_heads * head_dim
+        self.qkv = nn.Linear(dim, 3 * inner_dim, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(inner_dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def attention_map(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """q: (B, h, Nq, d), k: (B, h, Nk, d) -> softmax(q k^T * scale): (B, h, Nq, Nk)."""
+        return ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """q, k, v: (B, h, N, d) -> (B, h, Nq, d) and the map (B, h, Nq, Nk) or None."""
+        if self.fused and not return_attention:
+            out = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale)
+            return out, None
+        attn = self.attention_map(q, k)
+        return self.attn_drop(attn) @ v, attn
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        q, k, v = rearrange(self.qkv(x), 'b n (three h d) -> three b h n d',
+                            three=3, h=self.num_heads)
+        out, attn = self.attend(q, k, v, return_attention)
+        out = self.proj_drop(self.proj(rearrange(out, 'b h n d -> b n (h d)')))
+        return (out, attn) if return_attention else out

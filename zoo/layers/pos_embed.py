@@ -1,0 +1,62 @@
+"""Position embeddings: resampling of learned tables to any grid, and fixed sinusoid tables."""
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+
+def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int],
+                       old_grid: tuple[int, int] | None = None, num_prefix_tokens: int = 1,
+                       interpolation: str = 'bicubic', antialias: bool = True) -> torch.Tensor:
+    """Interpolate a position table laid out as prefix rows then a row-major grid.
+
+    pos_embed: (1, P + h*w, D) -> (1, P + H*W, D) for new_grid (H, W); the P prefix rows (class,
+    distillation tokens) are kept as they are. ``old_grid`` defaults to a square grid.
+    Computed in float32 so half-precision tables are not degraded.
+    """
+    prefix, grid_rows = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    if old_grid is None:
+        side = math.isqrt(grid_rows.shape[1])
+        if side * side != grid_rows.shape[1]:
+            raise ValueError(f'cannot infer a square grid from {grid_rows.shape[1]} positions; '
+                             f'pass old_grid')
+        old_grid = (side, side)
+    new_grid = tuple(int(s) for s in new_grid)
+    if tuple(old_grid) == new_grid:
+        return pos_embed
+    grid_map = rearrange(grid_rows.float(), '1 (h w) d -> 1 d h w', h=old_grid[0], w=old_grid[1])
+    grid_map = F.interpolate(grid_map, size=new_grid, mode=interpolation, antialias=antialias,
+                             align_corners=False if interpolation in ('bilinear', 'bicubic') else None)
+    grid_rows = rearrange(grid_map, '1 d h w -> 1 (h w) d').to(pos_embed.dtype)
+    return torch.cat([prefix, grid_rows], dim=1)
+
+
+def sinusoid_pos_embed(num_positions: int, dim: int) -> torch.Tensor:
+    """1-D sinusoid table of "Attention is all you need": (1, num_positions, dim).
+
+    Row p: [sin(p / 10000^(2i/dim)), cos(p / 10000^(2i/dim))] interleaved over channels.
+    """
+    position = torch.arange(num_positions, dtype=torch.float64)[:, None]
+    exponent = 2 * (torch.arange(dim, dtype=torch.float64) // 2) / dim
+    angles = position / torch.pow(10000.0, exponent)[None]
+    table = torch.empty_like(angles)
+    table[:, 0::2] = torch.sin(angles[:, 0::2])
+    table[:, 1::2] = torch.cos(angles[:, 1::2])
+    return table.float()[None]
+
+
+def sincos_2d_pos_embed(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """2-D sin-cos table over an (H, W) grid: (1, H*W, dim), dim divisible by 4.
+
+    The first half of the channels encodes the row, the second the column.
+    """
+    if dim % 4:
+        raise ValueError(f'dim must be divisible by 4 for a 2-D sin-cos table, got {dim}')
+    h, w = grid
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32),
+                            torch.arange(w, dtype=torch.float32), indexing='ij')
+    omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
+    ys = rearrange(ys, 'h w -> (h w) 1') * omega
+    xs = rearrange(xs, 'h w -> (h w) 1') * omega
+    return torch.cat([ys.sin(), ys.cos(), xs.sin(), xs.cos()], dim=1)[None]

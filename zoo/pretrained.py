@@ -1,0 +1,139 @@
+"""Loading weights: official / timm checkpoints, converted to the zoo's layout, checked strictly."""
+import os
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+WRAPPER_KEYS = ('model', 'state_dict', 'state_dict_ema', 'model_ema')
+
+
+class CheckpointMismatchError(RuntimeError):
+    """The checkpoint and the model disagree; the message names every offending key."""
+
+
+def read_checkpoint(path: str) -> dict:
+    """Load a ``.pth`` / ``.pth.tar`` / ``.bin`` (torch) or ``.npz`` (JAX / big_vision) file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint {path!r} does not exist')
+    if path.endswith('.npz'):
+        with np.load(path) as npz:
+            return {k: torch.from_numpy(npz[k]) for k in npz.files}
+    try:
+        # Released checkpoints sometimes pickle an argparse Namespace next to the weights,
+        # which torch >= 2.6's weights_only default refuses; these files are the user's own choice.
+        return torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise RuntimeError(f'could not read checkpoint {path!r}: {e}') from e
+
+
+def unwrap_state_dict(checkpoint: Mapping, use_ema: bool = False) -> dict[str, torch.Tensor]:
+    """Strip training wrappers: ``model`` / ``state_dict`` / ``state_dict_ema`` entries and a
+    ``module.`` prefix (DataParallel / DDP)."""
+    order = ('state_dict_ema', 'model_ema') + WRAPPER_KEYS if use_ema else WRAPPER_KEYS
+    sd = checkpoint
+    for key in order:
+        if isinstance(sd.get(key), Mapping):
+            sd = sd[key]
+            break
+    sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    if sd and all(k.startswith('module.') for k in sd):
+        sd = {k[len('module.'):]: v for k, v in sd.items()}
+    return sd
+
+
+def _fmt(keys, limit=20):
+    keys = sorted(keys)
+    more = f' ... and {len(keys) - limit} more' if len(keys) > limit else ''
+    return ', '.join(keys[:limit]) + more
+
+
+def convert_checkpoint(model: nn.Module, checkpoint, use_ema: bool = False) -> dict:
+    """A path or a (wrapped) state dict -> a state dict in this model's key layout, through the
+    family converter ``model.checkpoint_filter_fn`` (key renames, position-table resampling)."""
+    if isinstance(checkpoint, (str, os.PathLike)):
+        checkpoint = read_checkpoint(os.fspath(checkpoint))
+    if not isinstance(checkpoint, Mapping):
+        raise TypeError(f'checkpoint must be a path or a state dict, got {type(checkpoint).__name__}')
+    sd = unwrap_state_dict(checkpoint, use_ema=use_ema)
+    convert = getattr(model, 'checkpoint_filter_fn', None)
+    return convert(sd, model) if convert is not None else sd
+
+
+def _is_classifier(model: nn.Module, key: str) -> bool:
+    return any(key == c or key.startswith(c + '.') for c in getattr(model, 'classifier_keys', ()))
+
+
+def classifier_mismatch(model: nn.Module, state_dict: dict) -> bool:
+    """True when the checkpoint's classifier has another shape (class count) than the model's."""
+    own = model.state_dict()
+    return any(_is_classifier(model, k) and k in own and own[k].shape != v.shape
+               for k, v in state_dict.items())
+
+
+def load_pretrained(model: nn.Module, checkpoint, strict: bool = True,
+                    reset_classifier: bool = False, use_ema: bool = False) -> nn.Module:
+    """Load ``checkpoint`` (a path or a state dict, official or timm layout) into ``model``.
+
+    The model's family converter maps foreign key layouts to the zoo's and resamples position
+    embeddings to the model's grid. With ``strict`` every key must match in name and shape, or a
+    CheckpointMismatchError names the missing, unexpected and mis-shaped keys.
+    ``reset_classifier`` drops the checkpoint's classifier (another class count) and keeps the
+    model's freshly initialised one.
+    """
+    sd = convert_checkpoint(model, checkpoint, use_ema=use_ema)
+    own = model.state_dict()
+    if reset_classifier:
+        dropped = [k for k in sd if _is_classifier(model, k)]
+        sd = {k: v for k, v in sd.items() if not _is_classifier(model, k)}
+        if dropped:
+            warnings.warn(f'classifier weights not loaded (reset_classifier): {_fmt(dropped)}',
+                          stacklevel=2)
+
+    missing = [k for k in own if k not in sd and not (reset_classifier and _is_classifier(model, k))]
+    unexpected = [k for k in sd if k not in own]
+    misshaped = [k for k in sd if k in own and sd[k].shape != own[k].shape]
+    if missing or unexpected or misshaped:
+        msg = [f'checkpoint does not match {type(model).__name__}:']
+        if missing:
+            msg.append(f'  missing keys ({len(missing)}): {_fmt(missing)}')
+        if unexpected:
+            msg.append(f'  unexpected keys ({len(unexpected)}): {_fmt(unexpected)}')
+        if misshaped:
+            shapes = [f'{k} (checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})'
+                      for k in misshaped]
+            msg.append(f'  mis-shaped keys ({len(misshaped)}): {_fmt(shapes)}')
+            if any(_is_classifier(model, k) for k in misshaped):
+                msg.append("  the classifier has another class count: pass reset_classifier=True "
+                           "to keep the model's new head")
+        if strict:
+            raise CheckpointMismatchError('\n'.join(msg))
+        warnings.warn('\n'.join(msg) + '\n  (strict=False: loading the keys that match)',
+                      stacklevel=2)
+        sd = {k: v for k, v in sd.items() if k in own and k not in misshaped}
+    model.load_state_dict(sd, strict=False)
+    return model
+
+
+def download_checkpoint(url: str, model_name: str) -> dict:
+    """Fetch released weights through torch.hub's cache (``$TORCH_HOME/hub/checkpoints``)."""
+    from urllib.error import URLError
+    cache = os.path.join(torch.hub.get_dir(), 'checkpoints')
+    try:
+        filename = os.path.basename(url.split('?')[0])
+        path = os.path.join(cache, filename)
+        if not os.path.isfile(path):
+            os.makedirs(cache, exist_ok=True)
+            # Release files carry a sha256 prefix in their name (deit_tiny_...-a1311bcf.pth).
+            match = torch.hub.HASH_REGEX.search(filename)
+            torch.hub.download_url_to_file(url, path, hash_prefix=match.group(1) if match else None,
+                                           progress=True)
+    except (URLError, OSError, ConnectionError) as e:
+        raise RuntimeError(
+            f'could not download the pretrained weights of {model_name} from {url} ({e}). '
+            f'This machine seems to be offline: download the file elsewhere, then pass its path, '
+            f'e.g. create_model({model_name!r}, pretrained="/path/to/{filename}"), or copy it to '
+            f'{cache}/') from e
+    return read_checkpoint(path)

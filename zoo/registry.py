@@ -1,0 +1,59 @@
+"""One registry for every backbone, built on mmengine's Registry so configs can say
+``backbone=dict(type='t2t_vit_14')``."""
+import difflib
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Callable
+
+from mmengine.registry import Registry
+
+MODELS = Registry('zoo backbone')
+
+
+@dataclass
+class ModelInfo:
+    """What the zoo knows about a registered variant besides how to build it.
+
+    url: the officially released weights (None where none were released).
+    paper: figures the paper / official README reports (params in M, gmacs, top1).
+    """
+    name: str
+    url: str | None = None
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    paper: dict = field(default_factory=dict)
+    source: str = ''
+
+
+MODEL_INFO: dict[str, ModelInfo] = {}
+
+
+def register_model(url: str | None = None, input_size=(3, 224, 224), mean=None, std=None,
+                   source: str = '', **paper) -> Callable:
+    """Decorator registering a builder ``fn(**overrides) -> nn.Module`` under its own name."""
+    def wrap(fn):
+        info = ModelInfo(fn.__name__, url=url, input_size=tuple(input_size), paper=paper,
+                         source=source)
+        if mean is not None:
+            info.mean = tuple(mean)
+        if std is not None:
+            info.std = tuple(std)
+        MODELS.register_module(name=fn.__name__, module=fn)
+        MODEL_INFO[fn.__name__] = info
+        return fn
+    return wrap
+
+
+def list_models(pattern: str = '*') -> list[str]:
+    """Registered names matching a shell-style ``pattern``, sorted."""
+    return sorted(n for n in MODEL_INFO if fnmatch.fnmatch(n, pattern))
+
+
+def get_model_info(name: str) -> ModelInfo:
+    if name not in MODEL_INFO:
+        close = difflib.get_close_matches(name, MODEL_INFO, n=5, cutoff=0.5)
+        hint = f'; did you mean {", ".join(close)}?' if close else ''
+        raise ValueError(f'unknown model {name!r}{hint} '
+                         f'(zoo.list_models() lists all {len(MODEL_INFO)} names)')
+    return MODEL_INFO[name]
