@@ -18,6 +18,8 @@ class Block(nn.Module):
     x = x + drop_path(ls1(attn(norm1(x)))); x = x + drop_path(ls2(mlp(norm2(x)))).
     ``attn_layer`` and ``mlp_layer`` let a family swap in its own attention or feed-forward
     (talking heads, re-attention, LeFF, ...) while the residual structure stays here.
+    ``grid`` (h, w) of the patch tokens is handed to both only when given: layers that work on
+    the 2-D map (convolutional projections, LeFF) take it, the plain ones never see it.
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
@@ -37,11 +39,13 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None,
+                return_attention: bool = False):
+        kw = {} if grid is None else {'grid': grid}
         if return_attention:
-            y, attn = self.attn(self.norm1(x), return_attention=True)
+            y, attn = self.attn(self.norm1(x), return_attention=True, **kw)
         else:
-            y, attn = self.attn(self.norm1(x)), None
+            y, attn = self.attn(self.norm1(x), **kw), None
         x = x + self.drop_path1(self.ls1(y))
-        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x), **kw)))
         return (x, attn) if return_attention else x
