@@ -18,5 +18,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_features, out_features, bias=bias)
         self.drop2 = nn.Dropout(drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """``grid`` is accepted and ignored: Block hands the token grid to its mlp_layer whenever
+        it hands it to the attention, and this feed-forward is per token."""
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))

@@ -1,0 +1,187 @@
+"""Inference throughput and peak memory of zoo models, side by side with a peer implementation
+(timm, or Hugging Face transformers where timm has none) measured in the same run.
+
+    python tools/benchmark.py --models vit_small_patch16_224,deit_small_patch16_224 --batch-size 8
+    python tools/benchmark.py --device cuda --dtype bfloat16          # on a GPU
+
+Throughput: ours and the peer alternate round by round (so drift in machine load hits both),
+each round timing ``--iters`` forwards; the median round gives images/s. Peak memory: on CUDA
+``max_memory_allocated``; on CPU the growth of the resident set during one forward, each model in
+a fresh subprocess so one implementation's freed pages cannot hide the other's.
+"""
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import _bootstrap  # noqa: F401
+import torch
+
+import zoo
+
+DEFAULT_MODELS = ['vit_small_patch16_224', 'deit_small_patch16_224']
+
+
+def peer_builder(name: str):
+    """A function building the peer implementation of ``name`` (random weights), or None."""
+    try:
+        import timm
+    except ImportError:
+        return None
+    if name in timm.list_models():
+        return lambda: timm.create_model(name, pretrained=False)
+    return None
+
+
+def build(name: str, impl: str, device, dtype):
+    model = zoo.create_model(name) if impl == 'zoo' else peer_builder(name)()
+    return model.eval().to(device=device, dtype=dtype)
+
+
+def input_for(name: str, batch: int, img_size, device, dtype):
+    size = img_size or zoo.get_model_info(name).input_size[1:]
+    return torch.randn(batch, 3, *size, device=device, dtype=dtype)
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def time_round(model, x, iters: int) -> float:
+    sync(x.device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        model(x)
+    sync(x.device)
+    return (time.perf_counter() - start) / iters
+
+
+@torch.inference_mode()
+def throughput(name: str, args, device, dtype) -> dict:
+    impls = ['zoo'] + (['peer'] if peer_builder(name) and not args.no_peer else [])
+    models = {i: build(name, i, device, dtype) for i in impls}
+    x = input_for(name, args.batch_size, args.img_size, device, dtype)
+    for _ in range(args.warmup):
+        for m in models.values():
+            m(x)
+    times = {i: [] for i in impls}
+    for _ in range(args.rounds):
+        for i in impls:
+            times[i].append(time_round(models[i], x, args.iters))
+    return {i: args.batch_size / statistics.median(t) for i, t in times.items()}
+
+
+def _rss_kib(field: str) -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1])
+    raise RuntimeError(f'{field} not in /proc/self/status')
+
+
+@torch.inference_mode()
+def peak_memory_mib(name: str, impl: str, args, device, dtype) -> float:
+    """Peak memory of one forward beyond what model and input already hold, in MiB."""
+    model = build(name, impl, device, dtype)
+    x = input_for(name, args.batch_size, args.img_size, device, dtype)
+    if device.type == 'cuda':
+        model(x)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        model(x)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    # Writing 5 to clear_refs resets the resident-set high-water mark (Linux >= 4.0).
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
+    base = _rss_kib('VmRSS')
+    model(x)
+    return (_rss_kib('VmHWM') - base) / 1024
+
+
+def memory_in_subprocess(name: str, impl: str, args) -> float | None:
+    cmd = [sys.executable, __file__, '--child-memory', name, impl, '--batch-size', str(args.batch_size),
+           '--device', args.device, '--dtype', args.dtype]
+    if args.img_size:
+        cmd += ['--img-size', *map(str, args.img_size)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        print(done.stderr, file=sys.stderr)
+        return None
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next(l.split(':', 1)[1].strip() for l in f if l.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    return f'{cpu}, {torch.get_num_threads()} threads'
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--models', default=','.join(DEFAULT_MODELS),
+                   help='comma-separated zoo names or shell patterns (zoo.list_models)')
+    p.add_argument('--batch-size', type=int, default=8)
+    p.add_argument('--img-size', type=int, nargs=2, metavar=('H', 'W'),
+                   help='input size (default: the model\'s own)')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'])
+    p.add_argument('--warmup', type=int, default=3)
+    p.add_argument('--rounds', type=int, default=7)
+    p.add_argument('--iters', type=int, default=3, help='forwards per timed round')
+    p.add_argument('--no-memory', action='store_true')
+    p.add_argument('--no-peer', action='store_true')
+    p.add_argument('--json', help='also write the results here')
+    p.add_argument('--child-memory', nargs=2, metavar=('NAME', 'IMPL'), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+
+    if args.child_memory:
+        print(peak_memory_mib(*args.child_memory, args, device, dtype))
+        return
+
+    names = []
+    for pattern in args.models.split(','):
+        found = zoo.list_models(pattern) if any(c in pattern for c in '*?[') else [pattern]
+        for n in found:
+            zoo.get_model_info(n)  # unknown names fail here, with suggestions
+            names.append(n)
+
+    print(f'# {machine()}; torch {torch.__version__}; batch {args.batch_size}; {args.dtype}; '
+          f'inference')
+    header = f'{"model":34s} {"zoo img/s":>10s} {"peer img/s":>10s} {"ratio":>6s}' + \
+        ('' if args.no_memory else f' {"zoo MiB":>8s} {"peer MiB":>8s} {"mem ratio":>9s}')
+    print(header)
+    results = []
+    for name in names:
+        ips = throughput(name, args, device, dtype)
+        row = dict(model=name, zoo_ips=ips['zoo'], peer_ips=ips.get('peer'))
+        if not args.no_memory:
+            row['zoo_mib'] = memory_in_subprocess(name, 'zoo', args)
+            row['peer_mib'] = memory_in_subprocess(name, 'peer', args) if 'peer' in ips else None
+        results.append(row)
+        fmt = lambda v, spec: format(v, spec) if v is not None else f'{"-":>{spec.split(".")[0]}}'  # noqa: E731
+        ratio = ips['zoo'] / ips['peer'] if 'peer' in ips else None
+        line = f'{name:34s} {fmt(ips["zoo"], "10.1f")} {fmt(ips.get("peer"), "10.1f")} {fmt(ratio, "5.2f")}x'
+        if not args.no_memory:
+            mratio = row['zoo_mib'] / row['peer_mib'] if row.get('peer_mib') else None
+            line += f' {fmt(row["zoo_mib"], "8.0f")} {fmt(row["peer_mib"], "8.0f")} {fmt(mratio, "8.2f")}x'
+        print(line, flush=True)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(machine=machine(), torch=torch.__version__, args=vars(args), results=results), f, indent=1)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,76 @@
+"""Class attention (CaiT): the class token alone attends to the frozen patch tokens."""
+import torch
+from einops import rearrange
+from torch import nn
+
+from .attention import Attention
+from .block import LayerNorm6
+from .drop import DropPath
+from .layer_scale import LayerScale
+from .mlp import Mlp
+
+
+class ClassAttention(Attention):
+    """Attention whose only query is the class token.
+
+    x: (B, 1 + N, D), [cls, patches] -> the class token's update (B, 1, D); with
+    ``return_attention=True`` also the map (B, heads, 1, 1 + N).
+    The released checkpoints keep separate q, k and v projections, so the fused ``qkv`` Linear
+    of :class:`Attention` is replaced; the fused / explicit attention core is inherited.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False,
+                 qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 head_dim: int | None = None, fused: bool = True):
+        super().__init__(dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
+                         attn_drop=attn_drop, proj_drop=proj_drop, head_dim=head_dim, fused=fused)
+        del self.qkv
+        inner_dim = self.num_heads * self.head_dim
+        self.q = nn.Linear(dim, inner_dim, bias=qkv_bias)
+        self.k = nn.Linear(dim, inner_dim, bias=qkv_bias)
+        self.v = nn.Linear(dim, inner_dim, bias=qkv_bias)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        split = 'b n (h d) -> b h n d'
+        q = rearrange(self.q(x[:, :1]), split, h=self.num_heads)
+        k = rearrange(self.k(x), split, h=self.num_heads)
+        v = rearrange(self.v(x), split, h=self.num_heads)
+        out, attn = self.attend(q, k, v, return_attention)
+        out = self.proj_drop(self.proj(rearrange(out, 'b h n d -> b n (h d)')))
+        return (out, attn) if return_attention else out
+
+
+class ClassAttentionBlock(nn.Module):
+    """CaiT's class-attention block: updates the class token only.
+
+    x: patch tokens (B, N, D), left unchanged; cls: (B, 1, D) -> new cls (B, 1, D).
+    cls = cls + drop_path(ls1(attn(norm1([cls, x])))); cls = cls + drop_path(ls2(mlp(norm2(cls)))).
+    The MLP runs on the class token alone, which keeps the block cheap at any sequence length.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
+                 qk_scale: float | None = None, drop: float = 0.0, attn_drop: float = 0.0,
+                 drop_path: float = 0.0, init_values: float | None = 1e-5,
+                 act_layer: type[nn.Module] = nn.GELU, norm_layer=LayerNorm6,
+                 attn_layer=ClassAttention, mlp_layer=Mlp, fused_attn: bool = True):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = attn_layer(dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
+                               attn_drop=attn_drop, proj_drop=drop, fused=fused_attn)
+        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = mlp_layer(in_features=dim, hidden_features=int(dim * mlp_ratio),
+                             act_layer=act_layer, drop=drop)
+        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cls: torch.Tensor, return_attention: bool = False):
+        tokens = self.norm1(torch.cat([cls, x], dim=1))
+        if return_attention:
+            y, attn = self.attn(tokens, return_attention=True)
+        else:
+            y, attn = self.attn(tokens), None
+        cls = cls + self.drop_path1(self.ls1(y))
+        cls = cls + self.drop_path2(self.ls2(self.mlp(self.norm2(cls))))
+        return (cls, attn) if return_attention else cls

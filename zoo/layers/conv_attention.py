@@ -1,0 +1,67 @@
+"""Convolutional-projection attention (CvT): q, k and v are taken from the token map through a
+depthwise convolution before their linear projections; k and v on a coarser grid."""
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .attention import Attention
+
+
+class ConvProjection(nn.Sequential):
+    """Depthwise k x k convolution (no bias) -> BatchNorm on a map: (B, D, h, w) -> (B, D, h', w'),
+    h' = ceil(h / stride) for k = 3, padding 1. Children are named ``conv`` and ``bn`` as in the
+    official CvT checkpoints."""
+
+    def __init__(self, dim: int, kernel_size: int = 3, stride: int = 1):
+        super().__init__(OrderedDict([
+            ('conv', nn.Conv2d(dim, dim, kernel_size, stride, kernel_size // 2, groups=dim,
+                               bias=False)),
+            ('bn', nn.BatchNorm2d(dim)),
+        ]))
+
+
+class ConvProjectionAttention(Attention):
+    """Multi-head attention whose q / k / v inputs pass through a :class:`ConvProjection` each.
+
+    x: (B, P + h*w, D) with P prefix (class) tokens first; ``grid=(h, w)`` is required.
+    Returns (B, P + h*w, D) and, with ``return_attention``, the map (B, heads, P + h*w, P + h'*w')
+    where (h', w') is the grid after the k / v stride. Prefix tokens skip the convolutions and
+    join the projected tokens unchanged. The three linear projections are the rows of the
+    inherited ``qkv`` Linear (q, k, v stacked), applied to their three different inputs.
+
+    The scale defaults to ``dim ** -0.5`` over the full width, not the head width: the official
+    code does so (``self.scale = dim_out ** -0.5``) and its weights were trained with it.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False,
+                 qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 fused: bool = True, kernel_size: int = 3, stride_q: int = 1, stride_kv: int = 2,
+                 num_prefix_tokens: int = 0):
+        super().__init__(dim, num_heads, qkv_bias=qkv_bias,
+                         qk_scale=dim ** -0.5 if qk_scale is None else qk_scale,
+                         attn_drop=attn_drop, proj_drop=proj_drop, fused=fused)
+        self.num_prefix_tokens = num_prefix_tokens
+        self.conv_proj_q = ConvProjection(dim, kernel_size, stride_q)
+        self.conv_proj_k = ConvProjection(dim, kernel_size, stride_kv)
+        self.conv_proj_v = ConvProjection(dim, kernel_size, stride_kv)
+
+    def project_inputs(self, x: torch.Tensor, grid: tuple[int, int]) -> list[torch.Tensor]:
+        """(B, P + h*w, D) -> the q, k and v inputs, each (B, P + n, D) with n the tokens of
+        its strided grid."""
+        h, w = grid
+        prefix, tokens = x[:, :self.num_prefix_tokens], x[:, self.num_prefix_tokens:]
+        fmap = rearrange(tokens, 'b (h w) d -> b d h w', h=h, w=w)
+        return [torch.cat([prefix, rearrange(proj(fmap), 'b d h w -> b (h w) d')], dim=1)
+                for proj in (self.conv_proj_q, self.conv_proj_k, self.conv_proj_v)]
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int], return_attention: bool = False):
+        weights = self.qkv.weight.chunk(3)
+        biases = self.qkv.bias.chunk(3) if self.qkv.bias is not None else (None,) * 3
+        q, k, v = [rearrange(F.linear(t, wt, bs), 'b n (h d) -> b h n d', h=self.num_heads)
+                   for t, wt, bs in zip(self.project_inputs(x, grid), weights, biases)]
+        out, attn = self.attend(q, k, v, return_attention)
+        out = self.proj_drop(self.proj(rearrange(out, 'b h n d -> b n (h d)')))
+        return (out, attn) if return_attention else out
