@@ -48,9 +48,12 @@ class Attention(nn.Module):
         attn = self.attention_map(q, k)
         return self.attn_drop(attn) @ v, attn
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
+    def forward(self, x: torch.Tensor, return_attention: bool = False,
+                grid: tuple[int, int] | None = None):
+        """``grid`` is accepted and ignored so Block can hand the patch grid to a grid-aware
+        feed-forward (LeFF) next to a plain attention."""
         q, k, v = rearrange(self.qkv(x), 'b n (three h d) -> three b h n d',
-                            three=3, h=self.num_heads)
+                            three=3, h=self.num_heads).unbind(0)
         out, attn = self.attend(q, k, v, return_attention)
         out = self.proj_drop(self.proj(rearrange(out, 'b h n d -> b n (h d)')))
         return (out, attn) if return_attention else out
