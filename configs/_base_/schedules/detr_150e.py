@@ -1,0 +1,13 @@
+# AdamW 1e-4 (backbone 1e-5), weight decay 1e-4, gradient-norm clip 0.1, lr drop at epoch 100.
+# A short linear warm-up: transformer backbones need it (ViTDet); DETR's CNN did without.
+optim_wrapper = dict(
+    type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-4, weight_decay=1e-4),
+    clip_grad=dict(max_norm=0.1, norm_type=2),
+    paramwise_cfg=dict(custom_keys={'net.backbone': dict(lr_mult=0.1)}))
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=150, val_interval=10)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=500),
+    dict(type='MultiStepLR', milestones=[100], gamma=0.1, by_epoch=True),
+]

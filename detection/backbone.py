@@ -1,0 +1,63 @@
+"""Backbones for the detectors: any zoo model (through feature_info / forward_feature_maps) or
+torchvision's ResNet-50 with frozen batch norm, DETR's classic baseline."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import resnet50
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+import zoo
+
+
+class ZooBackbone(nn.Module):
+    """A zoo classifier used for its feature maps.
+
+    forward(images (B, 3, H, W)) -> the maps of ``out_indices`` (B, C_i, H/s_i, W/s_i);
+    ``feature_info`` lists their channels and strides. H and W must be multiples of the
+    largest stride (the collate function pads batches to that).
+    """
+
+    def __init__(self, name: str, pretrained=False, out_indices=(-1,), **overrides):
+        super().__init__()
+        self.body = zoo.create_model(name, pretrained=pretrained, num_classes=0, **overrides)
+        n = len(self.body.feature_info)
+        self.out_indices = [i % n for i in out_indices]
+        self.feature_info = [self.body.feature_info[i] for i in self.out_indices]
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        maps = self.body.forward_feature_maps(images)
+        return [maps[i] for i in self.out_indices]
+
+
+class ResNetBackbone(nn.Module):
+    """torchvision ResNet-50, frozen batch norm, stem and layer1 frozen (as DETR trains it).
+    forward(images) -> C3, C4, C5 maps (strides 8, 16, 32) selected by ``out_indices``."""
+
+    def __init__(self, pretrained: bool = False, out_indices=(-1,)):
+        super().__init__()
+        weights = 'IMAGENET1K_V1' if pretrained else None
+        net = resnet50(weights=weights, norm_layer=FrozenBatchNorm2d)
+        for name, p in net.named_parameters():
+            if not name.startswith(('layer2', 'layer3', 'layer4')):
+                p.requires_grad_(False)
+        self.body = IntermediateLayerGetter(net, {'layer2': '0', 'layer3': '1', 'layer4': '2'})
+        all_info = [dict(channels=512, stride=8), dict(channels=1024, stride=16),
+                    dict(channels=2048, stride=32)]
+        self.out_indices = [i % 3 for i in out_indices]
+        self.feature_info = [all_info[i] for i in self.out_indices]
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        maps = list(self.body(images).values())
+        return [maps[i] for i in self.out_indices]
+
+
+def build_backbone(name: str, pretrained=False, out_indices=(-1,), **overrides) -> nn.Module:
+    if name == 'resnet50':
+        return ResNetBackbone(pretrained=bool(pretrained), out_indices=out_indices)
+    return ZooBackbone(name, pretrained=pretrained, out_indices=out_indices, **overrides)
+
+
+def downsample_mask(mask: torch.Tensor, size) -> torch.Tensor:
+    """Padding mask (B, H, W) -> (B, h, w), nearest."""
+    return F.interpolate(mask[:, None].float(), size=size).bool()[:, 0]

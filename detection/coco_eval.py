@@ -1,0 +1,68 @@
+"""COCO box mAP with pycocotools, returned as named numbers."""
+import contextlib
+import copy
+import io
+import json
+import os
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+STAT_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl')
+
+
+def load_coco(gt) -> COCO:
+    """A COCO object from a json path, a COCO-format dict or an existing COCO object."""
+    if isinstance(gt, COCO):
+        return gt
+    if isinstance(gt, (str, os.PathLike)):
+        with open(gt) as f:
+            gt = json.load(f)
+    if not isinstance(gt, dict) or 'images' not in gt or 'annotations' not in gt:
+        raise ValueError('ground truth must be a COCO json path or dict with "images", '
+                         '"annotations" and "categories"')
+    gt = copy.deepcopy(gt)
+    gt.setdefault('categories', [])
+    for i, ann in enumerate(gt['annotations'], start=1):
+        # COCOeval stores matched annotation ids and reads 0 as "unmatched": an annotation with
+        # id 0 could never count as found. Ids are renumbered from 1 (on a copy).
+        ann['id'] = i
+        ann.setdefault('iscrowd', 0)
+        if 'area' not in ann:
+            ann['area'] = float(ann['bbox'][2] * ann['bbox'][3])
+    coco = COCO()
+    coco.dataset = gt
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def coco_evaluate(gt, detections: list[dict], verbose: bool = False) -> dict[str, float]:
+    """COCO box evaluation: the 12 standard COCOeval stats by name (AP ... ARl), in [0, 1].
+
+    gt: a COCO json path or dict; detections: ``{'image_id', 'category_id', 'bbox': [x, y, w, h]
+    in original-image pixels, 'score'}``. An empty detection list scores 0 everywhere (pycocotools'
+    loadRes cannot take one). Only images present in ``gt`` are evaluated.
+    """
+    coco = load_coco(gt)
+    if not detections:
+        return {k: 0.0 for k in STAT_NAMES}
+    known = set(coco.getImgIds())
+    unknown = {d['image_id'] for d in detections} - known
+    if unknown:
+        raise ValueError(f'detections refer to image ids absent from the ground truth: '
+                         f'{sorted(unknown)[:10]}')
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink):
+        dt = coco.loadRes([dict(d, bbox=[float(v) for v in d['bbox']], score=float(d['score']))
+                           for d in detections])
+        ev = COCOeval(coco, dt, iouType='bbox')
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    if verbose:
+        print(sink.getvalue())
+    # COCOeval reports -1 where no ground truth falls in an area range; it is kept so that
+    # "nothing to find" stays distinguishable from "found nothing".
+    return {k: float(v) for k, v in zip(STAT_NAMES, np.asarray(ev.stats))}

@@ -1,0 +1,78 @@
+"""Set prediction losses of DETR (cross-entropy) and Deformable DETR (sigmoid focal)."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
+
+from .distributed import all_reduce_mean
+
+
+class SetCriterion(nn.Module):
+    """Losses over matched (query, target) pairs, for the final and every auxiliary output.
+
+    Classification: DETR's cross-entropy over C+1 classes with ``eos_coef`` weighting the
+    no-object class, or with ``focal=True`` sigmoid focal loss over C classes (no no-object slot).
+    Boxes: L1 on normalised cxcywh and 1 - GIoU, summed over matches and divided by the number of
+    target boxes averaged over processes (at least 1), so every box weighs the same everywhere.
+    """
+
+    def __init__(self, num_classes: int, matcher: nn.Module, weight_class: float = 1.0,
+                 weight_bbox: float = 5.0, weight_giou: float = 2.0, eos_coef: float = 0.1,
+                 focal: bool = False, focal_alpha: float = 0.25, focal_gamma: float = 2.0):
+        super().__init__()
+        self.num_classes, self.matcher, self.focal = num_classes, matcher, focal
+        self.weights = dict(loss_class=weight_class, loss_bbox=weight_bbox, loss_giou=weight_giou)
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = eos_coef
+        self.register_buffer('empty_weight', empty_weight, persistent=False)
+
+    def loss_class(self, logits, targets, indices, num_boxes):
+        """logits (B, Q, C+1) or (B, Q, C) with focal."""
+        b, q = logits.shape[:2]
+        target_classes = torch.full((b, q), self.num_classes, dtype=torch.int64, device=logits.device)
+        for i, (src, tgt) in enumerate(indices):
+            target_classes[i, src.to(logits.device)] = targets[i]['labels'].to(logits.device)[tgt]
+        if not self.focal:
+            return F.cross_entropy(logits.transpose(1, 2).float(), target_classes, self.empty_weight)
+        onehot = F.one_hot(target_classes, self.num_classes + 1)[..., :-1].to(logits.dtype)
+        loss = sigmoid_focal_loss(logits.float(), onehot.float(), self.focal_alpha, self.focal_gamma,
+                                  reduction='none')
+        # Deformable DETR's normalisation: summed over queries and classes, per target box.
+        return loss.sum() / num_boxes
+
+    @staticmethod
+    def loss_boxes(pred_boxes, targets, indices, num_boxes):
+        """pred_boxes (B, Q, 4) normalised cxcywh -> (L1, GIoU) losses."""
+        src = torch.cat([pred_boxes[i, s] for i, (s, _) in enumerate(indices)]).float()
+        tgt = torch.cat([t['boxes'][j] for t, (_, j) in zip(targets, indices)]).to(src)
+        l1 = F.l1_loss(src, tgt, reduction='none').sum() / num_boxes
+        giou = torch.diag(generalized_box_iou(box_convert(src, 'cxcywh', 'xyxy'),
+                                              box_convert(tgt, 'cxcywh', 'xyxy')))
+        return l1, (1 - giou).sum() / num_boxes
+
+    def single(self, outputs: dict, targets: list[dict], num_boxes: float) -> dict:
+        indices = self.matcher(outputs, targets)
+        l1, giou = self.loss_boxes(outputs['pred_boxes'], targets, indices, num_boxes)
+        return dict(loss_class=self.loss_class(outputs['pred_logits'], targets, indices, num_boxes),
+                    loss_bbox=l1, loss_giou=giou)
+
+    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, torch.Tensor]:
+        """outputs: pred_logits, pred_boxes, optional aux_outputs (list of the same per decoder
+        layer) and enc_outputs (two-stage); targets: per image labels (N,), boxes (N, 4).
+        Returns weighted losses: loss_class, loss_bbox, loss_giou and d{i}.* per auxiliary layer."""
+        device = outputs['pred_boxes'].device
+        num_boxes = torch.tensor(float(sum(len(t['labels']) for t in targets)), device=device)
+        num_boxes = all_reduce_mean(num_boxes).clamp(min=1).item()
+        parts = {'': outputs}
+        parts.update({f'd{i}.': aux for i, aux in enumerate(outputs.get('aux_outputs', []))})
+        if 'enc_outputs' in outputs:
+            parts['enc.'] = outputs['enc_outputs']
+        losses = {}
+        for prefix, out in parts.items():
+            tgts = targets
+            if prefix == 'enc.':  # two-stage proposals are class-agnostic
+                tgts = [dict(t, labels=torch.zeros_like(t['labels'])) for t in targets]
+            for name, value in self.single(out, tgts, num_boxes).items():
+                losses[prefix + name] = value * self.weights[name]
+        return losses

@@ -1,0 +1,84 @@
+"""DETR (Carion et al., 2020): a set predictor on top of any backbone."""
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from torchvision.ops import box_convert
+
+from .backbone import build_backbone, downsample_mask
+from .position_encoding import SinePositionEncoding
+from .transformer import Transformer
+
+
+class MLP(nn.Module):
+    """The box head: ``num_layers`` Linear layers with ReLU between them."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, num_layers: int):
+        super().__init__()
+        dims = [in_dim] + [hidden] * (num_layers - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+        return x
+
+
+class DETR(nn.Module):
+    """images (B, 3, H, W) and padding mask (B, H, W) -> dict(pred_logits (B, Q, C+1),
+    pred_boxes (B, Q, 4) cxcywh normalised by each image's un-padded size, aux_outputs)."""
+
+    def __init__(self, backbone: dict | nn.Module, num_classes: int, num_queries: int = 100,
+                 hidden_dim: int = 256, num_heads: int = 8, enc_layers: int = 6,
+                 dec_layers: int = 6, ffn_dim: int = 2048, dropout: float = 0.1,
+                 aux_loss: bool = True):
+        super().__init__()
+        self.backbone = build_backbone(**backbone) if isinstance(backbone, dict) else backbone
+        self.num_classes, self.aux_loss = num_classes, aux_loss
+        self.input_proj = nn.Conv2d(self.backbone.feature_info[-1]['channels'], hidden_dim, 1)
+        self.position = SinePositionEncoding(hidden_dim // 2)
+        self.transformer = Transformer(hidden_dim, num_heads, enc_layers, dec_layers, ffn_dim, dropout)
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> dict:
+        feat = self.backbone(images)[-1]
+        mask = downsample_mask(mask, feat.shape[-2:])
+        pos = rearrange(self.position(mask), 'b d h w -> b (h w) d')
+        src = rearrange(self.input_proj(feat), 'b d h w -> b (h w) d')
+        states = self.transformer(src, mask.flatten(1), pos, self.query_embed.weight)
+        logits, boxes = self.class_embed(states), self.bbox_embed(states).sigmoid()
+        out = dict(pred_logits=logits[-1], pred_boxes=boxes[-1])
+        if self.aux_loss:
+            out['aux_outputs'] = [dict(pred_logits=l, pred_boxes=b)
+                                  for l, b in zip(logits[:-1], boxes[:-1])]
+        return out
+
+
+@torch.no_grad()
+def postprocess(outputs: dict, orig_sizes: torch.Tensor, focal: bool = False,
+                top_k: int = 100) -> list[dict]:
+    """Model outputs -> per image ``scores`` (K,), ``labels`` (K,), ``boxes`` (K, 4) xyxy in pixels
+    of the original image; ``orig_sizes`` (B, 2) as (H, W).
+
+    Softmax models (DETR) score each query by its best real class; focal models (Deformable DETR)
+    keep the top-k (query, class) pairs. At most ``top_k`` per image (COCO's maxDets).
+    """
+    logits, boxes = outputs['pred_logits'].float(), outputs['pred_boxes'].float()
+    b, q = logits.shape[:2]
+    if focal:
+        prob = logits.sigmoid().flatten(1)
+        scores, idx = prob.topk(min(top_k, prob.shape[1]), dim=1)
+        labels, query = idx % logits.shape[2], idx // logits.shape[2]
+        boxes = torch.gather(boxes, 1, query[..., None].expand(-1, -1, 4))
+    else:
+        scores, labels = logits.softmax(-1)[..., :-1].max(-1)
+        if q > top_k:
+            scores, keep = scores.topk(top_k, dim=1)
+            labels = torch.gather(labels, 1, keep)
+            boxes = torch.gather(boxes, 1, keep[..., None].expand(-1, -1, 4))
+    h, w = orig_sizes.unbind(1)
+    scale = torch.stack([w, h, w, h], 1)[:, None].to(boxes)
+    boxes = box_convert(boxes, 'cxcywh', 'xyxy') * scale
+    return [dict(scores=s, labels=l, boxes=bx) for s, l, bx in zip(scores, labels, boxes)]

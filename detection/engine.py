@@ -1,0 +1,120 @@
+"""The detectors as mmengine models, the COCO metric, and their registrations, so configs can
+name them: ``model=dict(type='Detector', ...)``, ``val_evaluator=dict(type='CocoMetric')``."""
+import torch
+from mmengine.evaluator import BaseMetric
+from mmengine.model import BaseModel
+from mmengine.registry import DATASETS, FUNCTIONS, METRICS, MODELS
+
+from .coco_eval import coco_evaluate
+from .criterion import SetCriterion
+from .data.coco import CocoDetection, collate_detection
+from .detr import DETR, postprocess
+from .matcher import HungarianMatcher
+
+DETECTORS = {'DETR': DETR}
+
+
+@MODELS.register_module()
+class Detector(BaseModel):
+    """A DETR-family network with its matcher, criterion and post-processing.
+
+    forward(inputs (B, 3, H, W), masks (B, H, W), data_samples (targets), mode):
+    'loss' -> dict of losses; 'predict' -> per image dict(image_id, scores, labels, boxes xyxy in
+    original pixels); 'tensor' -> the raw outputs.
+    """
+
+    def __init__(self, detector: dict, num_classes: int, matcher: dict | None = None,
+                 criterion: dict | None = None, focal: bool = False, top_k: int = 100,
+                 data_preprocessor=None, init_cfg=None):
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        detector = dict(detector)
+        self.net = DETECTORS[detector.pop('type', 'DETR')](num_classes=num_classes, **detector)
+        self.focal, self.top_k = focal, top_k
+        self.criterion = SetCriterion(num_classes, HungarianMatcher(focal=focal, **(matcher or {})),
+                                      focal=focal, **(criterion or {}))
+
+    def forward(self, inputs, masks=None, data_samples=None, mode='tensor'):
+        if masks is None:
+            masks = torch.zeros(inputs.shape[0], *inputs.shape[-2:], dtype=torch.bool, device=inputs.device)
+        outputs = self.net(inputs, masks)
+        if mode == 'tensor':
+            return outputs
+        if mode == 'loss':
+            losses = self.criterion(outputs, data_samples)
+            total = sum(losses.values())
+            if not torch.isfinite(total):
+                raise FloatingPointError(
+                    f'non-finite training loss ({ {k: round(v.item(), 4) for k, v in losses.items()} }); '
+                    f'training stops here and the last saved checkpoint is kept. Lower the learning '
+                    f'rate, keep gradient clipping on, or try --amp off')
+            return losses
+        if mode == 'predict':
+            sizes = torch.stack([t['orig_size'] for t in data_samples]).to(inputs.device)
+            results = postprocess(outputs, sizes, focal=self.focal, top_k=self.top_k)
+            for r, t in zip(results, data_samples):
+                r['image_id'] = t['image_id']
+            return results
+        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+
+
+@METRICS.register_module()
+class CocoMetric(BaseMetric):
+    """COCO box mAP over the whole evaluation set, correct in distributed runs.
+
+    Each process converts its predictions to COCO results; mmengine gathers them from every
+    process, and images repeated by the distributed sampler's padding are counted once.
+    ``ann_file`` defaults to the evaluated dataset's.
+    """
+    default_prefix = 'coco'
+
+    def __init__(self, ann_file: str | None = None, collect_device: str = 'cpu', prefix=None):
+        super().__init__(collect_device=collect_device, prefix=prefix)
+        self.ann_file = ann_file
+
+    def process(self, data_batch, data_samples) -> None:
+        cat_ids = self.dataset_meta['cat_ids']
+        for pred in data_samples:
+            boxes = pred['boxes'].cpu()
+            xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+            self.results.append((pred['image_id'], [
+                dict(image_id=pred['image_id'], category_id=cat_ids[int(label)], bbox=bbox, score=float(score))
+                for label, bbox, score in zip(pred['labels'].tolist(), xywh, pred['scores'].tolist())]))
+
+    def compute_metrics(self, results) -> dict:
+        per_image = dict(results)  # de-duplicates images the distributed sampler repeated
+        detections = [d for dets in per_image.values() for d in dets]
+        ann_file = self.ann_file or self.dataset_meta['ann_file']
+        return coco_evaluate(ann_file, detections)
+
+
+@DATASETS.register_module(name='CocoDetection')
+class RegisteredCocoDetection(CocoDetection):
+    """CocoDetection built from a config: ``transforms`` is a dict naming a recipe in
+    ``detection.data.transforms`` with its arguments, and ``metainfo`` tells the metric how
+    labels map back to category ids."""
+
+    def __init__(self, img_dir, ann_file, transforms=None, train=True, synthetic=None):
+        from .data import transforms as recipes
+        if synthetic is not None:
+            from .data.synthetic import make_shapes_dataset
+            make_shapes_dataset(**synthetic)
+        else:
+            _explain_missing_coco(img_dir, ann_file)
+        if isinstance(transforms, dict):
+            transforms = dict(transforms)
+            transforms = getattr(recipes, transforms.pop('type'))(**transforms)
+        super().__init__(img_dir, ann_file, transforms=transforms, train=train)
+        self.metainfo = dict(classes=self.classes, cat_ids=self.cat_ids, ann_file=ann_file)
+
+
+def _explain_missing_coco(img_dir, ann_file):
+    import os
+    if not os.path.isfile(ann_file) or not os.path.isdir(img_dir):
+        raise FileNotFoundError(
+            f'COCO data not found ({ann_file}, {img_dir}). Put COCO 2017 under data/coco as '
+            f'data/coco/{{train2017,val2017,annotations/instances_{{train,val}}2017.json}} '
+            f'(a symlink works: ln -s /path/to/coco data/coco), or run on the built-in set: '
+            f'python tools/train.py configs/demo/detr_t2t_shapes.py')
+
+
+FUNCTIONS.register_module(name='collate_detection', module=collate_detection)

@@ -1,0 +1,61 @@
+"""Train a detector (or classifier) from an mmengine config.
+
+    python tools/train.py configs/detr_t2t.py
+    python tools/train.py configs/demo/detr_t2t_shapes.py --work-dir work_dirs/demo
+    python tools/train.py CONFIG --resume                          # from the last checkpoint
+    python tools/train.py CONFIG --cfg-options model.detector.backbone.name=cvt_13
+    torchrun --nproc_per_node=2 tools/train.py CONFIG --launcher pytorch   # CPU (gloo) or GPU
+"""
+import argparse
+import os
+import os.path as osp
+
+import _bootstrap  # noqa: F401
+from mmengine.config import Config, DictAction
+
+import detection.engine  # noqa: F401  (registers the detectors, datasets and metric)
+from zoo.engine import Runner
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('config')
+    p.add_argument('--work-dir', help='where logs and checkpoints go (default: work_dirs/<config name>)')
+    p.add_argument('--resume', nargs='?', const='auto', default=None,
+                   help='resume from the latest checkpoint in the work dir, or from the given one')
+    p.add_argument('--amp', action='store_true', help='automatic mixed precision')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config entries: key=value')
+    p.add_argument('--launcher', choices=['none', 'pytorch'], default='none')
+    p.add_argument('--local-rank', '--local_rank', type=int, default=0)
+    args = p.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def build_config(args) -> Config:
+    if not osp.isfile(args.config):
+        raise SystemExit(f'config {args.config} not found; the configs live in configs/')
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.launcher = args.launcher
+    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
+        'work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume:
+        cfg.resume, cfg.load_from = True, args.resume
+    if args.amp:
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    return cfg
+
+
+def main(argv=None):
+    runner = Runner.from_cfg(build_config(parse_args(argv)))
+    runner.train()
+    return runner
+
+
+if __name__ == '__main__':
+    main()

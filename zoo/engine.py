@@ -1,0 +1,51 @@
+"""mmengine glue shared by classification and detection training.
+
+Two fixes live here, so users need no environment variables:
+* mmengine 0.10.7 loads checkpoints with ``torch.load``'s default, which is ``weights_only=True``
+  from torch 2.6 and refuses mmengine's own checkpoints (they pickle message hubs and numpy
+  scalars): resuming fails. The local-file scheme is re-registered with ``weights_only=False``;
+  these are checkpoints this project wrote or the user chose.
+* ``--launcher pytorch`` on a CPU-only machine: mmengine's ``init_dist`` calls
+  ``torch.cuda.set_device`` and its DDP wrapper passes ``device_ids``. Without CUDA the process
+  group is started with gloo here first, and the model is wrapped without device ids.
+"""
+import os
+import os.path as osp
+
+import torch
+import torch.distributed as dist
+from mmengine.model import MMDistributedDataParallel, is_model_wrapper
+from mmengine.runner import Runner as _Runner
+from mmengine.runner.checkpoint import CheckpointLoader
+
+
+def _load_local_checkpoint(filename, map_location):
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'checkpoint {filename} does not exist')
+    return torch.load(filename, map_location=map_location, weights_only=False)
+
+
+CheckpointLoader.register_scheme(prefixes='', loader=_load_local_checkpoint, force=True)
+
+
+def init_cpu_distributed(launcher: str) -> None:
+    """Start a gloo process group for torchrun on a machine without CUDA (mmengine cannot)."""
+    if launcher == 'pytorch' and not torch.cuda.is_available() and not dist.is_initialized():
+        dist.init_process_group('gloo', rank=int(os.environ['RANK']),
+                                world_size=int(os.environ['WORLD_SIZE']))
+
+
+class Runner(_Runner):
+    """mmengine's Runner, able to run distributed on CPU."""
+
+    def wrap_model(self, model_wrapper_cfg, model):
+        if self.distributed and not torch.cuda.is_available() and not is_model_wrapper(model):
+            return MMDistributedDataParallel(module=model, device_ids=None, broadcast_buffers=False,
+                                             find_unused_parameters=self.cfg.get('find_unused_parameters', False))
+        return super().wrap_model(model_wrapper_cfg, model)
+
+    @classmethod
+    def from_cfg(cls, cfg):
+        init_cpu_distributed(cfg.get('launcher', 'none'))
+        return super().from_cfg(cfg)
