@@ -1,0 +1,81 @@
+"""A small detection set the project generates itself, so the main job runs with no download.
+
+Shapes (square, disc, triangle) of random colour and size on textured backgrounds, written as
+PNG files plus COCO-format json, exactly the layout of real COCO:
+
+    root/train/*.png  root/val/*.png  root/annotations/instances_{train,val}.json
+
+Category ids are deliberately non-contiguous (1, 3, 5) so the label <-> category-id mapping is
+exercised as it is on COCO (ids up to 90 for 80 classes).
+"""
+import json
+import os
+import random
+
+from PIL import Image, ImageDraw, ImageFilter
+
+CATEGORIES = [dict(id=1, name='square'), dict(id=3, name='disc'), dict(id=5, name='triangle')]
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, box, color) -> None:
+    x0, y0, x1, y1 = box
+    if kind == 'square':
+        draw.rectangle(box, fill=color)
+    elif kind == 'disc':
+        draw.ellipse(box, fill=color)
+    else:
+        draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=color)
+
+
+def _image(rng: random.Random, size: int, max_objects: int):
+    bg = tuple(rng.randint(0, 120) for _ in range(3))
+    img = Image.new('RGB', (size, size), bg)
+    draw = ImageDraw.Draw(img)
+    for _ in range(rng.randint(3, 8)):  # background clutter: thin lines, not objects
+        xy = [rng.randint(0, size) for _ in range(4)]
+        draw.line(xy, fill=tuple(rng.randint(0, 160) for _ in range(3)), width=rng.randint(1, 2))
+    anns, placed = [], []
+    for _ in range(rng.randint(1, max_objects)):
+        for _attempt in range(20):
+            side = rng.randint(size // 8, size // 3)
+            x0, y0 = rng.randint(0, size - side), rng.randint(0, size - side)
+            box = (x0, y0, x0 + side, y0 + side)
+            # Little overlap keeps every object visible enough to be findable.
+            if all(box[2] <= p[0] or box[0] >= p[2] or box[3] <= p[1] or box[1] >= p[3] for p in placed):
+                break
+        else:
+            continue
+        cat = rng.choice(CATEGORIES)
+        color = tuple(rng.randint(130, 255) for _ in range(3))
+        _draw_shape(draw, cat['name'], box, color)
+        placed.append(box)
+        anns.append(dict(category_id=cat['id'], bbox=[float(box[0]), float(box[1]), float(side), float(side)],
+                         area=float(side * side), iscrowd=0))
+    img = img.filter(ImageFilter.GaussianBlur(0.6))
+    return img, anns
+
+
+def make_shapes_dataset(root: str, num_train: int = 512, num_val: int = 128, size: int = 128,
+                        max_objects: int = 4, seed: int = 0) -> str:
+    """Write the set under ``root`` unless it is already complete; returns ``root``."""
+    done = os.path.join(root, 'annotations', 'instances_val.json')
+    if os.path.isfile(done):
+        return root
+    rng = random.Random(seed)
+    os.makedirs(os.path.join(root, 'annotations'), exist_ok=True)
+    for split, count in (('train', num_train), ('val', num_val)):
+        os.makedirs(os.path.join(root, split), exist_ok=True)
+        images, annotations = [], []
+        for i in range(count):
+            img, anns = _image(rng, size, max_objects)
+            name = f'{i:06d}.png'
+            img.save(os.path.join(root, split, name))
+            images.append(dict(id=i, file_name=name, width=size, height=size))
+            for a in anns:
+                annotations.append(dict(a, id=len(annotations), image_id=i))
+        tmp = os.path.join(root, 'annotations', f'instances_{split}.json.tmp')
+        with open(tmp, 'w') as f:
+            json.dump(dict(images=images, annotations=annotations, categories=CATEGORIES), f)
+        # val is written last and atomically: its presence marks a complete set.
+        os.replace(tmp, tmp[:-4])
+    return root
