@@ -1,0 +1,202 @@
+"""DeepViT against its official code (github.com/zhoudaquan/dvit_repo, models/layers.py and
+models/deep_vision_transformer.py at commit 1ccb152). That code is not installable, so the
+reference figures below were produced by running it (with timm 1.0.31) outside this repository:
+parameter counts of its ``deepvit_S`` / ``deepvit_L`` builders, and logits of a small model in
+its key layout filled with the name-keyed deterministic weights of ``_deterministic``."""
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+import zoo
+from zoo.layers.attention import Attention
+from zoo.layers.block import LayerNorm6
+from zoo.layers.re_attention import ReAttention
+from zoo.layers.scaled_residual_block import ScaledResidualBlock
+
+VARIANTS = ['deepvit_s', 'deepvit_l']
+# sum(p.numel()) of the official builders deepvit_S / deepvit_L (the paper rounds to 27 / 55 M).
+OFFICIAL_PARAMS = {'deepvit_s': 27_312_632, 'deepvit_l': 58_883_708}
+
+
+def _params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize('name', VARIANTS)
+def test_parameter_count_equals_official(name):
+    with torch.device('meta'):
+        model = zoo.create_model(name)
+    assert _params(model) == OFFICIAL_PARAMS[name]
+    assert abs(_params(model) / 1e6 - zoo.get_model_info(name).paper['params']) <= 0.05
+
+
+def _deterministic(shapes: dict) -> dict:
+    """{key: (shape, dtype)} -> a state dict whose values depend only on the key name, so the
+    same checkpoint can be written in any key layout."""
+    sd = {}
+    for name, (shape, dtype) in shapes.items():
+        if not dtype.is_floating_point:
+            sd[name] = torch.zeros(shape, dtype=dtype)
+            continue
+        wave = torch.sin(torch.arange(int(np.prod(shape)), dtype=torch.float64) * 0.73
+                         + sum(map(ord, name)) % 97)
+        if name.endswith('running_var'):
+            values = 1.0 + 0.5 * wave
+        elif name.endswith('weight') and len(shape) == 1:  # norm scales
+            values = 1.0 + 0.2 * wave
+        else:
+            values = 0.2 * wave
+        sd[name] = values.reshape(shape).float()
+    return sd
+
+
+def _image(*shape):
+    wave = torch.cos(torch.arange(int(np.prod(shape)), dtype=torch.float64) * 0.31)
+    return wave.reshape(shape).float()
+
+
+def _official_layout(model) -> dict:
+    """The model's keys as the official code names them."""
+    def official(k):
+        k = k.replace('.attn.head_mix.', '.attn.reatten_matrix.')
+        return k.replace('.attn.head_norm.', '.attn.var_norm.')
+    return {official(k): (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+
+
+def _small(scale_map, **kw):
+    # Official: DeepVisionTransformer(img_size=(32, 48), embed_dim=48, depth=[False] * 3,
+    # apply_transform=[False, True, True], num_heads=4, mlp_ratio=3, qkv_bias=True,
+    # LayerNorm eps 1e-6, transform_scale=scale_map, use_cnn_embed=True, scale_adjustment=0.5,
+    # num_classes=5).
+    arch = dict(img_size=(32, 48), embed_dim=48, depth=3, num_heads=4, num_reattention_blocks=2,
+                scale_reattention_map=scale_map, num_classes=5)
+    return zoo.create_model('deepvit_s', **{**arch, **kw})
+
+
+# Logits of the official model above, eval mode, on _image(2, 3, 32, 48).
+OFFICIAL_LOGITS = {
+    True: [[-0.503451, 0.338685, -0.248246, 0.411278, 0.133466],
+           [-0.500028, 0.339015, -0.252254, 0.418049, 0.125479]],
+    False: [[-0.601786, 0.367633, -0.201199, 0.298976, 0.285383],
+            [-0.593917, 0.364377, -0.203298, 0.305953, 0.275123]],
+}
+
+
+@pytest.mark.parametrize('scale_map', [True, False])
+@torch.no_grad()
+def test_official_checkpoint_layout_loads_and_reproduces_official_logits(scale_map):
+    model = _small(scale_map).eval()
+    sd = _deterministic(_official_layout(model))
+    assert {'blocks.2.attn.reatten_matrix.weight', 'blocks.2.attn.var_norm.running_var',
+            'patch_embed.conv1.weight', 'patch_embed.bn2.running_mean',
+            'patch_embed.proj.bias'} <= set(sd)
+    assert not any('reatten_matrix' in k for k in sd if k.startswith('blocks.0.'))
+    # As the official (timm) training script saves it: EMA weights of a DDP model.
+    zoo.load_pretrained(model, {'state_dict_ema': {'module.' + k: v for k, v in sd.items()},
+                                'epoch': 300})
+    out = model(_image(2, 3, 32, 48))
+    assert (out - torch.tensor(OFFICIAL_LOGITS[scale_map])).abs().max() <= 1e-4
+
+
+def test_position_table_is_resampled_on_load():
+    # Released checkpoints are square (224): a 2x2 table resampled to a 3x4 grid.
+    small = _small(True, img_size=32)
+    model = _small(True, img_size=(48, 64))
+    zoo.load_pretrained(model, {'state_dict': small.state_dict()})
+    assert model.pos_embed.shape == (1, 1 + 12, 48)
+    torch.testing.assert_close(model.cls_token, small.cls_token)
+
+
+@pytest.mark.parametrize('name', ['deepvit_s', pytest.param('deepvit_l', marks=pytest.mark.slow)])
+def test_forward_backward_reaches_every_parameter(name):
+    # No drop-path: with 32 blocks and a batch of 2 it may drop a whole branch for both samples.
+    model = zoo.create_model(name, num_classes=5).train()
+    out = model(torch.randn(2, 3, 32, 48))
+    assert out.shape == (2, 5)
+    out.square().mean().backward()
+    no_grad = [n for n, p in model.named_parameters()
+               if p.grad is None or not p.grad.abs().sum() > 0]
+    assert no_grad == []
+
+
+@torch.no_grad()
+def test_feature_maps_follow_feature_info_on_non_square_input():
+    model = zoo.create_model('deepvit_s', depth=3).eval()
+    (info,) = model.feature_info
+    assert info == dict(channels=396, stride=16, module='norm')
+    x = torch.randn(1, 3, 16 * 5, 16 * 8)
+    (fmap,) = model.forward_feature_maps(x)
+    assert fmap.shape == (1, 396, 5, 8)
+    tokens = model.forward_features(x)[:, 1:]
+    torch.testing.assert_close(fmap.flatten(2).transpose(1, 2), tokens)
+    assert model(x).shape == (1, 1000)
+
+
+@torch.no_grad()
+def test_attention_maps_and_fused_path():
+    fused = zoo.create_model('deepvit_s', depth=4, num_reattention_blocks=2).eval()
+    explicit = zoo.create_model('deepvit_s', depth=4, num_reattention_blocks=2,
+                                fused_attn=False).eval()
+    explicit.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 3, 64, 48)
+    assert (fused(x) - explicit(x)).abs().max() <= 1e-5
+    maps = fused.get_attention_maps(x)
+    assert [m.shape for m in maps] == [(2, 12, 13, 13)] * 4
+    # Plain blocks return the softmax map; re-attention blocks the re-generated one (BN on it).
+    torch.testing.assert_close(maps[0].sum(-1), torch.ones(2, 12, 13))
+    assert not torch.allclose(maps[-1].sum(-1), torch.ones(2, 12, 13))
+    assert [type(b.attn) for b in fused.blocks] == [Attention] * 2 + [ReAttention] * 2
+
+
+@torch.no_grad()
+def test_re_attention_map_is_bn_of_head_mix_times_scale():
+    attn = ReAttention(24, num_heads=4, qkv_bias=True, scale_map=True).eval()
+    attn.head_norm.running_mean.uniform_(-0.1, 0.1)
+    attn.head_norm.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 7, 24)
+    q, k, v = attn.qkv(x).reshape(2, 7, 3, 4, 6).permute(2, 0, 3, 1, 4)
+    soft = (q @ k.transpose(-2, -1) * 6 ** -0.5).softmax(-1)
+    mixed = torch.einsum('gh,bhij->bgij', attn.head_mix.weight[:, :, 0, 0], soft) \
+        + attn.head_mix.bias[None, :, None, None]
+    bn = attn.head_norm
+    expected_map = ((mixed - bn.running_mean[None, :, None, None])
+                    / (bn.running_var[None, :, None, None] + bn.eps).sqrt()
+                    * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]) * 6 ** -0.5
+    out, amap = attn(x, return_attention=True)
+    torch.testing.assert_close(amap, expected_map)
+    expected = attn.proj((expected_map @ v).transpose(1, 2).reshape(2, 7, 24))
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(attn(x), expected)
+
+
+@torch.no_grad()
+def test_scaled_residual_block_formula():
+    block = ScaledResidualBlock(24, 4, branch_scale=0.5, mlp_ratio=3.0, qkv_bias=True,
+                                norm_layer=LayerNorm6).eval()
+    x = torch.randn(2, 5, 24) * 1e-3  # small input: LayerNorm's epsilon makes the 0.5 visible
+    y = x + block.attn(block.norm1(0.5 * x)) / 0.5
+    y = y + block.mlp(block.norm2(0.5 * y)) / 0.5
+    torch.testing.assert_close(block(x), y)
+    unscaled = x + block.attn(block.norm1(x))
+    unscaled = unscaled + block.mlp(block.norm2(unscaled))
+    assert not torch.allclose(block(x), unscaled)
+
+
+@torch.no_grad()
+def test_onnx_export_matches_onnxruntime(tmp_path):
+    model = zoo.create_model('deepvit_l', depth=3, num_reattention_blocks=2, img_size=64).eval()
+    x = torch.randn(2, 3, 64, 64)
+    path = str(tmp_path / 'deepvit.onnx')
+    torch.onnx.export(model, (x,), path, input_names=['images'], output_names=['logits'],
+                      dynamic_axes={'images': {0: 'batch'}}, dynamo=False)
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    y = torch.randn(3, 3, 64, 64)
+    (out,) = session.run(None, {'images': y.numpy()})
+    np.testing.assert_allclose(out, model(y).numpy(), atol=1e-4, rtol=0)
+
+
+def test_side_not_multiple_of_stride_is_explained():
+    model = zoo.create_model('deepvit_s', depth=1)
+    with pytest.raises(ValueError, match=r'40x32 is not a multiple of the patch stride 16x16'):
+        model(torch.randn(1, 3, 40, 32))

@@ -1,0 +1,31 @@
+"""Pre-norm block whose branches see a down-scaled input and are scaled back up (DeepViT)."""
+import torch
+
+from .block import Block
+
+
+class ScaledResidualBlock(Block):
+    """x: (B, N, D) -> (B, N, D).
+
+    x = x + drop_path(ls1(attn(norm1(s x)))) / s; x = x + drop_path(ls2(mlp(norm2(s x)))) / s,
+    with s = ``branch_scale``. The official DeepViT code trains with s = 0.5; since LayerNorm is
+    nearly scale-invariant this mostly doubles each branch, but the LayerNorm epsilon sees the
+    scaled input, so the scaling is kept exactly to reproduce released weights.
+    Everything else (attention / MLP choice, LayerScale, drop-path) is :class:`Block`'s.
+    """
+
+    def __init__(self, dim: int, num_heads: int, branch_scale: float = 0.5, **kwargs):
+        super().__init__(dim, num_heads, **kwargs)
+        self.branch_scale = branch_scale
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None,
+                return_attention: bool = False):
+        s = self.branch_scale
+        kw = {} if grid is None else {'grid': grid}
+        if return_attention:
+            y, attn = self.attn(self.norm1(x * s), return_attention=True, **kw)
+        else:
+            y, attn = self.attn(self.norm1(x * s), **kw), None
+        x = x + self.drop_path1(self.ls1(y)) / s
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x * s), **kw))) / s
+        return (x, attn) if return_attention else x
