@@ -1,0 +1,168 @@
+"""Matcher, criterion, post-processing and COCO evaluation, each against an independent check."""
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torchvision.ops import box_convert, generalized_box_iou
+
+from detection import HungarianMatcher, SetCriterion, coco_evaluate, postprocess
+from detection.position_encoding import SinePositionEncoding
+
+
+def _random_boxes(n):
+    cxcy = torch.rand(n, 2) * 0.6 + 0.2
+    wh = torch.rand(n, 2) * 0.3 + 0.05
+    return torch.cat([cxcy, wh], 1)
+
+
+def _brute_force_cost(outputs, target, b, w=(1, 5, 2)):
+    """Minimum total DETR cost over every injective assignment of targets to queries."""
+    prob = outputs['pred_logits'][b].softmax(-1)
+    boxes = outputs['pred_boxes'][b]
+    tb = target['boxes']
+    giou = generalized_box_iou(box_convert(boxes, 'cxcywh', 'xyxy'), box_convert(tb, 'cxcywh', 'xyxy'))
+    cost = (-w[0] * prob[:, target['labels']] + w[1] * torch.cdist(boxes, tb, p=1) - w[2] * giou)
+    q, n = cost.shape
+    return min(sum(cost[p[j], j].item() for j in range(n)) for p in itertools.permutations(range(q), n))
+
+
+def test_matcher_finds_the_optimal_assignment():
+    torch.manual_seed(1)
+    outputs = dict(pred_logits=torch.randn(3, 6, 5), pred_boxes=_random_boxes(18).view(3, 6, 4))
+    targets = [dict(labels=torch.randint(0, 4, (n,)), boxes=_random_boxes(n)) for n in (3, 0, 4)]
+    indices = HungarianMatcher()(outputs, targets)
+    assert [len(i) for i, _ in indices] == [3, 0, 4]
+    for b, (t, (qi, ti)) in enumerate(zip(targets, indices)):
+        if len(t['labels']) == 0:
+            continue
+        assert sorted(ti.tolist()) == list(range(len(t['labels'])))  # every target matched once
+        assert len(set(qi.tolist())) == len(qi)                       # by distinct queries
+        prob = outputs['pred_logits'][b].softmax(-1)
+        boxes = outputs['pred_boxes'][b]
+        giou = generalized_box_iou(box_convert(boxes[qi], 'cxcywh', 'xyxy'),
+                                   box_convert(t['boxes'][ti], 'cxcywh', 'xyxy')).diag()
+        cost = (-prob[qi, t['labels'][ti]] + 5 * (boxes[qi] - t['boxes'][ti]).abs().sum(1) - 2 * giou).sum()
+        assert cost.item() == pytest.approx(_brute_force_cost(outputs, t, b), abs=1e-5)
+
+
+def test_matcher_with_no_targets_anywhere():
+    outputs = dict(pred_logits=torch.randn(2, 5, 3), pred_boxes=_random_boxes(10).view(2, 5, 4))
+    targets = [dict(labels=torch.zeros(0, dtype=torch.int64), boxes=torch.zeros(0, 4))] * 2
+    assert all(len(q) == 0 and len(t) == 0 for q, t in HungarianMatcher()(outputs, targets))
+
+
+def test_matcher_rejects_non_finite_predictions():
+    outputs = dict(pred_logits=torch.randn(1, 4, 3), pred_boxes=_random_boxes(4).view(1, 4, 4))
+    outputs['pred_logits'][0, 1, 0] = float('nan')
+    targets = [dict(labels=torch.tensor([0]), boxes=_random_boxes(1))]
+    with pytest.raises(FloatingPointError, match='non-finite'):
+        HungarianMatcher()(outputs, targets)
+
+
+def test_focal_matcher_prefers_the_confident_query():
+    logits = torch.full((1, 3, 2), -5.0)
+    logits[0, 2, 1] = 5.0
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2]] * 3])
+    targets = [dict(labels=torch.tensor([1]), boxes=torch.tensor([[0.5, 0.5, 0.2, 0.2]]))]
+    (q, t), = HungarianMatcher(cost_class=2, focal=True)(dict(pred_logits=logits, pred_boxes=boxes), targets)
+    assert q.tolist() == [2]
+
+
+def test_criterion_box_losses_vanish_on_perfect_boxes_and_count_per_box():
+    boxes = _random_boxes(4).view(1, 4, 4)
+    targets = [dict(labels=torch.tensor([0, 1]), boxes=boxes[0, :2].clone())]
+    logits = torch.full((1, 4, 3), -10.0)
+    logits[0, 0, 0] = logits[0, 1, 1] = 10.0
+    logits[0, 2:, 2] = 10.0  # the rest confidently "no object"
+    losses = SetCriterion(2, HungarianMatcher())(dict(pred_logits=logits, pred_boxes=boxes), targets)
+    assert losses['loss_bbox'].item() == pytest.approx(0, abs=1e-6)
+    assert losses['loss_giou'].item() == pytest.approx(0, abs=1e-6)
+    assert losses['loss_class'].item() < 1e-3
+    # Shift one box: L1 grows by 5 (weight) * |shift| * 1 coordinate / 2 target boxes.
+    shifted = boxes.clone()
+    shifted[0, 0, 0] += 0.1
+    losses = SetCriterion(2, HungarianMatcher())(dict(pred_logits=logits, pred_boxes=shifted), targets)
+    assert losses['loss_bbox'].item() == pytest.approx(5 * 0.1 / 2, rel=1e-4)
+
+
+def test_criterion_accepts_images_without_boxes_and_weights_no_object():
+    logits = torch.zeros(2, 3, 4, requires_grad=True)
+    boxes = _random_boxes(6).view(2, 3, 4).requires_grad_()
+    targets = [dict(labels=torch.zeros(0, dtype=torch.int64), boxes=torch.zeros(0, 4))] * 2
+    losses = SetCriterion(3, HungarianMatcher(), eos_coef=0.1)(dict(pred_logits=logits, pred_boxes=boxes), targets)
+    # Uniform logits over 4 classes: CE = log 4 whatever the class weight (all targets no-object).
+    assert losses['loss_class'].item() == pytest.approx(np.log(4), rel=1e-5)
+    assert losses['loss_bbox'].item() == 0
+    sum(losses.values()).backward()
+
+
+def test_postprocess_scales_boxes_to_original_pixels():
+    logits = torch.tensor([[[4.0, 0.0, 0.0], [0.0, 4.0, 0.0]]])
+    boxes = torch.tensor([[[0.5, 0.5, 0.5, 0.5], [0.25, 0.25, 0.1, 0.2]]])
+    (res,) = postprocess(dict(pred_logits=logits, pred_boxes=boxes), torch.tensor([[200, 400]]))
+    assert res['labels'].tolist() == [0, 1]
+    torch.testing.assert_close(res['boxes'][0], torch.tensor([100.0, 50.0, 300.0, 150.0]))
+    torch.testing.assert_close(res['boxes'][1], torch.tensor([80.0, 30.0, 120.0, 70.0]))
+
+
+def test_sine_position_ignores_padding():
+    enc = SinePositionEncoding(16)
+    mask = torch.zeros(2, 6, 8, dtype=torch.bool)
+    mask[1, :, 5:] = True  # image 1 is 6x5 padded to 6x8
+    pos = enc(mask)
+    alone = enc(torch.zeros(1, 6, 5, dtype=torch.bool))
+    assert pos.shape == (2, 32, 6, 8)
+    torch.testing.assert_close(pos[1, :, :, :5], alone[0])
+
+
+# --- COCO evaluation ----------------------------------------------------------------------
+
+def _gt(image_ids=(0, 1), with_zero_ann_id=True):
+    images = [dict(id=i, file_name=f'{i}.png', width=100, height=80) for i in image_ids]
+    anns = [dict(id=0 if with_zero_ann_id else 10, image_id=image_ids[0], category_id=3, bbox=[10, 10, 30, 20], area=600, iscrowd=0),
+            dict(id=1, image_id=image_ids[1], category_id=7, bbox=[50, 40, 40, 30], area=1200, iscrowd=0),
+            dict(id=2, image_id=image_ids[1], category_id=3, bbox=[5, 5, 20, 20], area=400, iscrowd=0)]
+    return dict(images=images, annotations=anns, categories=[dict(id=3, name='a'), dict(id=7, name='b')])
+
+
+def _perfect(gt):
+    return [dict(image_id=a['image_id'], category_id=a['category_id'], bbox=a['bbox'], score=0.9)
+            for a in gt['annotations']]
+
+
+def test_perfect_detections_score_one_even_with_id_zero():
+    gt = _gt()
+    stats = coco_evaluate(gt, _perfect(gt))
+    assert set(stats) == {'AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl'}
+    assert stats['AP'] == pytest.approx(1.0) and stats['AR100'] == pytest.approx(1.0)
+
+
+def test_empty_detections_score_zero():
+    assert all(v == 0 for v in coco_evaluate(_gt(), []).values())
+
+
+def test_detections_on_unknown_images_are_refused():
+    with pytest.raises(ValueError, match='absent from the ground truth'):
+        coco_evaluate(_gt(), [dict(image_id=99, category_id=3, bbox=[0, 0, 1, 1], score=1.0)])
+
+
+def test_matches_pycocotools_run_by_hand(tmp_path):
+    rng = np.random.default_rng(0)
+    gt = _gt(image_ids=(4, 9), with_zero_ann_id=False)
+    dets = []
+    for a in gt['annotations']:
+        for _ in range(3):
+            x, y, w, h = (np.array(a['bbox']) + rng.normal(0, 4, 4)).tolist()
+            dets.append(dict(image_id=a['image_id'], category_id=int(rng.choice([3, 7])),
+                             bbox=[x, y, abs(w), abs(h)], score=float(rng.random())))
+    path = tmp_path / 'gt.json'
+    path.write_text(json.dumps(gt))
+    coco = COCO(str(path))
+    ev = COCOeval(coco, coco.loadRes(dets), 'bbox')
+    ev.evaluate(), ev.accumulate(), ev.summarize()
+    ours = coco_evaluate(str(path), dets)
+    np.testing.assert_allclose(list(ours.values()), ev.stats, atol=1e-12)
