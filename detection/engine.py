@@ -12,6 +12,8 @@ from .detr import DETR, postprocess
 from .matcher import HungarianMatcher
 
 DETECTORS = {'DETR': DETR}
+_DIVERGED = ('Training stops here and the last saved checkpoint is kept; resume from it with a '
+             'lower learning rate, gradient clipping on (optim_wrapper.clip_grad), or without --amp.')
 
 
 @MODELS.register_module()
@@ -40,13 +42,12 @@ class Detector(BaseModel):
         if mode == 'tensor':
             return outputs
         if mode == 'loss':
+            if not (torch.isfinite(outputs['pred_logits']).all() and torch.isfinite(outputs['pred_boxes']).all()):
+                raise FloatingPointError('the detector produced non-finite logits or boxes. ' + _DIVERGED)
             losses = self.criterion(outputs, data_samples)
-            total = sum(losses.values())
-            if not torch.isfinite(total):
-                raise FloatingPointError(
-                    f'non-finite training loss ({ {k: round(v.item(), 4) for k, v in losses.items()} }); '
-                    f'training stops here and the last saved checkpoint is kept. Lower the learning '
-                    f'rate, keep gradient clipping on, or try --amp off')
+            if not torch.isfinite(sum(losses.values())):
+                values = {k: round(v.item(), 4) for k, v in losses.items()}
+                raise FloatingPointError(f'non-finite training loss {values}. ' + _DIVERGED)
             return losses
         if mode == 'predict':
             sizes = torch.stack([t['orig_size'] for t in data_samples]).to(inputs.device)
