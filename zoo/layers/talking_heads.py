@@ -33,7 +33,8 @@ class TalkingHeadsAttention(Attention):
         return rearrange(mixed, 'b i j h -> b h i j')
 
     def attention_map(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """q: (B, h, Nq, d), k: (B, h, Nk, d) -> proj_w(softmax(proj_l(q*scale k^T))): (B, h, Nq, Nk)."""
+        """q: (B, h, Nq, d), k: (B, h, Nk, d) -> proj_w(softmax(proj_l(q*scale @ k^T))),
+        (B, h, Nq, Nk)."""
         # Scale q before the product, as the official code does, so fp32 results match it exactly.
         logits = self._mix_heads(self.proj_l, (q * self.scale) @ k.transpose(-2, -1))
         return self._mix_heads(self.proj_w, logits.softmax(dim=-1))

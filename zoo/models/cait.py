@@ -9,11 +9,10 @@ import re
 from functools import partial
 
 import torch
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import nn
 
-from ..layers import (Block, LayerNorm6, PatchEmbed, init_weights_trunc_normal, prepend_tokens,
-                      resample_pos_embed)
+from ..layers import Block, LayerNorm6, PatchEmbed, init_weights_trunc_normal, resample_pos_embed
 from ..layers.class_attention import ClassAttentionBlock
 from ..layers.talking_heads import TalkingHeadsAttention
 from ..registry import register_model
@@ -26,6 +25,7 @@ class Cait(nn.Module):
     Class-attention stage: the class token (B, 1, D) reads the patches; forward_features returns
     the normalised [cls, patches] (B, 1 + N, D). Inputs of any size whose sides are multiples of
     the patch size are accepted: the position table is resampled bicubically to the input's grid.
+    ``fused_attn`` concerns the class-attention blocks: talking heads has no fused path.
     """
     classifier_keys = ('head',)
     num_prefix_tokens = 1
@@ -45,7 +45,7 @@ class Cait(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
-        # CaiT keeps the drop-path rate constant over depth (paper Sec. 4), unlike DeiT.
+        # Drop-path rate constant over depth (official cait_models.py), not DeiT's linear ramp.
         self.blocks = nn.Sequential(*[
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate,
                   attn_drop=attn_drop_rate, drop_path=drop_path_rate, init_values=init_values,
@@ -83,7 +83,7 @@ class Cait(nn.Module):
         """(B, C, H, W) -> normalised [cls, patches] (B, 1 + h*w, D)."""
         x, _ = self.embed(x)
         x = self.blocks(x)
-        cls = prepend_tokens(x[:, :0], self.cls_token)
+        cls = repeat(self.cls_token, '1 n d -> b n d', b=x.shape[0])
         for block in self.blocks_token_only:
             cls = block(x, cls)
         return self.norm(torch.cat([cls, x], dim=1))
@@ -115,7 +115,7 @@ class Cait(nn.Module):
         for block in self.blocks:
             x, attn = block(x, return_attention=True)
             maps.append(attn)
-        cls = prepend_tokens(x[:, :0], self.cls_token)
+        cls = repeat(self.cls_token, '1 n d -> b n d', b=x.shape[0])
         for block in self.blocks_token_only:
             cls, attn = block(x, cls, return_attention=True)
             maps.append(attn)
