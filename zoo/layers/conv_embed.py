@@ -15,7 +15,6 @@ class ConvEmbed(nn.Module):
     def __init__(self, in_chans: int = 3, embed_dim: int = 64, kernel_size: int = 7,
                  stride: int = 4, padding: int = 2, norm_layer=nn.LayerNorm):
         super().__init__()
-        self.stride = stride
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size, stride, padding)
         self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
 
