@@ -122,18 +122,21 @@ def download_checkpoint(url: str, model_name: str) -> dict:
     from urllib.error import URLError
     cache = os.path.join(torch.hub.get_dir(), 'checkpoints')
     try:
-        filename = os.path.basename(url.split('?')[0])
+        release_name = os.path.basename(url.split('?')[0])
+        match = torch.hub.HASH_REGEX.search(release_name)
+        # Hub-style addresses share generic names (pytorch_model.bin): without a hash in the name,
+        # the cache file is named after the model so two variants never read each other's weights.
+        filename = release_name if match else f'{model_name}-{release_name}'
         path = os.path.join(cache, filename)
         if not os.path.isfile(path):
             os.makedirs(cache, exist_ok=True)
             # Release files carry a sha256 prefix in their name (deit_tiny_...-a1311bcf.pth).
-            match = torch.hub.HASH_REGEX.search(filename)
             torch.hub.download_url_to_file(url, path, hash_prefix=match.group(1) if match else None,
                                            progress=True)
     except (URLError, OSError, ConnectionError) as e:
         raise RuntimeError(
             f'could not download the pretrained weights of {model_name} from {url} ({e}). '
             f'This machine seems to be offline: download the file elsewhere, then pass its path, '
-            f'e.g. create_model({model_name!r}, pretrained="/path/to/{filename}"), or copy it to '
-            f'{cache}/') from e
+            f'e.g. create_model({model_name!r}, pretrained="/path/to/{release_name}"), or copy it '
+            f'to {path}') from e
     return read_checkpoint(path)

@@ -1,16 +1,34 @@
 """The shared layer library: every backbone family builds on these, none keeps a private copy."""
 from .attention import Attention
 from .block import Block, LayerNorm6
+from .class_attention import ClassAttention, ClassAttentionBlock
+from .conv_attention import ConvProjection, ConvProjectionAttention
+from .conv_embed import ConvEmbed
 from .drop import DropPath, drop_path, drop_path_rates
 from .helpers import check_image, prepend_tokens, to_2tuple
+from .image_to_tokens import ImageToTokens
+from .layer_class_attention import LayerClassAttention, LayerClassAttentionBlock
 from .layer_scale import LayerScale
+from .leff import LocallyEnhancedFeedForward
 from .mlp import Mlp
 from .patch_embed import PatchEmbed
+from .peg import PositionalEncodingGenerator
 from .pos_embed import resample_pos_embed, sincos_2d_pos_embed, sinusoid_pos_embed
+from .quick_gelu import QuickGELU
+from .re_attention import ReAttention
+from .scaled_residual_block import ScaledResidualBlock
+from .squeeze_excite import SEAttention, SqueezeExcite
+from .talking_heads import TalkingHeadsAttention
+from .tokens_to_token import TokenAttention, TokenPerformer, TokensToToken, TokenTransformer
 from .weight_init import init_weights_trunc_normal
 
 __all__ = [
-    'Attention', 'Block', 'LayerNorm6', 'DropPath', 'drop_path', 'drop_path_rates', 'check_image',
-    'prepend_tokens', 'to_2tuple', 'LayerScale', 'Mlp', 'PatchEmbed', 'resample_pos_embed',
-    'sincos_2d_pos_embed', 'sinusoid_pos_embed', 'init_weights_trunc_normal',
+    'Attention', 'Block', 'LayerNorm6', 'ClassAttention', 'ClassAttentionBlock', 'ConvProjection',
+    'ConvProjectionAttention', 'ConvEmbed', 'DropPath', 'drop_path', 'drop_path_rates',
+    'check_image', 'prepend_tokens', 'to_2tuple', 'ImageToTokens', 'LayerClassAttention',
+    'LayerClassAttentionBlock', 'LayerScale', 'LocallyEnhancedFeedForward', 'Mlp', 'PatchEmbed',
+    'PositionalEncodingGenerator', 'resample_pos_embed', 'sincos_2d_pos_embed',
+    'sinusoid_pos_embed', 'QuickGELU', 'ReAttention', 'ScaledResidualBlock', 'SEAttention',
+    'SqueezeExcite', 'TalkingHeadsAttention', 'TokenAttention', 'TokenPerformer',
+    'TokensToToken', 'TokenTransformer', 'init_weights_trunc_normal',
 ]
