@@ -68,9 +68,10 @@ class CocoMetric(BaseMetric):
     """
     default_prefix = 'coco'
 
-    def __init__(self, ann_file: str | None = None, collect_device: str = 'cpu', prefix=None):
+    def __init__(self, ann_file: str | None = None, backend: str = 'pycocotools',
+                 collect_device: str = 'cpu', prefix=None):
         super().__init__(collect_device=collect_device, prefix=prefix)
-        self.ann_file = ann_file
+        self.ann_file, self.backend = ann_file, backend
 
     def process(self, data_batch, data_samples) -> None:
         cat_ids = self.dataset_meta['cat_ids']
@@ -85,7 +86,7 @@ class CocoMetric(BaseMetric):
         per_image = dict(results)  # de-duplicates images the distributed sampler repeated
         detections = [d for dets in per_image.values() for d in dets]
         ann_file = self.ann_file or self.dataset_meta['ann_file']
-        return coco_evaluate(ann_file, detections)
+        return coco_evaluate(ann_file, detections, backend=self.backend)
 
 
 @DATASETS.register_module(name='CocoDetection')

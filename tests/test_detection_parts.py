@@ -166,3 +166,24 @@ def test_matches_pycocotools_run_by_hand(tmp_path):
     ev.evaluate(), ev.accumulate(), ev.summarize()
     ours = coco_evaluate(str(path), dets)
     np.testing.assert_allclose(list(ours.values()), ev.stats, atol=1e-12)
+
+
+def test_faster_coco_eval_gives_identical_numbers():
+    rng = np.random.default_rng(1)
+    images = [dict(id=i, file_name=f'{i}.png', width=640, height=480) for i in range(0, 30)]
+    anns, dets = [], []
+    for img in images:
+        for _ in range(rng.integers(0, 6)):
+            x, y = rng.uniform(0, 500), rng.uniform(0, 380)
+            w, h = rng.uniform(4, 140), rng.uniform(4, 100)
+            cat = int(rng.choice([1, 2, 7]))
+            anns.append(dict(id=len(anns), image_id=img['id'], category_id=cat, bbox=[x, y, w, h],
+                             area=w * h, iscrowd=int(rng.random() < 0.05)))
+            for _ in range(3):
+                dets.append(dict(image_id=img['id'], category_id=int(rng.choice([1, 2, 7, cat, cat])),
+                                 bbox=(np.array([x, y, w, h]) + rng.normal(0, 6, 4)).clip(1).tolist(),
+                                 score=float(rng.random())))
+    gt = dict(images=images, annotations=anns, categories=[dict(id=c, name=str(c)) for c in (1, 2, 7)])
+    slow, fast = coco_evaluate(gt, dets), coco_evaluate(gt, dets, backend='faster')
+    np.testing.assert_allclose(list(fast.values()), list(slow.values()), atol=1e-12)
+    assert slow['AP'] > 0.05  # a non-trivial case

@@ -1,0 +1,121 @@
+"""Detector speed on this machine: training-step time, inference images/s, the matcher's share
+of a training step, and COCO evaluation time with pycocotools vs faster-coco-eval.
+
+    python tools/benchmark_detection.py --configs configs/detr_t2t.py,configs/detr_r50.py --size 800 1333
+    python tools/benchmark_detection.py --coco-eval-only
+
+Backbones are randomly initialised (speed does not depend on the weights). Targets: 8 random
+boxes per image.
+"""
+import argparse
+import statistics
+import time
+
+import _bootstrap  # noqa: F401
+import numpy as np
+import torch
+from mmengine.config import Config
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import MODELS
+
+import detection.engine  # noqa: F401
+from benchmark import machine
+from detection import coco_evaluate
+
+
+def _batch(batch_size, size, device):
+    targets = []
+    for _ in range(batch_size):
+        cxcy, wh = torch.rand(8, 2) * 0.6 + 0.2, torch.rand(8, 2) * 0.2 + 0.05
+        targets.append(dict(labels=torch.randint(0, 80, (8,), device=device),
+                            boxes=torch.cat([cxcy, wh], 1).to(device), image_id=0,
+                            orig_size=torch.tensor(size, device=device)))
+    return dict(inputs=torch.randn(batch_size, 3, *size, device=device),
+                masks=torch.zeros(batch_size, *size, dtype=torch.bool, device=device),
+                data_samples=targets)
+
+
+def detector_timings(config: str, size, batch_size: int, steps: int, device) -> dict:
+    cfg = Config.fromfile(config)
+    cfg.merge_from_dict({'model.detector.backbone.pretrained': False})
+    model = MODELS.build(cfg.model).to(device)
+    optim = build_optim_wrapper(model, cfg.optim_wrapper)
+    matcher, spent = model.criterion.matcher, []
+    plain = matcher.forward
+
+    def timed(*a, **k):
+        start = time.perf_counter()
+        out = plain(*a, **k)
+        spent.append(time.perf_counter() - start)
+        return out
+    matcher.forward = timed
+    data = _batch(batch_size, size, device)
+    model.train()
+    model.train_step(dict(data), optim)  # warm-up
+    step_times, matcher_share = [], []
+    for _ in range(steps):
+        spent.clear()
+        start = time.perf_counter()
+        model.train_step(dict(data), optim)
+        step_times.append(time.perf_counter() - start)
+        matcher_share.append(sum(spent) / step_times[-1])
+    model.eval()
+    with torch.inference_mode():
+        model.val_step(dict(data))
+        infer = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            model.val_step(dict(data))
+            infer.append(time.perf_counter() - start)
+    return dict(step_s=statistics.median(step_times), matcher_share=statistics.median(matcher_share),
+                images_per_s=batch_size / statistics.median(infer))
+
+
+def coco_eval_timings(num_images=500, seed=0) -> dict:
+    rng = np.random.default_rng(seed)
+    images = [dict(id=i, file_name=f'{i}.jpg', width=640, height=480) for i in range(num_images)]
+    anns, dets = [], []
+    for img in images:
+        for _ in range(rng.integers(1, 15)):
+            x, y, w, h = rng.uniform(0, 500), rng.uniform(0, 380), rng.uniform(4, 140), rng.uniform(4, 100)
+            anns.append(dict(id=len(anns) + 1, image_id=img['id'], category_id=int(rng.integers(1, 81)),
+                             bbox=[x, y, w, h], area=w * h, iscrowd=0))
+        for _ in range(100):  # COCO's maxDets
+            x, y, w, h = rng.uniform(0, 500), rng.uniform(0, 380), rng.uniform(4, 140), rng.uniform(4, 100)
+            dets.append(dict(image_id=img['id'], category_id=int(rng.integers(1, 81)), bbox=[x, y, w, h],
+                             score=float(rng.random())))
+    gt = dict(images=images, annotations=anns, categories=[dict(id=c, name=str(c)) for c in range(1, 81)])
+    out = {}
+    for backend in ('pycocotools', 'faster'):
+        start = time.perf_counter()
+        stats = coco_evaluate(gt, dets, backend=backend)
+        out[backend] = (time.perf_counter() - start, stats)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--configs', default='configs/detr_t2t.py,configs/detr_r50.py')
+    p.add_argument('--size', type=int, nargs=2, default=(800, 1333), metavar=('H', 'W'))
+    p.add_argument('--batch-size', type=int, default=1)
+    p.add_argument('--steps', type=int, default=3)
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--coco-eval-only', action='store_true')
+    p.add_argument('--coco-images', type=int, default=500)
+    args = p.parse_args(argv)
+    print(f'# {machine()}; torch {torch.__version__}')
+    if not args.coco_eval_only:
+        print(f'{"config":28s} {"input":>10s} {"train step s":>12s} {"matcher %":>9s} {"infer img/s":>11s}')
+        for config in args.configs.split(','):
+            r = detector_timings(config, tuple(args.size), args.batch_size, args.steps, torch.device(args.device))
+            print(f'{config.split("/")[-1]:28s} {args.size[0]:>4d}x{args.size[1]:<5d} {r["step_s"]:12.2f} '
+                  f'{100 * r["matcher_share"]:9.2f} {r["images_per_s"]:11.3f}', flush=True)
+    ev = coco_eval_timings(args.coco_images)
+    (t_slow, s_slow), (t_fast, s_fast) = ev['pycocotools'], ev['faster']
+    same = max(abs(s_slow[k] - s_fast[k]) for k in s_slow)
+    print(f'COCO eval, {args.coco_images} images x 100 detections: pycocotools {t_slow:.2f} s, '
+          f'faster-coco-eval {t_fast:.2f} s ({t_slow / t_fast:.1f}x faster), max stat difference {same:.1e}')
+
+
+if __name__ == '__main__':
+    main()
