@@ -5,6 +5,8 @@ from mmengine.evaluator import BaseMetric
 from mmengine.model import BaseModel
 from mmengine.registry import DATASETS, FUNCTIONS, METRICS, MODELS
 
+import zoo.engine  # noqa: F401  (checkpoint loading fix, optimiser constructor)
+
 from .coco_eval import coco_evaluate
 from .criterion import SetCriterion
 from .data.coco import CocoDetection, collate_detection

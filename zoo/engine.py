@@ -9,12 +9,16 @@ Two fixes live here, so users need no environment variables:
   ``torch.cuda.set_device`` and its DDP wrapper passes ``device_ids``. Without CUDA the process
   group is started with gloo here first, and the model is wrapped without device ids.
 """
+import logging
 import os
 import os.path as osp
 
 import torch
 import torch.distributed as dist
+from mmengine.logging import MMLogger
 from mmengine.model import MMDistributedDataParallel, is_model_wrapper
+from mmengine.optim import DefaultOptimWrapperConstructor
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.runner import Runner as _Runner
 from mmengine.runner.checkpoint import CheckpointLoader
 
@@ -49,3 +53,18 @@ class Runner(_Runner):
     def from_cfg(cls, cfg):
         init_cpu_distributed(cfg.get('launcher', 'none'))
         return super().from_cfg(cfg)
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class QuietOptimWrapperConstructor(DefaultOptimWrapperConstructor):
+    """mmengine's default constructor (paramwise_cfg, lr_mult, ...) without its log line for every
+    parameter and setting, which buries the training log under thousands of lines."""
+
+    def __call__(self, model):
+        logger = MMLogger.get_current_instance()
+        level = logger.level
+        logger.setLevel(logging.WARNING)
+        try:
+            return super().__call__(model)
+        finally:
+            logger.setLevel(level)

@@ -1,7 +1,8 @@
 # AdamW 1e-4 (backbone 1e-5), weight decay 1e-4, gradient-norm clip 0.1, lr drop at epoch 100.
 # A short linear warm-up: transformer backbones need it (ViTDet); DETR's CNN did without.
 optim_wrapper = dict(
-    type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-4, weight_decay=1e-4),
+    type='OptimWrapper', constructor='QuietOptimWrapperConstructor',
+    optimizer=dict(type='AdamW', lr=1e-4, weight_decay=1e-4),
     clip_grad=dict(max_norm=0.1, norm_type=2),
     paramwise_cfg=dict(custom_keys={'net.backbone': dict(lr_mult=0.1)}))
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=150, val_interval=10)
