@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast benchmark clean
+.PHONY: demo models test test-fast benchmark clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -11,10 +11,19 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-# The main job on built-in data: until the detector lands, the model table (params, MACs, paper).
+# The main job on built-in data: DETR with a T2T-ViT backbone on the generated shapes set
+# (train, COCO evaluation, a picture of predictions). Run again, it resumes where it stopped.
+DEMO_CFG := configs/demo/detr_t2t_shapes.py
+DEMO_DIR := work_dirs/demo
 demo: $(VENV)/.installed
-	mkdir -p work_dirs/demo
-	$(PY) tools/analyze.py --out work_dirs/demo/models.md
+	$(PY) tools/train.py $(DEMO_CFG) --work-dir $(DEMO_DIR) --resume
+	$(PY) tools/test.py $(DEMO_CFG) $$(cat $(DEMO_DIR)/last_checkpoint) --work-dir $(DEMO_DIR)/test \
+		--out $(DEMO_DIR)/detections.json
+	$(PY) tools/infer.py $(DEMO_CFG) $$(cat $(DEMO_DIR)/last_checkpoint) --val 8 \
+		--out $(DEMO_DIR)/predictions.png
+
+models: $(VENV)/.installed
+	$(PY) tools/analyze.py
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -ra

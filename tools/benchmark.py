@@ -22,11 +22,19 @@ import torch
 
 import zoo
 
-DEFAULT_MODELS = ['vit_small_patch16_224', 'deit_small_patch16_224']
+DEFAULT_MODELS = ['vit_small_patch16_224', 'deit_small_patch16_224', 'cait_xxs24_224', 'cvt_13',
+                  't2t_vit_14', 't2t_vit_t_14', 'deepvit_s', 'ceit_s', 'cpvt_s']
+
+
+# CvT has no timm implementation; Hugging Face transformers' is its peer (depths per stage).
+_HF_CVT_DEPTHS = {'cvt_13': (1, 2, 10), 'cvt_21': (1, 4, 16)}
 
 
 def peer_builder(name: str):
     """A function building the peer implementation of ``name`` (random weights), or None."""
+    if name in _HF_CVT_DEPTHS:
+        from transformers import CvtConfig, CvtForImageClassification
+        return lambda: CvtForImageClassification(CvtConfig(depth=_HF_CVT_DEPTHS[name], num_labels=1000))
     try:
         import timm
     except ImportError:

@@ -4,10 +4,7 @@ from einops import rearrange
 from torch import nn
 
 from .attention import Attention
-from .block import LayerNorm6
-from .drop import DropPath
-from .layer_scale import LayerScale
-from .mlp import Mlp
+from .block import Block
 
 
 class ClassAttention(Attention):
@@ -40,30 +37,20 @@ class ClassAttention(Attention):
         return (out, attn) if return_attention else out
 
 
-class ClassAttentionBlock(nn.Module):
+class ClassAttentionBlock(Block):
     """CaiT's class-attention block: updates the class token only.
 
     x: patch tokens (B, N, D), left unchanged; cls: (B, 1, D) -> new cls (B, 1, D).
     cls = cls + drop_path(ls1(attn(norm1([cls, x])))); cls = cls + drop_path(ls2(mlp(norm2(cls)))).
     The MLP runs on the class token alone, which keeps the block cheap at any sequence length.
+    Layers as :class:`Block`'s (every other argument is Block's), with class attention and
+    LayerScale (init 1e-5) by default.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
-                 qk_scale: float | None = None, drop: float = 0.0, attn_drop: float = 0.0,
-                 drop_path: float = 0.0, init_values: float | None = 1e-5,
-                 act_layer: type[nn.Module] = nn.GELU, norm_layer=LayerNorm6,
-                 attn_layer=ClassAttention, mlp_layer=Mlp, fused_attn: bool = True):
-        super().__init__()
-        self.norm1 = norm_layer(dim)
-        self.attn = attn_layer(dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
-                               attn_drop=attn_drop, proj_drop=drop, fused=fused_attn)
-        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = norm_layer(dim)
-        self.mlp = mlp_layer(in_features=dim, hidden_features=int(dim * mlp_ratio),
-                             act_layer=act_layer, drop=drop)
-        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, *,
+                 init_values: float | None = 1e-5, attn_layer=ClassAttention, **kwargs):
+        super().__init__(dim, num_heads, mlp_ratio, init_values=init_values,
+                         attn_layer=attn_layer, **kwargs)
 
     def forward(self, x: torch.Tensor, cls: torch.Tensor, return_attention: bool = False):
         tokens = self.norm1(torch.cat([cls, x], dim=1))

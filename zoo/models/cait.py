@@ -9,16 +9,18 @@ import re
 from functools import partial
 
 import torch
-from einops import rearrange, repeat
+from einops import repeat
 from torch import nn
 
-from ..layers import Block, LayerNorm6, PatchEmbed, init_weights_trunc_normal, resample_pos_embed
+from ..layers import Block, LayerNorm6, PatchEmbed, resample_pos_embed
 from ..layers.class_attention import ClassAttentionBlock
 from ..layers.talking_heads import TalkingHeadsAttention
 from ..registry import register_model
+from ._base import (TokenBackbone, build, classifier_head, rename_keys, resample_pos_embed_in,
+                    tokens_to_map)
 
 
-class Cait(nn.Module):
+class Cait(TokenBackbone):
     """CaiT over p x p patches.
 
     Self-attention stage: patch tokens (B, N, D) with a position table over the patches only.
@@ -59,18 +61,10 @@ class Cait(nn.Module):
             for _ in range(depth_token_only)])
         self.norm = norm_layer(embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = classifier_head(embed_dim, num_classes)
         self.feature_info = [dict(channels=embed_dim, stride=self.patch_embed.patch_size[0],
                                   module='norm')]
         self.init_weights()
-
-    def init_weights(self) -> None:
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.apply(init_weights_trunc_normal)
-
-    def no_weight_decay(self) -> set[str]:
-        return {'pos_embed', 'cls_token'}
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, C, H, W) -> patch tokens with position added (B, h*w, D), and the grid (h, w)."""
@@ -79,30 +73,32 @@ class Cait(nn.Module):
                                  num_prefix_tokens=0)
         return self.pos_drop(x + pos), grid
 
+    def run_class_blocks(self, x: torch.Tensor, return_attention: bool = False):
+        """Patch tokens (B, N, D) -> the class token (B, 1, D) after the class-attention blocks,
+        and their (B, heads, 1, 1 + N) maps (empty unless asked for)."""
+        cls = repeat(self.cls_token, '1 n d -> b n d', b=x.shape[0])
+        maps = []
+        for block in self.blocks_token_only:
+            if return_attention:
+                cls, attn = block(x, cls, return_attention=True)
+                maps.append(attn)
+            else:
+                cls = block(x, cls)
+        return cls, maps
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> normalised [cls, patches] (B, 1 + h*w, D)."""
-        x, _ = self.embed(x)
-        x = self.blocks(x)
-        cls = repeat(self.cls_token, '1 n d -> b n d', b=x.shape[0])
-        for block in self.blocks_token_only:
-            cls = block(x, cls)
+        x, grid = self.embed(x)
+        x = self.run_blocks(x, grid)[0]
+        cls, _ = self.run_class_blocks(x)
         return self.norm(torch.cat([cls, x], dim=1))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Tokens (B, 1 + N, D) -> logits (B, num_classes) from the class token."""
-        x = self.head_drop(x[:, 0])
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def forward_feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, C, H, W) -> [(B, D, H/p, W/p)]: the patch tokens after the self-attention stack and
         the final norm. Class attention never changes the patches, so these are exactly the patch
         rows of forward_features, and the class-attention stage can be skipped."""
-        x, (h, w) = self.embed(x)
-        x = self.norm(self.blocks(x))
-        return [rearrange(x, 'b (h w) d -> b d h w', h=h, w=w)]
+        x, grid = self.embed(x)
+        return [tokens_to_map(self.norm(self.run_blocks(x, grid)[0]), grid)]
 
     @torch.no_grad()
     def get_attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -110,24 +106,9 @@ class Cait(nn.Module):
         self-attention block (talking heads: the head-mixed map that multiplies v), then
         (B, heads, 1, 1 + N) for each class-attention block (the class token's softmax over
         [cls, patches])."""
-        x, _ = self.embed(x)
-        maps = []
-        for block in self.blocks:
-            x, attn = block(x, return_attention=True)
-            maps.append(attn)
-        cls = repeat(self.cls_token, '1 n d -> b n d', b=x.shape[0])
-        for block in self.blocks_token_only:
-            cls, attn = block(x, cls, return_attention=True)
-            maps.append(attn)
-        return maps
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    @staticmethod
-    def checkpoint_filter_fn(state_dict: dict, model: 'Cait') -> dict:
-        return checkpoint_filter_fn(state_dict, model)
+        x, grid = self.embed(x)
+        x, maps = self.run_blocks(x, grid, return_attention=True)
+        return maps + self.run_class_blocks(x, return_attention=True)[1]
 
 
 _LAYER_SCALE = re.compile(r'^(blocks(?:_token_only)?\.\d+)\.gamma_([12])$')
@@ -141,11 +122,8 @@ def checkpoint_filter_fn(state_dict: dict, model: Cait) -> dict:
     class attention ``attn.q`` / ``k`` / ``v``) already has our name. The patch position table
     is resampled to the model's grid (fine-tuning at another resolution).
     """
-    sd = {_LAYER_SCALE.sub(r'\1.ls\2.gamma', k): v for k, v in state_dict.items()}
-    pos = sd.get('pos_embed')
-    if pos is not None and pos.shape != model.pos_embed.shape:
-        sd['pos_embed'] = resample_pos_embed(pos, model.patch_embed.grid_size, num_prefix_tokens=0)
-    return sd
+    sd = rename_keys(state_dict, [(_LAYER_SCALE, r'\1.ls\2.gamma')])
+    return resample_pos_embed_in(sd, model, model.patch_embed.grid_size, num_prefix_tokens=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,11 +139,7 @@ _SRC = 'CaiT README_cait.md / paper'
 _SRC_XXS = 'CaiT paper (params, GMACs) / timm results (top-1)'
 
 
-def _cait(overrides: dict, **arch) -> Cait:
-    """The variant's architecture, with the caller's overrides (depth, img_size, ...) on top."""
-    return Cait(**{**arch, **overrides})
-
-
+_cait = partial(build, Cait)
 _xxs = partial(dict, patch_size=16, embed_dim=192, num_heads=4)
 _xs = partial(dict, patch_size=16, embed_dim=288, num_heads=6)
 _s = partial(dict, patch_size=16, embed_dim=384, num_heads=8)

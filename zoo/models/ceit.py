@@ -15,11 +15,12 @@ from ..layers.image_to_tokens import ImageToTokens
 from ..layers.layer_class_attention import LayerClassAttentionBlock
 from ..layers.leff import LocallyEnhancedFeedForward
 from ..layers.pos_embed import resample_pos_embed
-from ..layers.weight_init import init_weights_trunc_normal
 from ..registry import register_model
+from ._base import (TokenBackbone, apply_blocks, build, classifier_head, rename_keys,
+                    resample_pos_embed_in, tokens_to_map)
 
 
-class CeiT(nn.Module):
+class CeiT(TokenBackbone):
     """Token sequence [cls, patch_1 .. patch_N] (B, 1 + N, D) over a stride-16 grid.
 
     Each block's class token is collected; the L class tokens (plus a layer position table)
@@ -57,20 +58,12 @@ class CeiT(nn.Module):
         self.pos_layer_embed = nn.Parameter(torch.zeros(1, depth, embed_dim))
         self.norm = norm_layer(embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = classifier_head(embed_dim, num_classes)
         self.feature_info = [dict(channels=embed_dim, stride=self.i2t.stride,
                                   module=f'blocks.{depth - 1}')]
+        # pos_layer_embed starts at zero, as in the official code, and is decayed as in the
+        # official recipe: it is not one of token_params.
         self.init_weights()
-
-    def init_weights(self) -> None:
-        # pos_layer_embed starts at zero, as in the official code.
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.apply(init_weights_trunc_normal)
-
-    def no_weight_decay(self) -> set[str]:
-        # The official recipe decays pos_layer_embed; only these two are exempt there.
-        return {'pos_embed', 'cls_token'}
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, C, H, W) -> tokens with position added (B, 1 + h*w, D), and the grid (h, w)."""
@@ -78,13 +71,17 @@ class CeiT(nn.Module):
         pos = resample_pos_embed(self.pos_embed, grid, self.i2t.grid_size, 1)
         return self.pos_drop(prepend_tokens(x, self.cls_token) + pos), grid
 
-    def forward_blocks(self, x: torch.Tensor, grid: tuple[int, int]):
+    def forward_blocks(self, x: torch.Tensor, grid: tuple[int, int],
+                       attention_maps: list | None = None):
         """Tokens (B, 1 + N, D) -> last tokens (B, 1 + N, D) and every block's class token
-        stacked (B, L, D)."""
+        stacked (B, L, D). Given a list ``attention_maps``, each block's (B, heads, 1 + N, 1 + N)
+        softmax map is appended to it."""
         class_tokens = []
         for block in self.blocks:
-            x = block(x, grid=grid)
+            x, maps = apply_blocks([block], x, attention_maps is not None, grid=grid)
             class_tokens.append(x[:, 0])
+            if attention_maps is not None:
+                attention_maps += maps
         return x, rearrange(class_tokens, 'l b d -> b l d')
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,42 +90,22 @@ class CeiT(nn.Module):
         _, class_tokens = self.forward_blocks(x, grid)
         return self.norm(self.lca(class_tokens + self.pos_layer_embed))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """(B, 1, D) from forward_features -> logits (B, num_classes)."""
-        x = self.head_drop(x[:, 0])
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
     def forward_feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, C, H, W) -> [(B, D, H/16, W/16)]: the last block's patch tokens as a map. The
         final norm belongs to the LCA output, so the tokens are left as the block gives them."""
-        x, (h, w) = self.embed(x)
-        x, _ = self.forward_blocks(x, (h, w))
-        return [rearrange(x[:, 1:], 'b (h w) d -> b d h w', h=h, w=w)]
+        x, grid = self.embed(x)
+        x, _ = self.forward_blocks(x, grid)
+        return [tokens_to_map(x, grid, self.num_prefix_tokens)]
 
     @torch.no_grad()
     def get_attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, C, H, W) -> one (B, heads, 1 + N, 1 + N) softmax map per block, then the LCA
         map (B, heads, 1, L) of the last class token over the L layers' class tokens."""
         x, grid = self.embed(x)
-        maps, class_tokens = [], []
-        for block in self.blocks:
-            x, attn = block(x, grid=grid, return_attention=True)
-            maps.append(attn)
-            class_tokens.append(x[:, 0])
-        class_tokens = rearrange(class_tokens, 'l b d -> b l d') + self.pos_layer_embed
-        _, attn = self.lca(class_tokens, return_attention=True)
+        maps = []
+        _, class_tokens = self.forward_blocks(x, grid, attention_maps=maps)
+        _, attn = self.lca(class_tokens + self.pos_layer_embed, return_attention=True)
         return maps + [attn]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    @staticmethod
-    def checkpoint_filter_fn(state_dict: dict, model: 'CeiT') -> dict:
-        return checkpoint_filter_fn(state_dict, model)
 
 
 # Official names -> ours: the I2T stem is flat here, and feed-forwards are Block's ``mlp``.
@@ -141,24 +118,15 @@ def checkpoint_filter_fn(state_dict: dict, model: CeiT) -> dict:
     leff.{conv1..3, bn1..3}}, lca.{norm1, attn.qkv, attn.proj, norm2, feedforward.fc1,
     feedforward.fc2}, pos_layer_embed, norm, head) -> this model's keys, the position table
     resampled to its grid (e.g. a 224 checkpoint into a 384 model)."""
-    out = {}
-    for key, value in state_dict.items():
-        for old, new in _RENAMES:
-            key = key.replace(old, new)
-        out[key] = value
-    pos = out.get('pos_embed')
-    if pos is not None and pos.shape != model.pos_embed.shape:
-        out['pos_embed'] = resample_pos_embed(pos, model.i2t.grid_size, num_prefix_tokens=1)
-    return out
+    sd = rename_keys(state_dict, _RENAMES)
+    return resample_pos_embed_in(sd, model, model.i2t.grid_size, num_prefix_tokens=1)
 
 
 # ---------------------------------------------------------------------------------------------
 # Registered variants. Figures: CeiT README (ceit_b: the 100-epoch row). The official weights
 # are one Google Drive file (no direct download): url=None.
 
-def _ceit(overrides: dict, **arch) -> CeiT:
-    """The variant's architecture, with the caller's overrides (depth, img_size, ...) on top."""
-    return CeiT(**{**arch, **overrides})
+_ceit = partial(build, CeiT)
 
 
 @register_model(url=None, params=6.4, gmacs=1.2, top1=76.4, source='CeiT README')

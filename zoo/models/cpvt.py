@@ -9,14 +9,15 @@ The official CPVT repository released no code of its own; the PEG code was relea
 (Meituan-AutoML/Twins, ``PosCNN``: ``pos_block.{i}.proj.0.*``). No CPVT weights were released.
 """
 import re
+from functools import partial
 
 import torch
-from einops import rearrange
 from torch import nn
 
-from ..layers import init_weights_trunc_normal, prepend_tokens
+from ..layers import prepend_tokens
 from ..layers.peg import PositionalEncodingGenerator
 from ..registry import register_model
+from ._base import apply_blocks, build, rename_keys
 from .vision_transformer import VisionTransformer
 
 
@@ -29,6 +30,8 @@ class CPVT(VisionTransformer):
     :class:`VisionTransformer` except ``distilled``.
     """
     classifier_keys = ('head',)
+    # Initialised while VisionTransformer.__init__ runs, before the position table is dropped.
+    token_params = ('cls_token',)
 
     def __init__(self, class_token: bool = True, peg_positions=(0,),
                  global_pool: str | None = None, **kwargs):
@@ -54,11 +57,6 @@ class CPVT(VisionTransformer):
             PositionalEncodingGenerator(self.embed_dim, num_prefix_tokens=self.num_prefix_tokens)
             for _ in positions])
 
-    def init_weights(self) -> None:
-        if self.cls_token is not None:
-            nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.apply(init_weights_trunc_normal)
-
     def no_weight_decay(self) -> set[str]:
         # As Twins (the official PEG code) does: no decay on the class token and the PEG weights.
         names = {f'pos_block.{n}' for n, _ in self.pos_block.named_parameters()}
@@ -79,35 +77,11 @@ class CPVT(VisionTransformer):
         pegs = dict(zip(self.peg_positions, self.pos_block))
         maps = []
         for i, block in enumerate(self.blocks):
-            if return_attention:
-                x, attn = block(x, return_attention=True)
-                maps.append(attn)
-            else:
-                x = block(x)
+            x, block_maps = apply_blocks([block], x, return_attention)
+            maps += block_maps
             if i in pegs:
                 x = pegs[i](x, grid)
         return x, maps
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> normalised tokens (B, P + h*w, D)."""
-        x, grid = self.embed(x)
-        return self.norm(self.run_blocks(x, grid)[0])
-
-    def forward_feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, C, H, W) -> [(B, D, H/p, W/p)]: the normalised patch tokens laid out as a map."""
-        x, (h, w) = self.embed(x)
-        x = self.norm(self.run_blocks(x, (h, w))[0])[:, self.num_prefix_tokens:]
-        return [rearrange(x, 'b (h w) d -> b d h w', h=h, w=w)]
-
-    @torch.no_grad()
-    def get_attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, C, H, W) -> one (B, heads, P + N, P + N) softmax map per block (explicit path)."""
-        x, grid = self.embed(x)
-        return self.run_blocks(x, grid, return_attention=True)[1]
-
-    @staticmethod
-    def checkpoint_filter_fn(state_dict: dict, model: 'CPVT') -> dict:
-        return checkpoint_filter_fn(state_dict, model)
 
 
 # pos_block.{i}.proj.0.* (Twins' PosCNN, a Sequential around the conv) or pos_block.proj.*
@@ -118,10 +92,9 @@ _PEG_KEY = re.compile(r'^pos_block\.(?:(\d+)\.)?proj\.(?:0\.)?(weight|bias)$')
 def checkpoint_filter_fn(state_dict: dict, model: CPVT) -> dict:
     """CPVT checkpoint in the official PEG layout -> this model's keys. Everything but the PEGs
     has DeiT's (timm's) names already; there is no position table to resample."""
-    def rename(key):
-        m = _PEG_KEY.match(key)
-        return f'pos_block.{m.group(1) or 0}.proj.{m.group(2)}' if m else key
-    return {rename(k): v for k, v in state_dict.items()}
+    def rename(m: re.Match) -> str:
+        return f'pos_block.{m.group(1) or 0}.proj.{m.group(2)}'
+    return rename_keys(state_dict, [(_PEG_KEY, rename)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,12 +104,7 @@ def checkpoint_filter_fn(state_dict: dict, model: CPVT) -> dict:
 # (a PEG adds < 0.01 GMACs). No weights were released (url=None).
 
 _SRC = 'CPVT paper'
-
-
-def _cpvt(overrides: dict, **arch) -> CPVT:
-    """The variant's architecture, with the caller's overrides (depth, img_size, ...) on top."""
-    return CPVT(**{**arch, **overrides})
-
+_cpvt = partial(build, CPVT)
 
 _TI = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3)
 _S = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)

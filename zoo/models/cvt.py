@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from functools import partial
 
 import torch
-from einops import rearrange
 from torch import nn
 
 from ..layers import Block, check_image, drop_path_rates, init_weights_trunc_normal, prepend_tokens
@@ -21,6 +20,7 @@ from ..layers.conv_attention import ConvProjectionAttention
 from ..layers.conv_embed import ConvEmbed
 from ..layers.quick_gelu import QuickGELU
 from ..registry import register_model
+from ._base import TokenBackbone, apply_blocks, build, classifier_head, rename_keys, tokens_to_map
 
 
 class CvTStage(nn.Module):
@@ -53,30 +53,23 @@ class CvTStage(nn.Module):
         x, grid = self.patch_embed(x)
         if self.cls_token is not None:
             x = prepend_tokens(x, self.cls_token)
-        x = self.pos_drop(x)
-        maps = []
-        for block in self.blocks:
-            if return_attention:
-                x, attn = block(x, grid=grid, return_attention=True)
-                maps.append(attn)
-            else:
-                x = block(x, grid=grid)
+        x, maps = apply_blocks(self.blocks, self.pos_drop(x), return_attention, grid=grid)
         return x, grid, maps
 
     def to_map(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Tokens (B, P + h*w, D) -> the patch tokens as a map (B, D, h, w)."""
-        return rearrange(x[:, self.num_prefix_tokens:], 'b (h w) d -> b d h w',
-                         h=grid[0], w=grid[1])
+        return tokens_to_map(x, grid, self.num_prefix_tokens)
 
 
-class ConvolutionalVisionTransformer(nn.Module):
+class ConvolutionalVisionTransformer(TokenBackbone):
     """CvT: three stages at strides 4, 8, 16 (for sides that are multiples of 16; other sides give
     ceil(H / s)), the class token joining in the last one.
 
     ``drop_path_rate``: a float is the last stage's rate, with stages 1-2 at 0 as in every
     official config (DROP_PATH_RATE [0, 0, r]); a sequence gives one rate per stage. Within a
     stage it rises linearly from 0 over the blocks. ``img_size`` is recorded only: with no
-    position embedding the network takes any input size.
+    position embedding the network takes any input size. The class-token head, forward,
+    classifier reset and checkpoint hook are :class:`TokenBackbone`'s.
     """
     classifier_keys = ('head',)
 
@@ -110,7 +103,7 @@ class ConvolutionalVisionTransformer(nn.Module):
             self.feature_info.append(dict(channels=chans, stride=stride, module=f'stages.{s}'))
         self.norm = norm_layer(self.embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = classifier_head(self.embed_dim, num_classes)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -137,14 +130,6 @@ class ConvolutionalVisionTransformer(nn.Module):
         outs, _ = self.run_stages(x)
         return self.norm(outs[-1][0])
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Tokens (B, 1 + N, D) -> logits (B, num_classes) from the class token."""
-        x = self.head_drop(x[:, 0])
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
     def forward_feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, C, H, W) -> [(B, D_s, H/s, W/s)] for s = 4, 8, 16: each stage's output map (the
         patch tokens; the class token and the final norm are left out, as in the official code
@@ -158,17 +143,9 @@ class ConvolutionalVisionTransformer(nn.Module):
         stage; (h', w') is the key / value grid, about half of (h, w) per side."""
         return self.run_stages(x, return_attention=True)[1]
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    @staticmethod
-    def checkpoint_filter_fn(state_dict: dict, model: 'ConvolutionalVisionTransformer') -> dict:
-        return checkpoint_filter_fn(state_dict, model)
-
 
 # Hugging Face transformers' CvtForImageClassification / CvtModel names -> the official names.
-_HF_TO_OFFICIAL = [
+_HF_TO_OFFICIAL = [(re.compile(pattern), repl) for pattern, repl in [
     (r'^(?:cvt\.)?encoder\.stages\.(\d+)\.', r'stage\1.'),
     (r'\.embedding\.convolution_embeddings\.projection\.', '.patch_embed.proj.'),
     (r'\.embedding\.convolution_embeddings\.normalization\.', '.patch_embed.norm.'),
@@ -185,16 +162,8 @@ _HF_TO_OFFICIAL = [
     (r'\.output\.dense\.', '.mlp.fc2.'),
     (r'^layernorm\.', 'norm.'),
     (r'^classifier\.', 'head.'),
-]
-
-
-def _hf_to_official(state_dict: dict) -> dict:
-    out = {}
-    for key, value in state_dict.items():
-        for pattern, repl in _HF_TO_OFFICIAL:
-            key = re.sub(pattern, repl, key)
-        out[key] = value
-    return out
+]]
+_OFFICIAL_STAGE = re.compile(r'^stage(\d+)\.')
 
 
 def checkpoint_filter_fn(state_dict: dict, model: ConvolutionalVisionTransformer) -> dict:
@@ -203,8 +172,8 @@ def checkpoint_filter_fn(state_dict: dict, model: ConvolutionalVisionTransformer
     ``stages.{s}.`` and the separate q / k / v Linears stacked into ``attn.qkv``. The identity on
     the zoo's own layout."""
     if any(k.startswith(('cvt.', 'encoder.stages.')) for k in state_dict):
-        state_dict = _hf_to_official(state_dict)
-    sd = {re.sub(r'^stage(\d+)\.', r'stages.\1.', k): v for k, v in state_dict.items()}
+        state_dict = rename_keys(state_dict, _HF_TO_OFFICIAL)
+    sd = rename_keys(state_dict, [(_OFFICIAL_STAGE, r'stages.\1.')])
     for key in [k for k in sd if '.attn.proj_q.' in k]:
         parts = [sd.pop(key.replace('.proj_q.', f'.proj_{n}.')) for n in 'qkv']
         sd[key.replace('.proj_q.', '.qkv.')] = torch.cat(parts)
@@ -227,9 +196,7 @@ _CVT_21 = dict(embed_dims=(64, 192, 384), depths=(1, 4, 16), num_heads=(1, 3, 6)
 _CVT_W24 = dict(embed_dims=(192, 768, 1024), depths=(2, 2, 20), num_heads=(3, 12, 16))
 
 
-def _cvt(overrides: dict, **arch) -> ConvolutionalVisionTransformer:
-    """The variant's architecture, with the caller's overrides (depths, num_classes, ...) on top."""
-    return ConvolutionalVisionTransformer(**{**arch, **overrides})
+_cvt = partial(build, ConvolutionalVisionTransformer)
 
 
 @register_model(url=_hf('cvt-13'), params=20.0, gmacs=4.5, top1=81.6, source='CvT README (IN-1k)')

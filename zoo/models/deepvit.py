@@ -14,12 +14,11 @@ from torch import nn
 from ..layers.attention import Attention
 from ..layers.block import LayerNorm6
 from ..layers.drop import drop_path_rates
-from ..layers.helpers import check_image, prepend_tokens, to_2tuple
-from ..layers.pos_embed import resample_pos_embed
+from ..layers.helpers import check_image, to_2tuple
 from ..layers.re_attention import ReAttention
 from ..layers.scaled_residual_block import ScaledResidualBlock
-from ..layers.weight_init import init_weights_trunc_normal
 from ..registry import register_model
+from ._base import TokenBackbone, build, classifier_head, rename_keys, resample_pos_embed_in
 
 
 class ConvStemPatchEmbed(nn.Module):
@@ -54,11 +53,13 @@ class ConvStemPatchEmbed(nn.Module):
         return rearrange(x, 'b d h w -> b (h w) d'), grid
 
 
-class DeepViT(nn.Module):
+class DeepViT(TokenBackbone):
     """ViT with a CNN stem; the last ``num_reattention_blocks`` blocks use :class:`ReAttention`.
 
     Token sequence: [cls, patch_1 .. patch_N] (B, 1 + N, D). Inputs of any size whose sides are
     multiples of 16 are accepted; the position table is resampled to the input's grid.
+    Embedding, forward passes, feature map and attention maps are :class:`TokenBackbone`'s; in
+    re-attention blocks the attention map is the re-generated one (the map that multiplies v).
     """
     classifier_keys = ('head',)
     num_prefix_tokens = 1
@@ -88,61 +89,9 @@ class DeepViT(nn.Module):
             for i, dpr in enumerate(drop_path_rates(drop_path_rate, depth))])
         self.norm = norm_layer(embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = classifier_head(embed_dim, num_classes)
         self.feature_info = [dict(channels=embed_dim, stride=patch_size, module='norm')]
         self.init_weights()
-
-    def init_weights(self) -> None:
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.apply(init_weights_trunc_normal)
-
-    def no_weight_decay(self) -> set[str]:
-        return {'pos_embed', 'cls_token'}
-
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(B, C, H, W) -> tokens with position added (B, 1 + h*w, D), and the grid (h, w)."""
-        x, grid = self.patch_embed(x)
-        pos = resample_pos_embed(self.pos_embed, grid, self.patch_embed.grid_size, 1)
-        return self.pos_drop(prepend_tokens(x, self.cls_token) + pos), grid
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> normalised tokens (B, 1 + h*w, D)."""
-        x, _ = self.embed(x)
-        return self.norm(self.blocks(x))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Tokens (B, 1 + N, D) -> logits (B, num_classes) from the class token."""
-        x = self.head_drop(x[:, 0])
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, C, H, W) -> [(B, D, H/16, W/16)]: the normalised patch tokens as a map."""
-        x, (h, w) = self.embed(x)
-        x = self.norm(self.blocks(x))[:, 1:]
-        return [rearrange(x, 'b (h w) d -> b d h w', h=h, w=w)]
-
-    @torch.no_grad()
-    def get_attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, C, H, W) -> one (B, heads, 1 + N, 1 + N) map per block: the softmax map in plain
-        blocks, the re-generated map (the one that multiplies v) in re-attention blocks."""
-        x, _ = self.embed(x)
-        maps = []
-        for block in self.blocks:
-            x, attn = block(x, return_attention=True)
-            maps.append(attn)
-        return maps
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    @staticmethod
-    def checkpoint_filter_fn(state_dict: dict, model: 'DeepViT') -> dict:
-        return checkpoint_filter_fn(state_dict, model)
 
 
 # Official ReAttention names -> ours.
@@ -154,24 +103,15 @@ def checkpoint_filter_fn(state_dict: dict, model: DeepViT) -> dict:
     keys patch_embed.{conv1, bn1, conv2, bn2, proj}, blocks.{i}.{norm1, attn.qkv,
     attn.reatten_matrix, attn.var_norm, attn.proj, norm2, mlp.fc1, mlp.fc2}, cls_token,
     pos_embed, norm, head) -> this model's keys, the position table resampled to its grid."""
-    out = {}
-    for key, value in state_dict.items():
-        for old, new in _RENAMES:
-            key = key.replace(old, new)
-        out[key] = value
-    pos = out.get('pos_embed')
-    if pos is not None and pos.shape != model.pos_embed.shape:
-        out['pos_embed'] = resample_pos_embed(pos, model.patch_embed.grid_size, num_prefix_tokens=1)
-    return out
+    sd = rename_keys(state_dict, _RENAMES)
+    return resample_pos_embed_in(sd, model, model.patch_embed.grid_size, num_prefix_tokens=1)
 
 
 # ---------------------------------------------------------------------------------------------
 # Registered variants. Figures: DeepViT README / paper; params counted on the official code.
 # The official weights are Google Drive links (no direct download): url=None.
 
-def _deepvit(overrides: dict, **arch) -> DeepViT:
-    """The variant's architecture, with the caller's overrides (depth, img_size, ...) on top."""
-    return DeepViT(**{**arch, **overrides})
+_deepvit = partial(build, DeepViT)
 
 
 @register_model(url=None, params=27.3, gmacs=6.2, top1=82.3,

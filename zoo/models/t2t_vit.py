@@ -9,24 +9,26 @@ import re
 from functools import partial
 
 import torch
-from einops import rearrange
 from torch import nn
 
-from ..layers import (Attention, Block, check_image, drop_path_rates, init_weights_trunc_normal,
-                      prepend_tokens, resample_pos_embed, sinusoid_pos_embed, to_2tuple)
+from ..layers import (Attention, Block, check_image, drop_path_rates, prepend_tokens,
+                      resample_pos_embed, sinusoid_pos_embed, to_2tuple)
 from ..layers.squeeze_excite import SEAttention
 from ..layers.tokens_to_token import TokensToToken
 from ..registry import register_model
+from ._base import TokenBackbone, build, classifier_head, rename_keys, resample_pos_embed_in
 
 
-class T2TViT(nn.Module):
+class T2TViT(TokenBackbone):
     """Token sequence [cls, token_1 .. token_N] (B, 1 + N, D), N = H/16 * W/16.
 
     Inputs of any size whose sides are multiples of 16 are accepted; the sinusoid table built for
     ``img_size`` is resampled bicubically to other grids. LayerNorm eps is PyTorch's 1e-5, as in
-    the official code.
+    the official code. Blocks, feature map and attention maps are :class:`TokenBackbone`'s.
     """
     classifier_keys = ('head',)
+    # The sinusoid pos_embed is frozen: exempt from weight decay, not re-initialised.
+    token_params = ('cls_token', 'pos_embed')
 
     def __init__(self, img_size=224, tokens_type: str = 'performer', in_chans: int = 3,
                  num_classes: int = 1000, embed_dim: int = 768, depth: int = 12,
@@ -60,16 +62,9 @@ class T2TViT(nn.Module):
                   attn_layer=attn_layer, fused_attn=fused_attn)
             for dpr in drop_path_rates(drop_path_rate, depth)])
         self.norm = norm_layer(embed_dim)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = classifier_head(embed_dim, num_classes)
         self.feature_info = [dict(channels=embed_dim, stride=self.stride, module='norm')]
         self.init_weights()
-
-    def init_weights(self) -> None:
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.apply(init_weights_trunc_normal)
-
-    def no_weight_decay(self) -> set[str]:
-        return {'cls_token', 'pos_embed'}
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, C, H, W) -> tokens with position added (B, 1 + h*w, D), and the grid (h, w)."""
@@ -78,47 +73,17 @@ class T2TViT(nn.Module):
         pos = resample_pos_embed(self.pos_embed, grid, self.grid_size, self.num_prefix_tokens)
         return self.pos_drop(prepend_tokens(x, self.cls_token) + pos), grid
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> normalised tokens (B, 1 + h*w, D)."""
-        x, _ = self.embed(x)
-        return self.norm(self.blocks(x))
-
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Tokens (B, 1 + N, D) -> logits (B, num_classes) from the class token."""
+        """Tokens (B, 1 + N, D) -> logits (B, num_classes) from the class token (no dropout
+        before the head, as in the official code)."""
         x = x[:, 0]
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, C, H, W) -> [(B, D, H/16, W/16)]: the normalised tokens laid out as a map."""
-        x, (h, w) = self.embed(x)
-        x = self.norm(self.blocks(x))[:, self.num_prefix_tokens:]
-        return [rearrange(x, 'b (h w) d -> b d h w', h=h, w=w)]
-
-    @torch.no_grad()
-    def get_attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, C, H, W) -> one (B, heads, 1 + N, 1 + N) softmax map per backbone block."""
-        x, _ = self.embed(x)
-        maps = []
-        for block in self.blocks:
-            x, attn = block(x, return_attention=True)
-            maps.append(attn)
-        return maps
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    @staticmethod
-    def checkpoint_filter_fn(state_dict: dict, model: 'T2TViT') -> dict:
-        return checkpoint_filter_fn(state_dict, model)
 
 
 # Official key -> zoo key. The performer's MLP is an nn.Sequential there (mlp.0 / mlp.2), and the
 # SE excitation of T2T-ViT-SE is se_layer.fc.{0,2}; both are zoo Mlp modules here.
 _RENAMES = (
+    (re.compile(r'^module\.'), ''),
     (re.compile(r'^(tokens_to_token\.attention\d)\.mlp\.0\.'), r'\1.mlp.fc1.'),
     (re.compile(r'^(tokens_to_token\.attention\d)\.mlp\.2\.'), r'\1.mlp.fc2.'),
     (re.compile(r'^(blocks\.\d+\.attn)\.se_layer\.fc\.0\.'), r'\1.se.excite.fc1.'),
@@ -130,17 +95,9 @@ def checkpoint_filter_fn(state_dict: dict, model: T2TViT) -> dict:
     """Official T2T-ViT state dict (unwrapped) -> this model's keys; the position table is
     resampled to the model's grid as the official ``load_for_transfer_learning`` does (bicubic,
     no antialiasing), e.g. for the 384 x 384 T2T-ViT-14 release loaded at 224."""
-    sd = {}
-    for key, value in state_dict.items():
-        key = key[len('module.'):] if key.startswith('module.') else key
-        for pattern, replacement in _RENAMES:
-            key = pattern.sub(replacement, key)
-        sd[key] = value
-    pos = sd.get('pos_embed')
-    if pos is not None and pos.shape != model.pos_embed.shape:
-        sd['pos_embed'] = resample_pos_embed(pos, model.grid_size, antialias=False,
-                                             num_prefix_tokens=model.num_prefix_tokens)
-    return sd
+    sd = rename_keys(state_dict, _RENAMES)
+    return resample_pos_embed_in(sd, model, model.grid_size, model.num_prefix_tokens,
+                                 antialias=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,13 +108,9 @@ _RELEASE = 'https://github.com/yitu-opensource/T2T-ViT/releases/download/main/'
 _SOURCE = 'T2T-ViT README'
 
 
-def _t2t(overrides: dict, **arch) -> T2TViT:
-    """The variant's architecture, with the caller's overrides (depth, img_size, ...) on top.
-
-    ``qk_scale`` is the one the released weights were trained with, embed_dim ** -0.5 (the
-    official builders set it when ``pretrained=True``), rather than head_dim ** -0.5.
-    """
-    return T2TViT(**{**arch, **overrides})
+# ``qk_scale`` is the one the released weights were trained with, embed_dim ** -0.5 (the official
+# builders set it when ``pretrained=True``), rather than head_dim ** -0.5.
+_t2t = partial(build, T2TViT)
 
 
 @register_model(url=_RELEASE + '71.7_T2T_ViT_7.pth.tar', params=4.3, gmacs=1.1, top1=71.7,

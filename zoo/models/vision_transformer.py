@@ -3,23 +3,27 @@
 Key layout is timm's, which is also the official DeiT layout, so those checkpoints load as they
 are; the official JAX ``.npz`` releases of ViT are converted by :func:`checkpoint_filter_fn`.
 """
+from functools import partial
+
 import torch
 from einops import rearrange
 from torch import nn
 
-from ..layers import (Block, LayerNorm6, PatchEmbed, drop_path_rates, init_weights_trunc_normal,
-                      prepend_tokens, resample_pos_embed)
+from ..layers import Block, LayerNorm6, PatchEmbed, drop_path_rates
 from ..registry import register_model
+from ._base import TokenBackbone, build, classifier_head, resample_pos_embed_in
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(TokenBackbone):
     """Plain ViT over p x p patches.
 
     Token sequence: [cls, (dist,) patch_1 .. patch_N] (B, P + N, D) with P prefix tokens.
     Inputs of any size whose sides are multiples of the patch size are accepted: the learned
-    position table is resampled bicubically to the input's grid.
+    position table is resampled bicubically to the input's grid. Embedding, blocks, feature
+    map and attention maps are :class:`TokenBackbone`'s.
     """
     classifier_keys = ('head', 'head_dist')
+    token_params = ('pos_embed', 'cls_token', 'dist_token')
 
     def __init__(self, img_size=224, patch_size: int = 16, in_chans: int = 3,
                  num_classes: int = 1000, embed_dim: int = 768, depth: int = 12,
@@ -51,39 +55,16 @@ class VisionTransformer(nn.Module):
             for dpr in drop_path_rates(drop_path_rate, depth)])
         self.norm = norm_layer(embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = classifier_head(embed_dim, num_classes)
         if distilled:
-            self.head_dist = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+            self.head_dist = classifier_head(embed_dim, num_classes)
         self.feature_info = [dict(channels=embed_dim, stride=self.patch_embed.patch_size[0],
                                   module='norm')]
         self.init_weights()
 
-    def init_weights(self) -> None:
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        if self.dist_token is not None:
-            nn.init.trunc_normal_(self.dist_token, std=0.02)
-        self.apply(init_weights_trunc_normal)
-
-    def no_weight_decay(self) -> set[str]:
-        return {'pos_embed', 'cls_token', 'dist_token'}
-
     @property
     def prefix_tokens(self) -> list[torch.Tensor]:
         return [self.cls_token] + ([self.dist_token] if self.distilled else [])
-
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(B, C, H, W) -> tokens with position added (B, P + h*w, D), and the grid (h, w)."""
-        x, grid = self.patch_embed(x)
-        pos = resample_pos_embed(self.pos_embed, grid, self.patch_embed.grid_size,
-                                 self.num_prefix_tokens)
-        x = prepend_tokens(x, *self.prefix_tokens) + pos
-        return self.pos_drop(x), grid
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> normalised tokens (B, P + h*w, D)."""
-        x, _ = self.embed(x)
-        return self.norm(self.blocks(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
         """Tokens (B, P + N, D) -> logits (B, num_classes); distilled models in training mode
@@ -97,35 +78,6 @@ class VisionTransformer(nn.Module):
         x = x[:, self.num_prefix_tokens:].mean(dim=1) if self.global_pool == 'avg' else x[:, 0]
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor):
-        return self.forward_head(self.forward_features(x))
-
-    def forward_feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, C, H, W) -> [(B, D, H/p, W/p)]: the normalised patch tokens laid out as a map."""
-        x, (h, w) = self.embed(x)
-        x = self.norm(self.blocks(x))[:, self.num_prefix_tokens:]
-        return [rearrange(x, 'b (h w) d -> b d h w', h=h, w=w)]
-
-    @torch.no_grad()
-    def get_attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, C, H, W) -> one (B, heads, P + N, P + N) softmax map per block (explicit path)."""
-        x, _ = self.embed(x)
-        maps = []
-        for block in self.blocks:
-            x, attn = block(x, return_attention=True)
-            maps.append(attn)
-        return maps
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        if self.distilled:
-            self.head_dist = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    @staticmethod
-    def checkpoint_filter_fn(state_dict: dict, model: 'VisionTransformer') -> dict:
-        return checkpoint_filter_fn(state_dict, model)
 
 
 def _convert_big_vision(sd: dict, model: VisionTransformer) -> dict:
@@ -170,12 +122,8 @@ def checkpoint_filter_fn(state_dict: dict, model: VisionTransformer) -> dict:
     resampled to the model's grid (fine-tuning at another resolution)."""
     if 'embedding/kernel' in state_dict:
         state_dict = _convert_big_vision(state_dict, model)
-    sd = dict(state_dict)
-    pos = sd.get('pos_embed')
-    if pos is not None and pos.shape != model.pos_embed.shape:
-        sd['pos_embed'] = resample_pos_embed(pos, model.patch_embed.grid_size,
-                                             num_prefix_tokens=model.num_prefix_tokens)
-    return sd
+    return resample_pos_embed_in(dict(state_dict), model, model.patch_embed.grid_size,
+                                 model.num_prefix_tokens)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,11 +132,7 @@ def checkpoint_filter_fn(state_dict: dict, model: VisionTransformer) -> dict:
 _VIT_JAX = 'https://storage.googleapis.com/vit_models/augreg/'
 _DEIT = 'https://dl.fbaipublicfiles.com/deit/'
 _INCEPTION = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-
-
-def _vit(overrides: dict, **arch) -> VisionTransformer:
-    """The variant's architecture, with the caller's overrides (depth, img_size, ...) on top."""
-    return VisionTransformer(**{**arch, **overrides})
+_vit = partial(build, VisionTransformer)
 
 
 @register_model(url=_VIT_JAX + 'Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_224.npz',

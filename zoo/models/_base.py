@@ -1,0 +1,181 @@
+"""What the token-based families share: the :class:`TokenBackbone` base, the checkpoint-converter
+helpers and :func:`build`, the registered variants' builder.
+
+A family states its own layers in ``__init__`` and overrides only what it does differently; the
+defaults below are those of a plain ViT-style model:
+
+    embed         (B, C, H, W) -> tokens (B, P + h*w, D) with position added, and the grid (h, w)
+    run_blocks    tokens through ``self.blocks`` (and the attention maps, when asked for)
+    norm          per-token final norm
+    forward_head  class token (row 0) -> logits
+
+where P is ``num_prefix_tokens`` (class / distillation tokens ahead of the patches).
+"""
+import re
+import sys
+from collections.abc import Iterable
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from ..layers import init_weights_trunc_normal, prepend_tokens, resample_pos_embed
+
+
+def classifier_head(dim: int, num_classes: int) -> nn.Module:
+    """(B, dim) -> (B, num_classes) Linear, or the identity for ``num_classes == 0``."""
+    return nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+
+def apply_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, return_attention: bool = False,
+                 **block_kwargs) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Tokens (B, N, D) through ``blocks`` in order (``block_kwargs``, e.g. ``grid``, go to every
+    block). Returns the tokens and, with ``return_attention``, each block's attention map (the
+    explicit path), else an empty list."""
+    maps = []
+    for block in blocks:
+        if return_attention:
+            x, attn = block(x, return_attention=True, **block_kwargs)
+            maps.append(attn)
+        else:
+            x = block(x, **block_kwargs)
+    return x, maps
+
+
+def tokens_to_map(x: torch.Tensor, grid: tuple[int, int],
+                  num_prefix_tokens: int = 0) -> torch.Tensor:
+    """Tokens (B, P + h*w, D) -> the patch tokens laid out as a map (B, D, h, w)."""
+    return rearrange(x[:, num_prefix_tokens:], 'b (h w) d -> b d h w', h=grid[0], w=grid[1])
+
+
+class TokenBackbone(nn.Module):
+    """Base of the token backbones: forward, attention maps, feature maps, classifier reset,
+    weight-decay exemptions, init of the learned tokens, and the checkpoint-converter hook.
+
+    Class attributes a family sets:
+      classifier_keys: state-dict prefixes of the classifier (``zoo.pretrained`` drops them on
+        a class-count change).
+      num_prefix_tokens: P, the tokens ahead of the patches in forward_features' output (set by
+        each family, as a class or instance attribute; the defaults below read it).
+      token_params: the learned tokens and position tables. Each trainable one present (not
+        None) is initialised truncated-normal(std 0.02), in this order, by init_weights; all of
+        them are exempt from weight decay (no_weight_decay).
+      checkpoint_converter: the name of the module-level function (in the family's module)
+        ``fn(state_dict, model) -> state_dict`` that maps foreign checkpoint keys to the model's.
+    """
+    classifier_keys: tuple[str, ...] = ('head',)
+    token_params: tuple[str, ...] = ('pos_embed', 'cls_token')
+    checkpoint_converter: str | None = 'checkpoint_filter_fn'
+
+    # -- parameters ------------------------------------------------------------------------------
+    def init_weights(self) -> None:
+        """token_params truncated-normal(0.02), then the DeiT rule for every Linear / LayerNorm
+        (:func:`zoo.layers.init_weights_trunc_normal`)."""
+        for name in self.token_params:
+            param = getattr(self, name, None)
+            if param is not None and param.requires_grad:
+                nn.init.trunc_normal_(param, std=0.02)
+        self.apply(init_weights_trunc_normal)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names an optimiser should not decay."""
+        return set(self.token_params)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new, freshly initialised classifier (and distillation head, where there is one)."""
+        self.num_classes = num_classes
+        self.head = classifier_head(self.embed_dim, num_classes)
+        if getattr(self, 'head_dist', None) is not None:
+            self.head_dist = classifier_head(self.embed_dim, num_classes)
+
+    @staticmethod
+    def checkpoint_filter_fn(state_dict: dict, model: 'TokenBackbone') -> dict:
+        """Foreign checkpoint -> ``model``'s keys, through the converter its family names in
+        ``checkpoint_converter`` (found in the module of the nearest class defining one); the
+        state dict as it is where there is none."""
+        if model.checkpoint_converter is None:
+            return state_dict
+        for cls in type(model).__mro__:
+            convert = getattr(sys.modules[cls.__module__], model.checkpoint_converter, None)
+            if convert is not None:
+                return convert(state_dict, model)
+        return state_dict
+
+    # -- forward ---------------------------------------------------------------------------------
+    @property
+    def prefix_tokens(self) -> list[torch.Tensor]:
+        """The (1, 1, D) tokens put ahead of the patches by embed."""
+        return [self.cls_token]
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, C, H, W) -> tokens with position added (B, P + h*w, D), and the grid (h, w); the
+        learned position table is resampled bicubically to the input's grid."""
+        x, grid = self.patch_embed(x)
+        pos = resample_pos_embed(self.pos_embed, grid, self.patch_embed.grid_size,
+                                 self.num_prefix_tokens)
+        return self.pos_drop(prepend_tokens(x, *self.prefix_tokens) + pos), grid
+
+    def run_blocks(self, x: torch.Tensor, grid: tuple[int, int], return_attention: bool = False):
+        """Tokens (B, P + h*w, D) through the blocks -> the tokens and the list of attention maps
+        (empty unless asked for)."""
+        return apply_blocks(self.blocks, x, return_attention)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> normalised tokens (B, P + h*w, D)."""
+        x, grid = self.embed(x)
+        return self.norm(self.run_blocks(x, grid)[0])
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens (B, P + N, D) -> logits (B, num_classes) from the class token (row 0)."""
+        x = self.head_drop(x[:, 0])
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor):
+        """(B, C, H, W) -> logits (B, num_classes)."""
+        return self.forward_head(self.forward_features(x))
+
+    def forward_feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, C, H, W) -> [(B, D, h, w)]: the normalised patch tokens laid out as a map (one
+        map, at the stride of the patch embedding)."""
+        x, grid = self.embed(x)
+        x = self.norm(self.run_blocks(x, grid)[0])
+        return [tokens_to_map(x, grid, self.num_prefix_tokens)]
+
+    @torch.no_grad()
+    def get_attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, C, H, W) -> one (B, heads, P + N, P + N) map per block (explicit path)."""
+        x, grid = self.embed(x)
+        return self.run_blocks(x, grid, return_attention=True)[1]
+
+
+# -- checkpoint converters -------------------------------------------------------------------------
+def rename_keys(state_dict: dict, renames) -> dict:
+    """A new state dict whose keys have every ``(old, new)`` of ``renames`` applied in order:
+    ``key.replace(old, new)`` for a string ``old``, ``old.sub(new, key)`` for a compiled pattern
+    (``new`` may then be a function of the match)."""
+    out = {}
+    for key, value in state_dict.items():
+        for old, new in renames:
+            key = old.sub(new, key) if isinstance(old, re.Pattern) else key.replace(old, new)
+        out[key] = value
+    return out
+
+
+def resample_pos_embed_in(state_dict: dict, model: nn.Module, grid: tuple[int, int],
+                          num_prefix_tokens: int, key: str = 'pos_embed', **kwargs) -> dict:
+    """``state_dict`` with its position table ``key`` (1, P + h*w, D) resampled to ``grid``
+    (the model's own) where its shape differs from the model's (a checkpoint trained at
+    another resolution); ``kwargs`` go to :func:`zoo.layers.resample_pos_embed`."""
+    pos = state_dict.get(key)
+    if pos is not None and pos.shape != getattr(model, key).shape:
+        state_dict = {**state_dict,
+                      key: resample_pos_embed(pos, grid, num_prefix_tokens=num_prefix_tokens,
+                                              **kwargs)}
+    return state_dict
+
+
+# -- registered variants ---------------------------------------------------------------------------
+def build(cls: type, overrides: dict, **arch) -> nn.Module:
+    """``cls`` with the variant's architecture ``arch``, the caller's ``overrides`` (depth,
+    img_size, num_classes, ...) on top."""
+    return cls(**{**arch, **overrides})
