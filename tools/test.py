@@ -21,6 +21,8 @@ from zoo.engine import Runner
 class DumpDetections(BaseMetric):
     """Writes the COCO-format detections of the run to ``out`` (rank 0 after gathering)."""
 
+    default_prefix = 'dump'
+
     def __init__(self, out: str, collect_device='cpu', prefix=None):
         super().__init__(collect_device=collect_device, prefix=prefix)
         self.out = out
