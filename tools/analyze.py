@@ -23,8 +23,11 @@ def count(name: str) -> dict:
         model = zoo.create_model(name).eval()
         x = torch.empty(1, *info.input_size)
     params = sum(p.numel() for p in model.parameters())
+    # Frozen parameters rather than no_grad: the counter's module tracker trips over leaf
+    # parameters that flow through a block unchanged (CaiT's class token at batch 1).
+    model.requires_grad_(False)
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
+    with counter:
         model(x)
     return dict(model=name, params_m=params / 1e6, gmacs=counter.get_total_flops() / 2e9,
                 input=f'{info.input_size[1]}x{info.input_size[2]}', paper=info.paper, source=info.source)

@@ -112,7 +112,9 @@ class TokenPerformer(nn.Module):
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, N, dim) normalised -> v + proj(linear attention): (B, N, out_dim)."""
         k, q, v = torch.split(self.kqv(x), self.out_dim, dim=-1)
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        # Autocast knows real devices only; meta tensors (shape-only analysis) run without it.
+        autocast_device = x.device.type if x.device.type != 'meta' else 'cpu'
+        with torch.autocast(device_type=autocast_device, enabled=False):
             kp, qp = self.kernel_features(k.float()), self.kernel_features(q.float())
             normaliser = torch.einsum('bnm,bm->bn', qp, kp.sum(dim=1))
             context = torch.einsum('bnm,bnd->bmd', kp, v.float())
