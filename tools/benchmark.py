@@ -5,7 +5,8 @@
     python tools/benchmark.py --device cuda --dtype bfloat16          # on a GPU
 
 Throughput: ours and the peer alternate round by round (so drift in machine load hits both),
-each round timing ``--iters`` forwards; the median round gives images/s. Peak memory: on CUDA
+each going first in every other round, each round timing ``--iters`` forwards; the median
+round gives images/s. Peak memory: on CUDA
 ``max_memory_allocated``; on CPU the growth of the resident set during one forward, each model in
 a fresh subprocess so one implementation's freed pages cannot hide the other's.
 """
@@ -77,8 +78,9 @@ def throughput(name: str, args, device, dtype) -> dict:
         for m in models.values():
             m(x)
     times = {i: [] for i in impls}
-    for _ in range(args.rounds):
-        for i in impls:
+    for r in range(args.rounds):
+        # Alternate who goes first, so neither profits from the other's warm caches.
+        for i in (impls if r % 2 == 0 else impls[::-1]):
             times[i].append(time_round(models[i], x, args.iters))
     return {i: args.batch_size / statistics.median(t) for i, t in times.items()}
 
