@@ -1,5 +1,8 @@
 """The detectors as mmengine models, the COCO metric, and their registrations, so configs can
 name them: ``model=dict(type='Detector', ...)``, ``val_evaluator=dict(type='CocoMetric')``."""
+import json
+import os
+
 import torch
 from mmengine.evaluator import BaseMetric
 from mmengine.model import BaseModel
@@ -60,33 +63,47 @@ class Detector(BaseModel):
         raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
 
 
+def predictions_to_coco(predictions: list[dict], cat_ids: list[int]) -> list[dict]:
+    """Detector predictions (``image_id``, ``labels``, ``scores``, ``boxes`` xyxy in original
+    pixels) -> COCO results: ``{'image_id', 'category_id', 'bbox': [x, y, w, h], 'score'}``,
+    contiguous labels mapped back through ``cat_ids``."""
+    results = []
+    for pred in predictions:
+        boxes = pred['boxes'].detach().cpu()
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+        results += [dict(image_id=pred['image_id'], category_id=cat_ids[int(label)], bbox=bbox,
+                         score=float(score))
+                    for label, bbox, score in zip(pred['labels'].tolist(), xywh, pred['scores'].tolist())]
+    return results
+
+
 @METRICS.register_module()
 class CocoMetric(BaseMetric):
     """COCO box mAP over the whole evaluation set, correct in distributed runs.
 
     Each process converts its predictions to COCO results; mmengine gathers them from every
     process, and images repeated by the distributed sampler's padding are counted once.
-    ``ann_file`` defaults to the evaluated dataset's.
+    ``ann_file`` defaults to the evaluated dataset's; ``outfile`` also saves the detections
+    (COCO results json).
     """
     default_prefix = 'coco'
 
     def __init__(self, ann_file: str | None = None, backend: str = 'pycocotools',
-                 collect_device: str = 'cpu', prefix=None):
+                 outfile: str | None = None, collect_device: str = 'cpu', prefix=None):
         super().__init__(collect_device=collect_device, prefix=prefix)
-        self.ann_file, self.backend = ann_file, backend
+        self.ann_file, self.backend, self.outfile = ann_file, backend, outfile
 
     def process(self, data_batch, data_samples) -> None:
-        cat_ids = self.dataset_meta['cat_ids']
         for pred in data_samples:
-            boxes = pred['boxes'].cpu()
-            xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-            self.results.append((pred['image_id'], [
-                dict(image_id=pred['image_id'], category_id=cat_ids[int(label)], bbox=bbox, score=float(score))
-                for label, bbox, score in zip(pred['labels'].tolist(), xywh, pred['scores'].tolist())]))
+            self.results.append((pred['image_id'], predictions_to_coco([pred], self.dataset_meta['cat_ids'])))
 
     def compute_metrics(self, results) -> dict:
         per_image = dict(results)  # de-duplicates images the distributed sampler repeated
         detections = [d for dets in per_image.values() for d in dets]
+        if self.outfile:
+            os.makedirs(os.path.dirname(os.path.abspath(self.outfile)), exist_ok=True)
+            with open(self.outfile, 'w') as f:
+                json.dump(detections, f)
         ann_file = self.ann_file or self.dataset_meta['ann_file']
         return coco_evaluate(ann_file, detections, backend=self.backend)
 
@@ -112,7 +129,6 @@ class RegisteredCocoDetection(CocoDetection):
 
 
 def _explain_missing_coco(img_dir, ann_file):
-    import os
     if not os.path.isfile(ann_file) or not os.path.isdir(img_dir):
         raise FileNotFoundError(
             f'COCO data not found ({ann_file}, {img_dir}). Put COCO 2017 under data/coco as '

@@ -8,7 +8,7 @@ from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import MODELS
 
-import detection.engine  # noqa: F401
+from detection.engine import predictions_to_coco
 from detection import coco_evaluate
 from detection.data.coco import CocoDetection, collate_detection
 from detection.data.synthetic import make_shapes_dataset
@@ -62,7 +62,6 @@ def test_family_trains_and_evaluates_through_its_config(config, tiny_batch):
     moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
     assert any(n.startswith('net.backbone') for n in moved) and any(n.startswith('net.transformer') for n in moved)
     preds = model.val_step(dict(batch))
-    dets = [dict(image_id=p['image_id'], category_id=ds.cat_ids[int(l)], bbox=[b[0], b[1], b[2] - b[0], b[3] - b[1]],
-                 score=float(s)) for p in preds for l, b, s in zip(p['labels'], p['boxes'].tolist(), p['scores'])]
+    dets = predictions_to_coco(preds, ds.cat_ids)
     stats = coco_evaluate(ds.ann_file, dets)
     assert len(dets) == 2 * 10 and 0.0 <= stats['AP'] <= 1.0

@@ -8,13 +8,12 @@
 """
 import argparse
 import os
-import os.path as osp
 
 import _bootstrap  # noqa: F401
 from mmengine.config import Config, DictAction
 
 import detection.engine  # noqa: F401  (registers the detectors, datasets and metric)
-from zoo.engine import Runner
+from zoo.engine import Runner, load_config
 
 
 def parse_args(argv=None):
@@ -33,14 +32,7 @@ def parse_args(argv=None):
 
 
 def build_config(args) -> Config:
-    if not osp.isfile(args.config):
-        raise SystemExit(f'config {args.config} not found; the configs live in configs/')
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    cfg.launcher = args.launcher
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
-        'work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif args.resume:

@@ -15,6 +15,7 @@ import os.path as osp
 
 import torch
 import torch.distributed as dist
+from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.model import MMDistributedDataParallel, is_model_wrapper
 from mmengine.optim import DefaultOptimWrapperConstructor
@@ -68,3 +69,18 @@ class QuietOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             return super().__call__(model)
         finally:
             logger.setLevel(level)
+
+
+def load_config(path: str, cfg_options: dict | None = None, launcher: str = 'none',
+                work_dir: str | None = None) -> Config:
+    """A config file with command-line overrides, the launcher, and the work dir
+    (default ``work_dirs/<config name>``), as train.py and test.py both need it."""
+    if not osp.isfile(path):
+        raise SystemExit(f'config {path} not found; the configs live in configs/')
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg.launcher = launcher
+    cfg.work_dir = work_dir or cfg.get('work_dir') or osp.join(
+        'work_dirs', osp.splitext(osp.basename(path))[0])
+    return cfg
