@@ -30,8 +30,11 @@ def _batch(batch_size, size, device):
         targets.append(dict(labels=torch.randint(0, 80, (8,), device=device),
                             boxes=torch.cat([cxcy, wh], 1).to(device), image_id=0,
                             orig_size=torch.tensor(size, device=device)))
-    return dict(inputs=torch.randn(batch_size, 3, *size, device=device),
-                masks=torch.zeros(batch_size, *size, dtype=torch.bool, device=device),
+    # Padded to a multiple of 32 as collate_detection pads, the mask marking the padding.
+    padded = [-(-s // 32) * 32 for s in size]
+    masks = torch.ones(batch_size, *padded, dtype=torch.bool, device=device)
+    masks[:, :size[0], :size[1]] = False
+    return dict(inputs=torch.randn(batch_size, 3, *padded, device=device), masks=masks,
                 data_samples=targets)
 
 
