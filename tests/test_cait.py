@@ -8,6 +8,7 @@ import timm
 import torch
 
 import zoo
+from helpers import count_params
 from zoo.layers import Attention
 from zoo.layers.class_attention import ClassAttention
 from zoo.layers.talking_heads import TalkingHeadsAttention
@@ -15,10 +16,6 @@ from zoo.layers.talking_heads import TalkingHeadsAttention
 CAIT = zoo.list_models('cait_*')
 LARGE_384 = {'cait_xs24_384', 'cait_s24_384', 'cait_s36_384', 'cait_m36_384'}
 FAST_FULL_DEPTH = {'cait_xxs24_224'}
-
-
-def _params(model):
-    return sum(p.numel() for p in model.parameters())
 
 
 def test_all_seven_variants_are_registered():
@@ -31,11 +28,11 @@ def test_parameter_count_equals_timm_and_paper(name):
     with torch.device('meta'):
         ours = zoo.create_model(name)
         theirs = timm.create_model(name, pretrained=False)
-    assert _params(ours) == _params(theirs)
+    assert count_params(ours) == count_params(theirs)
     # Paper table (0.1M) for the 224 models, README_cait.md (whole M) for the 384 ones.
     paper = zoo.get_model_info(name).paper['params']
     tol = 0.05 if paper != int(paper) else 0.5
-    assert abs(_params(ours) / 1e6 - paper) <= tol, (name, _params(ours) / 1e6, paper)
+    assert abs(count_params(ours) / 1e6 - paper) <= tol, (name, count_params(ours) / 1e6, paper)
 
 
 def _timm_reference(name, **kw):

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import zoo
+from helpers import count_params, deterministic_state_dict, wave_image
 from zoo.layers.layer_class_attention import LayerClassAttentionBlock
 from zoo.layers.leff import LocallyEnhancedFeedForward
 
@@ -17,41 +18,12 @@ VARIANTS = ['ceit_t', 'ceit_s', 'ceit_b']
 OFFICIAL_PARAMS = {'ceit_t': 6_356_904, 'ceit_s': 24_204_840, 'ceit_b': 94_405_416}
 
 
-def _params(model):
-    return sum(p.numel() for p in model.parameters())
-
-
 @pytest.mark.parametrize('name', VARIANTS)
 def test_parameter_count_equals_official(name):
     with torch.device('meta'):
         model = zoo.create_model(name)
-    assert _params(model) == OFFICIAL_PARAMS[name]
-    assert abs(_params(model) / 1e6 - zoo.get_model_info(name).paper['params']) <= 0.05
-
-
-def _deterministic(shapes: dict) -> dict:
-    """{key: (shape, dtype)} -> a state dict whose values depend only on the key name, so the
-    same checkpoint can be written in any key layout."""
-    sd = {}
-    for name, (shape, dtype) in shapes.items():
-        if not dtype.is_floating_point:
-            sd[name] = torch.zeros(shape, dtype=dtype)
-            continue
-        wave = torch.sin(torch.arange(int(np.prod(shape)), dtype=torch.float64) * 0.73
-                         + sum(map(ord, name)) % 97)
-        if name.endswith('running_var'):
-            values = 1.0 + 0.5 * wave
-        elif name.endswith('weight') and len(shape) == 1:  # norm scales
-            values = 1.0 + 0.2 * wave
-        else:
-            values = 0.2 * wave
-        sd[name] = values.reshape(shape).float()
-    return sd
-
-
-def _image(*shape):
-    wave = torch.cos(torch.arange(int(np.prod(shape)), dtype=torch.float64) * 0.31)
-    return wave.reshape(shape).float()
+    assert count_params(model) == OFFICIAL_PARAMS[name]
+    assert abs(count_params(model) / 1e6 - zoo.get_model_info(name).paper['params']) <= 0.05
 
 
 def _official_layout(model) -> dict:
@@ -71,7 +43,7 @@ def _small(**kw):
     return zoo.create_model('ceit_t', **{**arch, **kw})
 
 
-# Logits of the official model above, eval mode, on _image(2, 3, 48, 48) (square: the official
+# Logits of the official model above, eval mode, on wave_image(2, 3, 48, 48) (square: the official
 # LeFF infers its grid as sqrt(N)).
 OFFICIAL_LOGITS = [[-3.119381, 3.261653, -2.810918, 2.028579, -0.169223],
                    [-3.101704, 3.243419, -2.796291, 2.020898, -0.170241]]
@@ -80,13 +52,13 @@ OFFICIAL_LOGITS = [[-3.119381, 3.261653, -2.810918, 2.028579, -0.169223],
 @torch.no_grad()
 def test_official_checkpoint_layout_loads_and_reproduces_official_logits():
     model = _small().eval()
-    sd = _deterministic(_official_layout(model))
+    sd = deterministic_state_dict(_official_layout(model))
     assert {'i2t.backbone.conv.weight', 'i2t.backbone.bn.running_var', 'i2t.proj.weight',
             'blocks.2.leff.conv2.weight', 'blocks.2.leff.bn3.bias', 'lca.attn.qkv.weight',
             'lca.feedforward.fc2.bias', 'pos_layer_embed'} <= set(sd)
     # As the official (DeiT) training script saves it: a 'model' entry, here from a DDP model.
     zoo.load_pretrained(model, {'model': {'module.' + k: v for k, v in sd.items()}, 'epoch': 299})
-    out = model(_image(2, 3, 48, 48))
+    out = model(wave_image(2, 3, 48, 48))
     assert (out - torch.tensor(OFFICIAL_LOGITS)).abs().max() <= 1e-4
 
 

@@ -12,14 +12,11 @@ from timm.models.twins import PosConv
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 import zoo
+from helpers import count_params
 from zoo.layers.peg import PositionalEncodingGenerator
 
 CPVT = zoo.list_models('cpvt_*')
 WIDTHS = {'ti': (192, 3), 's': (384, 6), 'b': (768, 12)}
-
-
-def _params(model):
-    return sum(p.numel() for p in model.parameters())
 
 
 def _arch(name):
@@ -53,10 +50,10 @@ def test_parameter_count(name):
         vit = TimmViT(embed_dim=dim, depth=12, num_heads=heads, pos_embed='none',
                       class_token=not gap, global_pool='avg' if gap else 'token')
         peg = PosConv(dim, dim)
-    assert _params(ours) == BY_HAND[name] == _params(vit) + len(positions) * _params(peg)
+    assert count_params(ours) == BY_HAND[name] == count_params(vit) + len(positions) * count_params(peg)
     # CPVT paper: 5.7M (0.1M rounding) for Ti, 22M / 86M (whole M) for S / B.
     paper = zoo.get_model_info(name).paper['params']
-    assert abs(_params(ours) / 1e6 - paper) <= (0.05 if paper != int(paper) else 0.5)
+    assert abs(count_params(ours) / 1e6 - paper) <= (0.05 if paper != int(paper) else 0.5)
 
 
 @torch.no_grad()

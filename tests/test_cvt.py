@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import zoo
+from helpers import count_params
 from zoo.layers.conv_attention import ConvProjectionAttention
 
 CVT = zoo.list_models('cvt_*')
@@ -20,17 +21,13 @@ OFFICIAL_PARAMS = {'cvt_13': 19_997_480, 'cvt_13_384': 19_997_480, 'cvt_21': 31_
                    'cvt_21_384': 31_622_696, 'cvt_w24_384': 277_196_392}
 
 
-def _params(model):
-    return sum(p.numel() for p in model.parameters())
-
-
 @pytest.mark.parametrize('name', CVT)
 def test_parameter_count_equals_official(name):
     with torch.device('meta'):
         model = zoo.create_model(name)
-    assert _params(model) == OFFICIAL_PARAMS[name]
+    assert count_params(model) == OFFICIAL_PARAMS[name]
     paper = zoo.get_model_info(name).paper['params']
-    assert abs(_params(model) / 1e6 - paper) / paper <= 0.005, (name, _params(model), paper)
+    assert abs(count_params(model) / 1e6 - paper) / paper <= 0.005, (name, count_params(model), paper)
 
 
 # --- Hugging Face transformers ---------------------------------------------------------------
@@ -62,7 +59,7 @@ def _hf_reference(depth):
 @torch.no_grad()
 def test_outputs_match_hugging_face(name, depth):
     theirs = _hf_reference(depth)
-    assert _params(theirs) == OFFICIAL_PARAMS[name]
+    assert count_params(theirs) == OFFICIAL_PARAMS[name]
     # transformers runs the MLPs with the exact GELU; the official code (and our default) with
     # QuickGELU, so the comparison is made with act_layer=nn.GELU.
     ours = zoo.create_model(name, act_layer=nn.GELU).eval()

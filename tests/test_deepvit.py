@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import zoo
+from helpers import count_params, deterministic_state_dict, wave_image
 from zoo.layers.attention import Attention
 from zoo.layers.block import LayerNorm6
 from zoo.layers.re_attention import ReAttention
@@ -19,41 +20,12 @@ VARIANTS = ['deepvit_s', 'deepvit_l']
 OFFICIAL_PARAMS = {'deepvit_s': 27_312_632, 'deepvit_l': 58_883_708}
 
 
-def _params(model):
-    return sum(p.numel() for p in model.parameters())
-
-
 @pytest.mark.parametrize('name', VARIANTS)
 def test_parameter_count_equals_official(name):
     with torch.device('meta'):
         model = zoo.create_model(name)
-    assert _params(model) == OFFICIAL_PARAMS[name]
-    assert abs(_params(model) / 1e6 - zoo.get_model_info(name).paper['params']) <= 0.05
-
-
-def _deterministic(shapes: dict) -> dict:
-    """{key: (shape, dtype)} -> a state dict whose values depend only on the key name, so the
-    same checkpoint can be written in any key layout."""
-    sd = {}
-    for name, (shape, dtype) in shapes.items():
-        if not dtype.is_floating_point:
-            sd[name] = torch.zeros(shape, dtype=dtype)
-            continue
-        wave = torch.sin(torch.arange(int(np.prod(shape)), dtype=torch.float64) * 0.73
-                         + sum(map(ord, name)) % 97)
-        if name.endswith('running_var'):
-            values = 1.0 + 0.5 * wave
-        elif name.endswith('weight') and len(shape) == 1:  # norm scales
-            values = 1.0 + 0.2 * wave
-        else:
-            values = 0.2 * wave
-        sd[name] = values.reshape(shape).float()
-    return sd
-
-
-def _image(*shape):
-    wave = torch.cos(torch.arange(int(np.prod(shape)), dtype=torch.float64) * 0.31)
-    return wave.reshape(shape).float()
+    assert count_params(model) == OFFICIAL_PARAMS[name]
+    assert abs(count_params(model) / 1e6 - zoo.get_model_info(name).paper['params']) <= 0.05
 
 
 def _official_layout(model) -> dict:
@@ -74,7 +46,7 @@ def _small(scale_map, **kw):
     return zoo.create_model('deepvit_s', **{**arch, **kw})
 
 
-# Logits of the official model above, eval mode, on _image(2, 3, 32, 48).
+# Logits of the official model above, eval mode, on wave_image(2, 3, 32, 48).
 OFFICIAL_LOGITS = {
     True: [[-0.503451, 0.338685, -0.248246, 0.411278, 0.133466],
            [-0.500028, 0.339015, -0.252254, 0.418049, 0.125479]],
@@ -87,7 +59,7 @@ OFFICIAL_LOGITS = {
 @torch.no_grad()
 def test_official_checkpoint_layout_loads_and_reproduces_official_logits(scale_map):
     model = _small(scale_map).eval()
-    sd = _deterministic(_official_layout(model))
+    sd = deterministic_state_dict(_official_layout(model))
     assert {'blocks.2.attn.reatten_matrix.weight', 'blocks.2.attn.var_norm.running_var',
             'patch_embed.conv1.weight', 'patch_embed.bn2.running_mean',
             'patch_embed.proj.bias'} <= set(sd)
@@ -95,7 +67,7 @@ def test_official_checkpoint_layout_loads_and_reproduces_official_logits(scale_m
     # As the official (timm) training script saves it: EMA weights of a DDP model.
     zoo.load_pretrained(model, {'state_dict_ema': {'module.' + k: v for k, v in sd.items()},
                                 'epoch': 300})
-    out = model(_image(2, 3, 32, 48))
+    out = model(wave_image(2, 3, 32, 48))
     assert (out - torch.tensor(OFFICIAL_LOGITS[scale_map])).abs().max() <= 1e-4
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 import zoo
+from helpers import count_params
 from zoo.layers.squeeze_excite import SEAttention, SqueezeExcite
 from zoo.layers.tokens_to_token import TokenPerformer, TokensToToken, TokenTransformer
 
@@ -28,10 +29,6 @@ OFFICIAL_PARAMS = {
 }
 
 
-def _params(model, trainable_only=False):
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
 def test_all_twelve_variants_are_registered():
     assert sorted(T2T) == sorted(OFFICIAL_PARAMS)
 
@@ -40,11 +37,11 @@ def test_all_twelve_variants_are_registered():
 def test_parameter_count_equals_official(name):
     with torch.device('meta'):
         model = zoo.create_model(name)
-    assert _params(model) == OFFICIAL_PARAMS[name]
+    assert count_params(model) == OFFICIAL_PARAMS[name]
     # README / paper figures are rounded to 0.1M (T2T-ViT-12: 6.94M listed as 6.9M); the paper's
     # 21.9M for T2T-ViT-14-SE is 0.45% above the official code's 21.80M.
     paper = zoo.get_model_info(name).paper['params']
-    assert abs(_params(model) / 1e6 - paper) <= max(0.05, 0.005 * paper), (name, paper)
+    assert abs(count_params(model) / 1e6 - paper) <= max(0.05, 0.005 * paper), (name, paper)
 
 
 # --- the official checkpoint layout -----------------------------------------------------------

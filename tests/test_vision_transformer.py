@@ -6,14 +6,11 @@ import timm
 import torch
 
 import zoo
+from helpers import count_params
 
 VIT_DEIT = zoo.list_models('vit_*') + zoo.list_models('deit_*')
 LARGE = {'vit_large_patch16_224', 'vit_large_patch16_384', 'vit_base_patch16_384',
          'deit_base_patch16_384'}
-
-
-def _params(model):
-    return sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.parametrize('name', VIT_DEIT)
@@ -21,10 +18,10 @@ def test_parameter_count_equals_timm(name):
     with torch.device('meta'):
         ours = zoo.create_model(name)
         theirs = timm.create_model(name, pretrained=False)
-    assert _params(ours) == _params(theirs)
+    assert count_params(ours) == count_params(theirs)
     paper = zoo.get_model_info(name).paper['params']
     # The reference table rounds to 0.1M (DeiT README) or 0.01M (timm tables).
-    assert abs(_params(ours) / 1e6 - paper) <= 0.06, (name, _params(ours) / 1e6, paper)
+    assert abs(count_params(ours) / 1e6 - paper) <= 0.06, (name, count_params(ours) / 1e6, paper)
 
 
 def _timm_reference(name):
