@@ -30,7 +30,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, box, color) -> None:
         draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=color)
 
 
-def _image(rng: random.Random, size: int, max_objects: int):
+def _image(rng: random.Random, size: int, max_objects: int, object_scale=(1 / 8, 1 / 3)):
     bg = tuple(rng.randint(0, 120) for _ in range(3))
     img = Image.new('RGB', (size, size), bg)
     draw = ImageDraw.Draw(img)
@@ -40,7 +40,7 @@ def _image(rng: random.Random, size: int, max_objects: int):
     anns, placed = [], []
     for _ in range(rng.randint(1, max_objects)):
         for _attempt in range(20):
-            side = rng.randint(size // 8, size // 3)
+            side = rng.randint(round(size * object_scale[0]), round(size * object_scale[1]))
             x0, y0 = rng.randint(0, size - side), rng.randint(0, size - side)
             box = (x0, y0, x0 + side, y0 + side)
             # Little overlap keeps every object visible enough to be findable.
@@ -61,8 +61,10 @@ def _image(rng: random.Random, size: int, max_objects: int):
 
 
 def make_shapes_dataset(root: str, num_train: int = 512, num_val: int = 128, size: int = 128,
-                        max_objects: int = 4, seed: int = 0) -> str:
-    """Write the set under ``root`` unless it is already complete; returns ``root``."""
+                        max_objects: int = 4, seed: int = 0, object_scale=(1 / 8, 1 / 3)) -> str:
+    """Write the set under ``root`` unless it is already complete; returns ``root``.
+    Each image holds 1 to ``max_objects`` shapes whose side is ``object_scale`` (min, max) times
+    the image side."""
     done = os.path.join(root, 'annotations', 'instances_val.json')
     if os.path.isfile(done):
         return root
@@ -72,7 +74,7 @@ def make_shapes_dataset(root: str, num_train: int = 512, num_val: int = 128, siz
         os.makedirs(os.path.join(root, split), exist_ok=True)
         images, annotations = [], []
         for i in range(count):
-            img, anns = _image(rng, size, max_objects)
+            img, anns = _image(rng, size, max_objects, object_scale)
             name = f'{i:06d}.png'
             img.save(os.path.join(root, split, name))
             images.append(dict(id=i, file_name=name, width=size, height=size))
