@@ -43,6 +43,16 @@ def test_detr_overfits_a_few_images(tmp_path):
     assert coco_evaluate(ds.ann_file, predictions_to_coco(preds, ds.cat_ids))['AP50'] >= 0.9
 
 
+def test_generated_set_is_rewritten_when_its_settings_change(tmp_path):
+    root = str(tmp_path / 'shapes')
+    make_shapes_dataset(root, num_train=2, num_val=1, size=64, seed=0)
+    make_shapes_dataset(root, num_train=2, num_val=1, size=96, seed=0, object_scale=(0.2, 0.4))
+    with open(root + '/annotations/instances_train.json') as f:
+        data = json.load(f)
+    assert {(i['width'], i['height']) for i in data['images']} == {(96, 96)}
+    assert all(0.2 * 96 - 1 <= a['bbox'][2] <= 0.4 * 96 + 1 for a in data['annotations'])
+
+
 # --- bad input ----------------------------------------------------------------------------------
 
 @pytest.fixture

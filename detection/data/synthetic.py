@@ -15,6 +15,7 @@ import random
 from PIL import Image, ImageDraw, ImageFilter
 
 CATEGORIES = [dict(id=1, name='square'), dict(id=3, name='disc'), dict(id=5, name='triangle')]
+GENERATOR_VERSION = 2  # bump when the drawing changes, so sets on disk are regenerated
 # The dominant channel of each class's colour: shape and colour both tell the class, so a detector
 # trained from scratch on a CPU learns the task in minutes (the demo's time budget).
 DOMINANT_CHANNEL = {'square': 0, 'disc': 1, 'triangle': 2}
@@ -65,9 +66,16 @@ def make_shapes_dataset(root: str, num_train: int = 512, num_val: int = 128, siz
     """Write the set under ``root`` unless it is already complete; returns ``root``.
     Each image holds 1 to ``max_objects`` shapes whose side is ``object_scale`` (min, max) times
     the image side."""
+    params = dict(num_train=num_train, num_val=num_val, size=size, max_objects=max_objects, seed=seed,
+                  object_scale=[float(s) for s in object_scale], version=GENERATOR_VERSION)
     done = os.path.join(root, 'annotations', 'instances_val.json')
     if os.path.isfile(done):
-        return root
+        with open(done) as f:
+            if json.load(f).get('info', {}).get('generated_with') == params:
+                return root
+        # Written with other settings (or an older generator): write it again rather than
+        # silently training on a set the config does not describe.
+        os.remove(done)
     rng = random.Random(seed)
     os.makedirs(os.path.join(root, 'annotations'), exist_ok=True)
     for split, count in (('train', num_train), ('val', num_val)):
@@ -82,7 +90,8 @@ def make_shapes_dataset(root: str, num_train: int = 512, num_val: int = 128, siz
                 annotations.append(dict(a, id=len(annotations), image_id=i))
         tmp = os.path.join(root, 'annotations', f'instances_{split}.json.tmp')
         with open(tmp, 'w') as f:
-            json.dump(dict(images=images, annotations=annotations, categories=CATEGORIES), f)
+            json.dump(dict(info=dict(description='vitzoo generated shapes', generated_with=params),
+                           images=images, annotations=annotations, categories=CATEGORIES), f)
         # val is written last and atomically: its presence marks a complete set.
         os.replace(tmp, tmp[:-4])
     return root
