@@ -69,6 +69,16 @@ def test_create_model_with_other_class_count_warns_and_skips_head(tmp_path):
 
 
 @torch.no_grad()
+def test_headless_model_takes_a_classifier_checkpoint(tmp_path):
+    # A detector's backbone (num_classes=0) warm-started from a trained classifier.
+    src = zoo.create_model(NAME, depth=2, num_classes=3).eval()
+    torch.save({'state_dict': src.state_dict()}, tmp_path / 'cls.pth')
+    model = zoo.create_model(NAME, depth=2, pretrained=tmp_path / 'cls.pth', num_classes=0).eval()
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(model(x), src.forward_head(src.forward_features(x), pre_logits=True))
+
+
+@torch.no_grad()
 def test_higher_resolution_resamples_position_table():
     src = _small()
     dst = zoo.create_model(NAME, depth=2, img_size=(288, 224)).eval()

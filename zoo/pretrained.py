@@ -81,10 +81,13 @@ def load_pretrained(model: nn.Module, checkpoint, strict: bool = True,
     embeddings to the model's grid. With ``strict`` every key must match in name and shape, or a
     CheckpointMismatchError names the missing, unexpected and mis-shaped keys.
     ``reset_classifier`` drops the checkpoint's classifier (another class count) and keeps the
-    model's freshly initialised one.
+    model's freshly initialised one; a model built without a classifier (``num_classes=0``)
+    ignores the checkpoint's.
     """
     sd = convert_checkpoint(model, checkpoint, use_ema=use_ema)
     own = model.state_dict()
+    # A headless model (num_classes=0, a feature extractor) takes everything but the classifier.
+    sd = {k: v for k, v in sd.items() if k in own or not _is_classifier(model, k)}
     if reset_classifier:
         dropped = [k for k in sd if _is_classifier(model, k)]
         sd = {k: v for k, v in sd.items() if not _is_classifier(model, k)}
