@@ -17,6 +17,9 @@ def _small(**kw):
     lambda sd: {'state_dict': sd},
     lambda sd: {'state_dict_ema': sd},
     lambda sd: {'model': {f'module.{k}': v for k, v in sd.items()}},
+    # an mmengine checkpoint of a classifier with a distillation teacher beside the network
+    lambda sd: {'meta': {}, 'state_dict': {**{f'backbone.{k}': v for k, v in sd.items()},
+                                           '_distill.teacher.fc.weight': torch.zeros(2)}},
 ])
 @torch.no_grad()
 def test_wrappers_and_module_prefix_are_accepted(wrap, tmp_path):

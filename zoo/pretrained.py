@@ -30,8 +30,8 @@ def read_checkpoint(path: str) -> dict:
 
 
 def unwrap_state_dict(checkpoint: Mapping, use_ema: bool = False) -> dict[str, torch.Tensor]:
-    """Strip training wrappers: ``model`` / ``state_dict`` / ``state_dict_ema`` entries and a
-    ``module.`` prefix (DataParallel / DDP)."""
+    """Strip training wrappers: ``model`` / ``state_dict`` / ``state_dict_ema`` entries, a
+    ``module.`` prefix (DataParallel / DDP), the ``backbone.`` of an mmengine classifier."""
     order = ('state_dict_ema', 'model_ema') + WRAPPER_KEYS if use_ema else WRAPPER_KEYS
     sd = checkpoint
     for key in order:
@@ -41,6 +41,10 @@ def unwrap_state_dict(checkpoint: Mapping, use_ema: bool = False) -> dict[str, t
     sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     if sd and all(k.startswith('module.') for k in sd):
         sd = {k[len('module.'):]: v for k, v in sd.items()}
+    if 'meta' in checkpoint and any(k.startswith('backbone.') for k in sd):
+        # An mmengine checkpoint of a classifier (this project's, mmpretrain's): the network is
+        # under ``backbone.``; anything else (a distillation teacher) is not part of it.
+        sd = {k[len('backbone.'):]: v for k, v in sd.items() if k.startswith('backbone.')}
     return sd
 
 
