@@ -1,7 +1,9 @@
 """DETR-family detectors on any zoo backbone: model, matching, losses, COCO data and evaluation."""
 from .coco_eval import coco_evaluate
 from .criterion import SetCriterion
+from .deformable_detr import DeformableDETR
 from .detr import DETR, postprocess
 from .matcher import HungarianMatcher
+from .ms_deform_attn import ms_deform_attn
 
-__all__ = ['DETR', 'HungarianMatcher', 'SetCriterion', 'coco_evaluate', 'postprocess']
+__all__ = ['DETR', 'DeformableDETR', 'HungarianMatcher', 'SetCriterion', 'coco_evaluate', 'ms_deform_attn', 'postprocess']

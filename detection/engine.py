@@ -13,10 +13,11 @@ import zoo.engine  # noqa: F401  (checkpoint loading fix, optimiser constructor)
 from .coco_eval import coco_evaluate
 from .criterion import SetCriterion
 from .data.coco import CocoDetection, collate_detection
+from .deformable_detr import DeformableDETR
 from .detr import DETR, postprocess
 from .matcher import HungarianMatcher
 
-DETECTORS = {'DETR': DETR}
+DETECTORS = {'DETR': DETR, 'DeformableDETR': DeformableDETR}
 _DIVERGED = ('Training stops here and the last saved checkpoint is kept; resume from it with a '
              'lower learning rate, gradient clipping on (optim_wrapper.clip_grad), or without --amp.')
 

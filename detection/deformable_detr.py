@@ -1,0 +1,136 @@
+"""Deformable DETR (Zhu et al., 2021) on any backbone: multi-scale deformable attention over four
+levels, sigmoid focal classification, optional box refinement and two-stage proposals."""
+import copy
+import math
+import re
+
+import torch
+from torch import nn
+
+from .backbone import build_backbone, downsample_mask
+from .deformable_transformer import DeformableTransformer, refine_boxes
+from .detr import MLP
+from .neck import MultiScaleNeck
+from .position_encoding import SinePositionEncoding
+
+
+class DeformableDETR(nn.Module):
+    """images (B, 3, H, W) and padding mask (B, H, W) True on padding -> dict(pred_logits
+    (B, Q, C) (sigmoid scores, no no-object slot), pred_boxes (B, Q, 4) cxcywh normalised by each
+    image's un-padded size, aux_outputs (one dict per earlier decoder layer), and in two-stage mode
+    enc_outputs (B, S, C) / (B, S, 4): the encoder's per-pixel proposals).
+
+    ``backbone`` is a dict for ``build_backbone`` (its ``out_indices`` choose the maps: ResNet-50
+    C3-C5, CvT's stride-8/16 stages) or a module with ``feature_info``; a single-map backbone gets
+    a simple feature pyramid (see ``MultiScaleNeck``).
+    """
+
+    def __init__(self, backbone: dict | nn.Module, num_classes: int, num_queries: int = 300,
+                 hidden_dim: int = 256, num_heads: int = 8, enc_layers: int = 6, dec_layers: int = 6,
+                 ffn_dim: int = 1024, dropout: float = 0.1, num_feature_levels: int = 4,
+                 enc_points: int = 4, dec_points: int = 4, with_box_refine: bool = False,
+                 two_stage: bool = False, aux_loss: bool = True):
+        super().__init__()
+        self.backbone = build_backbone(**backbone) if isinstance(backbone, dict) else backbone
+        self.num_classes, self.aux_loss = num_classes, aux_loss
+        self.with_box_refine, self.two_stage = with_box_refine, two_stage
+        self.neck = MultiScaleNeck(self.backbone.feature_info, hidden_dim, num_feature_levels)
+        self.position = SinePositionEncoding(hidden_dim // 2, offset=-0.5)
+        self.transformer = DeformableTransformer(
+            hidden_dim, num_heads, enc_layers, dec_layers, ffn_dim, dropout, num_feature_levels,
+            enc_points, dec_points, two_stage=two_stage, num_proposals=num_queries)
+        if not two_stage:
+            # query position and content embedding, split in the transformer
+            self.query_embed = nn.Embedding(num_queries, 2 * hidden_dim)
+        self.class_embed, self.bbox_embed = self._heads(hidden_dim, num_classes, dec_layers)
+
+    def _heads(self, hidden_dim, num_classes, dec_layers):
+        """One class and box head per decoder layer (+1 for the two-stage encoder), shared unless
+        boxes are refined; initialised as the official code (focal prior 0.01, zero box deltas,
+        small initial sides without refinement's later layers or two-stage anchors)."""
+        num_pred = dec_layers + int(self.two_stage)
+        class_head = nn.Linear(hidden_dim, num_classes)
+        nn.init.constant_(class_head.bias, -math.log((1 - 0.01) / 0.01))
+        box_head = MLP(hidden_dim, hidden_dim, 4, 3)
+        nn.init.zeros_(box_head.layers[-1].weight)
+        nn.init.zeros_(box_head.layers[-1].bias)
+        if self.with_box_refine:
+            class_heads = nn.ModuleList(copy.deepcopy(class_head) for _ in range(num_pred))
+            box_heads = nn.ModuleList(copy.deepcopy(box_head) for _ in range(num_pred))
+            nn.init.constant_(box_heads[0].layers[-1].bias[2:], -2.0)
+        else:
+            nn.init.constant_(box_head.layers[-1].bias[2:], -2.0)
+            class_heads = nn.ModuleList([class_head] * num_pred)
+            box_heads = nn.ModuleList([box_head] * num_pred)
+        if self.two_stage:  # the anchors already carry the size
+            for head in box_heads:
+                nn.init.zeros_(head.layers[-1].bias[2:])
+        return class_heads, box_heads
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> dict:
+        levels = self.neck(self.backbone(images))
+        masks = [downsample_mask(mask, x.shape[-2:]) for x in levels]
+        pos = [self.position(m).to(x.dtype) for m, x in zip(masks, levels)]
+        query_embed = None if self.two_stage else self.query_embed.weight
+        decoded = self.transformer(levels, masks, pos, query_embed, self.class_embed, self.bbox_embed,
+                                   refine=self.with_box_refine)
+        states, references = decoded['states'], decoded['references']
+        logits = torch.stack([head(s) for head, s in zip(self.class_embed, states)])
+        boxes = torch.stack([refine_boxes(head(s), ref)
+                             for head, s, ref in zip(self.bbox_embed, states, references)])
+        out = dict(pred_logits=logits[-1], pred_boxes=boxes[-1])
+        if self.aux_loss:
+            out['aux_outputs'] = [dict(pred_logits=l, pred_boxes=b)
+                                  for l, b in zip(logits[:-1], boxes[:-1])]
+        if self.two_stage:
+            out['enc_outputs'] = dict(pred_logits=decoded['enc_logits'], pred_boxes=decoded['enc_boxes'])
+        return out
+
+
+# Hugging Face names -> ours, applied in order on the key with its 'model.' prefix removed.
+_HF_RENAMES = [
+    (r'^backbone\.model\.', 'backbone.body.'),
+    (r'^input_proj\.', 'neck.input_proj.'),
+    (r'^query_position_embeddings\.', 'query_embed.'),
+    (r'^(level_embed|reference_points|enc_output|enc_output_norm|pos_trans|pos_trans_norm)\b', r'transformer.\1'),
+    (r'^encoder\.layers\.(\d+)\.self_attn_layer_norm\.', r'transformer.encoder.\1.norm1.'),
+    (r'^encoder\.layers\.(\d+)\.final_layer_norm\.', r'transformer.encoder.\1.norm2.'),
+    (r'^encoder\.layers\.(\d+)\.mlp\.', r'transformer.encoder.\1.ffn.'),
+    (r'^encoder\.layers\.(\d+)\.self_attn\.', r'transformer.encoder.\1.self_attn.'),
+    (r'^decoder\.layers\.(\d+)\.self_attn\.o_proj\.', r'transformer.decoder.\1.self_attn.out_proj.'),
+    (r'^decoder\.layers\.(\d+)\.self_attn_layer_norm\.', r'transformer.decoder.\1.norm1.'),
+    (r'^decoder\.layers\.(\d+)\.encoder_attn\.', r'transformer.decoder.\1.cross_attn.'),
+    (r'^decoder\.layers\.(\d+)\.encoder_attn_layer_norm\.', r'transformer.decoder.\1.norm2.'),
+    (r'^decoder\.layers\.(\d+)\.final_layer_norm\.', r'transformer.decoder.\1.norm3.'),
+    (r'^decoder\.layers\.(\d+)\.mlp\.', r'transformer.decoder.\1.ffn.'),
+]
+
+
+def convert_hf_deformable_detr(state_dict: dict) -> dict:
+    """A Hugging Face ``DeformableDetrForObjectDetection`` state dict (ResNet-50 backbone) ->
+    ``DeformableDETR``'s layout (with ``backbone=dict(name='resnet50', out_indices=(0, 1, 2))``).
+
+    The decoder's separate q/k/v projections are concatenated into nn.MultiheadAttention's
+    in-projection; the decoder's tied copies of the heads (``model.decoder.class_embed`` /
+    ``bbox_embed``) are dropped, the top-level heads kept; frozen batch-norm counters dropped.
+    """
+    out, qkv = {}, {}
+    for key, value in state_dict.items():
+        if key.startswith('model.decoder.class_embed.') or key.startswith('model.decoder.bbox_embed.'):
+            continue
+        if key.endswith('num_batches_tracked'):
+            continue
+        name = key[len('model.'):] if key.startswith('model.') else key
+        m = re.match(r'^decoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$', name)
+        if m:
+            qkv[(m[1], m[3], m[2])] = value
+            continue
+        for pattern, repl in _HF_RENAMES:
+            name, hits = re.subn(pattern, repl, name)
+            if hits:
+                break
+        out[name] = value
+    for layer, kind in sorted({(layer, kind) for layer, kind, _ in qkv}):
+        out[f'transformer.decoder.{layer}.self_attn.in_proj_{kind}'] = torch.cat(
+            [qkv[(layer, kind, p)] for p in 'qkv'])
+    return out

@@ -1,0 +1,146 @@
+"""Multi-scale deformable attention (Zhu et al., 2021), in pure PyTorch: no compiled kernel, so it
+runs on CPU and GPU, in float32, bfloat16 and float16, and exports like any other module."""
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    if value.dim() != 4:
+        raise ValueError(f'value must be (N, S, M, D), got shape {tuple(value.shape)}')
+    if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
+        raise ValueError('sampling_locations must be (N, Lq, M, L, P, 2), '
+                         f'got shape {tuple(sampling_locations.shape)}')
+    if attention_weights.shape != sampling_locations.shape[:-1]:
+        raise ValueError(f'attention_weights must be (N, Lq, M, L, P) = '
+                         f'{tuple(sampling_locations.shape[:-1])} as sampling_locations, '
+                         f'got {tuple(attention_weights.shape)}')
+    n, s, m, _ = value.shape
+    num_levels = sampling_locations.shape[3]
+    if spatial_shapes.shape != (num_levels, 2):
+        raise ValueError(f'spatial_shapes must be (L, 2) = ({num_levels}, 2) as (H, W) per level, '
+                         f'got {tuple(spatial_shapes.shape)}')
+    if level_start_index.shape != (num_levels,):
+        raise ValueError(f'level_start_index must be (L,) = ({num_levels},), '
+                         f'got {tuple(level_start_index.shape)}')
+    if sampling_locations.shape[0] != n or sampling_locations.shape[2] != m:
+        raise ValueError(f'value has batch {n} and {m} heads but sampling_locations has batch '
+                         f'{sampling_locations.shape[0]} and {sampling_locations.shape[2]} heads')
+    sizes = spatial_shapes.prod(1)
+    if int(sizes.sum()) != s:
+        raise ValueError(f'value has S = {s} positions but the levels {spatial_shapes.tolist()} '
+                         f'hold {int(sizes.sum())}')
+    starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+    if not torch.equal(starts.cpu(), level_start_index.cpu().to(starts.dtype)):
+        raise ValueError(f'level_start_index {level_start_index.tolist()} does not match the level '
+                         f'sizes {sizes.tolist()} (expected {starts.tolist()})')
+
+
+def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor,
+                   level_start_index: torch.Tensor, sampling_locations: torch.Tensor,
+                   attention_weights: torch.Tensor) -> torch.Tensor:
+    """Attention-weighted bilinear samples of multi-level value maps.
+
+    value (N, S, M, D): M heads of D channels at the S positions of every level, flattened level
+    after level (row-major within a level); spatial_shapes (L, 2) as (H, W) per level;
+    level_start_index (L,) the first position of each level; sampling_locations
+    (N, Lq, M, L, P, 2) as (x, y) in [0, 1] of each level's extent (pixel-centre convention,
+    outside samples read zeros); attention_weights (N, Lq, M, L, P).
+    Returns (N, Lq, M * D): out[n, q, m] = sum_{l, p} A[n, q, m, l, p] * value_l[n, :, m](loc).
+
+    Level by level, the samples of one level are weighted and added into an accumulator of the
+    output's size before the next level is sampled, so at most one level's samples exist at a
+    time instead of all levels stacked and then a weighted copy of them (the reference form);
+    low-precision inputs keep a float32 sum.
+    Sampling runs in the wider of the value and location dtypes: float32 locations on a bfloat16
+    value keep sub-pixel precision on large maps (bfloat16 resolves [0, 1] to ~1/256 only),
+    one level's value being upcast at a time. The result has the value's dtype.
+    """
+    _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    n, _, m, d = value.shape
+    lq = sampling_locations.shape[1]
+    dtype = torch.promote_types(value.dtype, sampling_locations.dtype)
+    acc_dtype = torch.promote_types(dtype, torch.float32)  # float64 stays float64
+    grids = (2 * sampling_locations - 1).to(dtype)  # grid_sample's [-1, 1], align_corners=False
+    attention_weights = attention_weights.to(dtype)
+    out = value.new_zeros(n * m, d, lq, dtype=acc_dtype)
+    for level, ((h, w), start) in enumerate(zip(spatial_shapes.tolist(), level_start_index.tolist())):
+        level_value = rearrange(value[:, start:start + h * w], 'n (h w) m d -> (n m) d h w', h=h, w=w)
+        # points before queries, so each point's samples are a contiguous (N*M, D, Lq) slice:
+        # a multiply-add per point then streams along Lq, and no weighted copy is made
+        grid = rearrange(grids[:, :, :, level], 'n q m p xy -> (n m) p q xy')
+        samples = F.grid_sample(level_value.to(dtype), grid, mode='bilinear', padding_mode='zeros',
+                                align_corners=False)  # (N*M, D, P, Lq)
+        weights = rearrange(attention_weights[:, :, :, level], 'n q m p -> (n m) p q')
+        # unbind: one backward node stacks the P slice gradients, instead of P full-size
+        # zero-filled gradients that slicing would give
+        for point_samples, point_weights in zip(samples.unbind(2), weights.unbind(1)):
+            out.addcmul_(point_samples, point_weights[:, None])
+    return rearrange(out.to(value.dtype), '(n m) d q -> n q (m d)', n=n)
+
+
+class MSDeformAttn(nn.Module):
+    """Multi-scale deformable attention: each query attends to ``num_points`` learned offsets
+    around its reference point on each of ``num_levels`` maps, with ``num_heads`` heads.
+
+    forward(query (N, Lq, C), reference_points (N, Lq, L, 2) as normalised (x, y) or
+    (N, Lq, L, 4) as normalised boxes (cx, cy, w, h), value (N, S, C), spatial_shapes (L, 2),
+    level_start_index (L,), padding_mask (N, S) True at padded positions or None) -> (N, Lq, C).
+    """
+
+    def __init__(self, dim: int = 256, num_levels: int = 4, num_heads: int = 8, num_points: int = 4):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
+        self.dim, self.num_levels, self.num_heads, self.num_points = dim, num_levels, num_heads, num_points
+        self.sampling_offsets = nn.Linear(dim, num_heads * num_levels * num_points * 2)
+        self.attention_weights = nn.Linear(dim, num_heads * num_levels * num_points)
+        self.value_proj = nn.Linear(dim, dim)
+        self.output_proj = nn.Linear(dim, dim)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """As the official code: offsets start on a ring of 8 head directions (point k at k+1 times
+        the unit step), uniform attention, Xavier projections."""
+        nn.init.zeros_(self.sampling_offsets.weight)
+        thetas = torch.arange(self.num_heads, dtype=torch.float32) * (2 * math.pi / self.num_heads)
+        directions = torch.stack([thetas.cos(), thetas.sin()], -1)
+        directions = directions / directions.abs().max(-1, keepdim=True).values  # onto the square
+        steps = torch.arange(1, self.num_points + 1, dtype=torch.float32)
+        grid = directions[:, None, None, :] * steps[None, None, :, None]  # (M, 1, P, 2)
+        grid = grid.expand(-1, self.num_levels, -1, -1)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.flatten())
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        for proj in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(proj.weight)
+            nn.init.zeros_(proj.bias)
+
+    def forward(self, query, reference_points, value, spatial_shapes, level_start_index,
+                padding_mask=None):
+        m, l, p = self.num_heads, self.num_levels, self.num_points
+        value = self.value_proj(value)
+        if padding_mask is not None:
+            value = value.masked_fill(padding_mask[..., None], 0.0)
+        value = rearrange(value, 'n s (m d) -> n s m d', m=m)
+        offsets = rearrange(self.sampling_offsets(query), 'n q (m l p xy) -> n q m l p xy',
+                            m=m, l=l, p=p)
+        weights = rearrange(self.attention_weights(query), 'n q (m lp) -> n q m lp', m=m)
+        weights = rearrange(weights.softmax(-1), 'n q m (l p) -> n q m l p', l=l)
+        ref = reference_points[:, :, None, :, None, :]  # (N, Lq, 1, L, 1, 2|4)
+        if reference_points.shape[-1] == 2:
+            # offsets are in pixels of each level: normalise by its (W, H)
+            size_wh = spatial_shapes.flip(-1).to(offsets)[None, None, None, :, None, :]
+            locations = ref + offsets / size_wh
+        elif reference_points.shape[-1] == 4:
+            # offsets are fractions of the half box, shrunk by the point count
+            locations = ref[..., :2] + offsets / p * ref[..., 2:] * 0.5
+        else:
+            raise ValueError('reference_points must end in 2 (points) or 4 (boxes), got '
+                             f'{tuple(reference_points.shape)}')
+        return self.output_proj(ms_deform_attn(value, spatial_shapes, level_start_index,
+                                               locations, weights))

@@ -1,0 +1,76 @@
+"""Multi-scale necks for Deformable DETR: from any backbone's maps to L levels of hidden_dim
+channels (strides 8, 16, 32, 64 by default)."""
+import torch
+from torch import nn
+
+
+class SimpleFeaturePyramid(nn.Module):
+    """ViTDet's simple pyramid for single-scale backbones (plain ViTs, stride s = 16):
+    one map (N, C, H/s, W/s) -> [(N, C/2, H/(s/2), ...), (N, C, H/s, ...), (N, C, H/(2s), ...)]:
+    a 2x2 transposed convolution up, identity, a 2x2 max-pool down. The input projections that
+    follow supply each level's 1x1 conv and norm."""
+
+    def __init__(self, channels: int, stride: int):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(channels, channels // 2, kernel_size=2, stride=2)
+        self.down = nn.MaxPool2d(kernel_size=2, stride=2)
+        self.feature_info = [dict(channels=channels // 2, stride=stride // 2),
+                             dict(channels=channels, stride=stride),
+                             dict(channels=channels, stride=stride * 2)]
+
+    def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        (x,) = maps
+        return [self.up(x), x, self.down(x)]
+
+
+def _proj(in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1) -> nn.Sequential:
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2)
+    nn.init.xavier_uniform_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return nn.Sequential(conv, nn.GroupNorm(32, out_channels))
+
+
+class MultiScaleNeck(nn.Module):
+    """Backbone maps -> ``num_levels`` maps of ``hidden_dim`` channels.
+
+    Each backbone map goes through a 1x1 conv + GroupNorm(32); the missing coarser levels come
+    from 3x3 stride-2 conv + GroupNorm, the first from the last backbone map, the next from the
+    previous extra level (as the official code). A single map (plain ViTs) is first expanded by a
+    simple feature pyramid to strides s/2, s, 2s.
+
+    forward(maps: list of (N, C_i, H_i, W_i)) -> list of (N, hidden_dim, H_l, W_l);
+    ``strides`` lists each level's stride.
+    """
+
+    def __init__(self, feature_info: list[dict], hidden_dim: int = 256, num_levels: int = 4,
+                 simple_pyramid: bool | None = None):
+        super().__init__()
+        if simple_pyramid is None:
+            simple_pyramid = len(feature_info) == 1 and num_levels > 1
+        self.pyramid = None
+        if simple_pyramid:
+            self.pyramid = SimpleFeaturePyramid(feature_info[-1]['channels'], feature_info[-1]['stride'])
+            feature_info = self.pyramid.feature_info
+        if len(feature_info) > num_levels:
+            raise ValueError(f'the backbone{" pyramid" if simple_pyramid else ""} gives '
+                             f'{len(feature_info)} maps but num_feature_levels is {num_levels}: '
+                             f'select fewer with backbone out_indices, or use more levels')
+        channels = [f['channels'] for f in feature_info]
+        num_extra = num_levels - len(channels)
+        extra_in = (channels[-1:] + [hidden_dim] * (num_extra - 1))[:num_extra]
+        self.input_proj = nn.ModuleList(
+            [_proj(c, hidden_dim) for c in channels]
+            + [_proj(c, hidden_dim, kernel_size=3, stride=2) for c in extra_in])
+        self.num_inputs = len(channels)
+        self.strides = ([f['stride'] for f in feature_info]
+                        + [feature_info[-1]['stride'] * 2 ** (i + 1) for i in range(len(extra_in))])
+
+    def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.pyramid is not None:
+            maps = self.pyramid(maps)
+        levels = [proj(x) for proj, x in zip(self.input_proj, maps)]
+        source = maps[-1]  # the first extra level reads the raw last map, the next the previous level
+        for proj in self.input_proj[self.num_inputs:]:
+            levels.append(proj(source))
+            source = levels[-1]
+        return levels
