@@ -3,12 +3,20 @@ of a training step, and COCO evaluation time with pycocotools vs faster-coco-eva
 
     python tools/benchmark_detection.py --configs configs/detr_t2t.py,configs/detr_r50.py --size 800 1333
     python tools/benchmark_detection.py --coco-eval-only
+    python tools/benchmark_detection.py --scaling --configs configs/detr_r50.py,configs/deformable_detr_r50.py
+
+``--scaling`` measures each detector at three input sizes (``--sizes``): training-step time,
+inference time and the peak memory of a training step, to show how each grows with image area
+(DETR's encoder attends over all pairs of positions; Deformable DETR's samples a fixed number).
 
 Backbones are randomly initialised (speed does not depend on the weights). Targets: 8 random
 boxes per image.
 """
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import time
 
 import _bootstrap  # noqa: F401
@@ -19,7 +27,7 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import MODELS
 
 import detection.engine  # noqa: F401
-from benchmark import machine
+from benchmark import _rss_kib, machine
 from detection import coco_evaluate
 
 
@@ -74,6 +82,58 @@ def detector_timings(config: str, size, batch_size: int, steps: int, device) -> 
                 images_per_s=batch_size / statistics.median(infer))
 
 
+def step_peak_memory_mib(model, optim, data, device) -> float:
+    """Peak memory of one training step beyond what is held before it, in MiB (CUDA: allocator
+    peak; CPU: growth of the resident-set high-water mark, reset through /proc/self/clear_refs)."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        model.train_step(dict(data), optim)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
+    base = _rss_kib('VmRSS')
+    model.train_step(dict(data), optim)
+    return (_rss_kib('VmHWM') - base) / 1024
+
+
+def scaling_point(config: str, size, steps: int, device) -> dict:
+    """One detector at one input size: training-step and inference time, step peak memory."""
+    cfg = Config.fromfile(config)
+    cfg.merge_from_dict({'model.detector.backbone.pretrained': False})
+    model = MODELS.build(cfg.model).to(device)
+    optim = build_optim_wrapper(model, cfg.optim_wrapper)
+    data = _batch(1, size, device)
+    model.train()
+    model.train_step(dict(data), optim)  # warm-up: optimiser state exists before measuring
+    memory = step_peak_memory_mib(model, optim, data, device)
+    train = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        model.train_step(dict(data), optim)
+        train.append(time.perf_counter() - start)
+    model.eval()
+    with torch.inference_mode():
+        infer = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            model.val_step(dict(data))
+            infer.append(time.perf_counter() - start)
+    return dict(step_s=statistics.median(train), infer_s=statistics.median(infer), memory_mib=memory)
+
+
+def scaling_in_subprocess(config: str, size, steps: int, device: str) -> dict:
+    """A fresh process per point, so memory one size freed cannot hide another's peak."""
+    cmd = [sys.executable, __file__, '--child-scaling', config, f'{size[0]}x{size[1]}',
+           '--steps', str(steps), '--device', device]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f'{config} at {size}: {done.stderr[-2000:]}')
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def coco_eval_timings(num_images=500, seed=0) -> dict:
     rng = np.random.default_rng(seed)
     images = [dict(id=i, file_name=f'{i}.jpg', width=640, height=480) for i in range(num_images)]
@@ -105,8 +165,26 @@ def main(argv=None):
     p.add_argument('--device', default='cpu')
     p.add_argument('--coco-eval-only', action='store_true')
     p.add_argument('--coco-images', type=int, default=500)
+    p.add_argument('--scaling', action='store_true', help='time and memory at three input sizes')
+    p.add_argument('--sizes', default='400x667,600x1000,800x1333')
+    p.add_argument('--child-scaling', nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.child_scaling:
+        config, size = args.child_scaling
+        size = tuple(int(v) for v in size.split('x'))
+        print(json.dumps(scaling_point(config, size, args.steps, torch.device(args.device))))
+        return
     print(f'# {machine()}; torch {torch.__version__}')
+    if args.scaling:
+        sizes = [tuple(int(v) for v in s.split('x')) for s in args.sizes.split(',')]
+        print(f'{"config":28s} {"input":>10s} {"pixels":>8s} {"train step s":>12s} {"infer s":>8s} '
+              f'{"step peak MiB":>13s}')
+        for config in args.configs.split(','):
+            for h, w in sizes:
+                r = scaling_in_subprocess(config, (h, w), args.steps, args.device)
+                print(f'{config.split("/")[-1]:28s} {h:>4d}x{w:<5d} {h * w / 1e6:7.2f}M {r["step_s"]:12.2f} '
+                      f'{r["infer_s"]:8.2f} {r["memory_mib"]:13.0f}', flush=True)
+        return
     if not args.coco_eval_only:
         print(f'{"config":28s} {"input":>10s} {"train step s":>12s} {"matcher %":>9s} {"infer img/s":>11s}')
         for config in args.configs.split(','):
