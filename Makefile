@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo models test test-fast benchmark clean
+.PHONY: demo demo-deformable models test test-fast benchmark clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,18 @@ demo: $(VENV)/.installed
 		--out $(DEMO_DIR)/detections.json
 	$(PY) tools/infer.py $(DEMO_CFG) $$(cat $(DEMO_DIR)/last_checkpoint) --val 8 \
 		--out $(DEMO_DIR)/predictions.png
+
+# The same with Deformable DETR (same backbone, data and steps), then both runs' curves side by side.
+DEFORMABLE_CFG := configs/demo/deformable_detr_t2t_shapes.py
+DEFORMABLE_DIR := work_dirs/demo_deformable
+demo-deformable: $(VENV)/.installed
+	$(PY) tools/train.py $(DEFORMABLE_CFG) --work-dir $(DEFORMABLE_DIR) --resume
+	$(PY) tools/test.py $(DEFORMABLE_CFG) $$(cat $(DEFORMABLE_DIR)/last_checkpoint) \
+		--work-dir $(DEFORMABLE_DIR)/test --out $(DEFORMABLE_DIR)/detections.json
+	$(PY) tools/infer.py $(DEFORMABLE_CFG) $$(cat $(DEFORMABLE_DIR)/last_checkpoint) --val 8 \
+		--out $(DEFORMABLE_DIR)/predictions.png
+	test ! -d $(DEMO_DIR) || $(PY) tools/plot_curves.py $(DEMO_DIR) $(DEFORMABLE_DIR) \
+		--labels DETR "Deformable DETR" --out $(DEFORMABLE_DIR)/curves.png
 
 models: $(VENV)/.installed
 	$(PY) tools/analyze.py
