@@ -1,6 +1,8 @@
-"""Evaluate a checkpoint: prints the COCO table, optionally saves the detections json.
+"""Evaluate a checkpoint: prints the metrics (COCO table, or top-1 / top-5 for classifiers),
+optionally saves the detections json.
 
     python tools/test.py configs/detr_t2t.py work_dirs/detr_t2t/epoch_150.pth --out dets.json
+    python tools/test.py configs/classification/deit_tiny_fashion_mnist.py work_dirs/x/epoch_5.pth
 """
 import argparse
 import os
@@ -9,6 +11,7 @@ import os.path as osp
 import _bootstrap  # noqa: F401
 from mmengine.config import DictAction
 
+import classification.engine  # noqa: F401  (registers the classifier, datasets and metric)
 import detection.engine  # noqa: F401
 from zoo.engine import Runner, load_config
 

@@ -12,6 +12,7 @@ import os
 import _bootstrap  # noqa: F401
 from mmengine.config import Config, DictAction
 
+import classification.engine  # noqa: F401  (registers the classifier, datasets and metric)
 import detection.engine  # noqa: F401  (registers the detectors, datasets and metric)
 from zoo.engine import Runner, load_config
 
