@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
+from mmengine.logging import MMLogger
 from PIL import Image
 
 import zoo
@@ -76,11 +77,27 @@ def test_truncated_idx_file_is_named(tmp_path):
         read_idx(path)
 
 
-def test_generated_fallback_is_logged_and_missing_data_explained(tmp_path, capsys):
-    missing = str(tmp_path / 'nowhere')
-    ds = FashionMNIST(missing, split='test', fallback=dict(num_samples=40))
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_generated_fallback_is_logged_and_missing_data_explained(tmp_path):
+    # A handler on the current mmengine logger: its console handler may hold a stream from an
+    # earlier test, so captured stdout/stderr would miss the warning.
+    logger, records = MMLogger.get_current_instance(), _Records()
+    logger.addHandler(records)
+    try:
+        missing = str(tmp_path / 'nowhere')
+        ds = FashionMNIST(missing, split='test', fallback=dict(num_samples=40))
+    finally:
+        logger.removeHandler(records)
     assert ds.source == 'generated' and len(ds) == 40 and ds[0][0].shape == (3, 28, 28)
-    assert 'GENERATED stand-in' in ''.join(capsys.readouterr())
+    assert any('GENERATED stand-in' in m for m in records.messages)
     # The same classes in both splits, other samples.
     train, test = generate_fallback('train', 20, seed=0), generate_fallback('test', 20, seed=0)
     assert not torch.equal(train[0], test[0])
