@@ -291,26 +291,9 @@ def test_neck_gives_every_level_at_its_stride(info, levels):
 def test_deformable_detr_overfits_a_few_images(tmp_path):
     """Learning is real: 4 images, 120 steps, AP50 on those images >= 0.9 (1.0 when this test
     was written, 0.92 after 80 steps)."""
-    from detection import coco_evaluate
-    from detection.data.coco import CocoDetection, collate_detection
-    from detection.data.synthetic import make_shapes_dataset
-    from detection.data.transforms import shapes_test_transforms
-    from detection.engine import Detector, predictions_to_coco
-    from test_detection_pipeline import TINY_DETR
-    root = make_shapes_dataset(str(tmp_path / 'shapes'), num_train=4, num_val=1, size=64, max_objects=3, seed=1)
-    ds = CocoDetection(root + '/train', root + '/annotations/instances_train.json', shapes_test_transforms(64))
-    batch = collate_detection([ds[i] for i in range(len(ds))])
+    from detection.engine import Detector
+    from test_detection_pipeline import TINY_DETR, overfit_ap50
     model = Detector(dict(type='DeformableDETR', backbone=dict(name='deit_tiny_patch16_224', depth=2, img_size=64),
                           **TINY_DETR), num_classes=3, focal=True,
                      matcher=dict(cost_class=2.0), criterion=dict(weight_class=2.0))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    for _ in range(120):
-        loss = sum(model(batch['inputs'], batch['masks'], batch['data_samples'], mode='loss').values())
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
-        opt.step()
-    model.eval()
-    with torch.no_grad():
-        preds = model(batch['inputs'], batch['masks'], batch['data_samples'], mode='predict')
-    assert coco_evaluate(ds.ann_file, predictions_to_coco(preds, ds.cat_ids))['AP50'] >= 0.9
+    assert overfit_ap50(model, 120, tmp_path) >= 0.9
