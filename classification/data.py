@@ -50,7 +50,8 @@ class ClassificationDataset(Dataset):
         return len(self.classes)
 
     def load(self, index: int) -> tuple[torch.Tensor, int]:
-        raise NotImplementedError
+        """-> (uint8 image (C, H, W), label); each subclass reads its own storage."""
+        raise NotImplementedError(f'{type(self).__name__} must define load(index)')
 
     def __getitem__(self, index: int):
         image, label = self.load(index)
