@@ -81,7 +81,9 @@ def main(argv=None):
     p.add_argument('--queries', type=int, default=16)
     p.add_argument('--hidden-dim', type=int, default=128)
     p.add_argument('--layers', type=int, default=2, help='encoder and decoder layers each')
-    p.add_argument('--root', default='data/shapes/', help='where the generated set is (or goes)')
+    # Not data/shapes: a probe set with other settings would replace the demo's set there.
+    p.add_argument('--root', default='data/shapes_probe/', help='where the generated set is (or goes)')
+    p.add_argument('--size', type=int, default=128, help='image side of the generated set')
     p.add_argument('--object-scale', type=float, nargs=2, default=(1 / 8, 1 / 3))
     p.add_argument('--max-objects', type=int, default=4)
     p.add_argument('--num-images', type=int, nargs=2, default=(512, 128), help='train and val')
@@ -96,15 +98,15 @@ def main(argv=None):
     torch.manual_seed(args.seed)
 
     root = args.root.rstrip('/') + '/'
-    synthetic = dict(root=root, num_train=args.num_images[0], num_val=args.num_images[1], size=128, max_objects=args.max_objects,
-                     seed=0, object_scale=tuple(args.object_scale))
+    synthetic = dict(root=root, num_train=args.num_images[0], num_val=args.num_images[1], size=args.size,
+                     max_objects=args.max_objects, seed=0, object_scale=tuple(args.object_scale))
     ann_val = root + 'annotations/instances_val.json'
     train_tf = dict(type='shapes_train_transforms', scales=tuple(args.train_scales),
-                    max_size=max(max(args.train_scales), 128))
+                    max_size=max(max(args.train_scales), args.size))
     train_set = RegisteredCocoDetection(root + 'train', root + 'annotations/instances_train.json',
                                         train_tf, True, synthetic)
-    val_set = RegisteredCocoDetection(root + 'val', ann_val, dict(type='shapes_test_transforms'),
-                                      False, synthetic)
+    val_set = RegisteredCocoDetection(root + 'val', ann_val,
+                                      dict(type='shapes_test_transforms', size=args.size), False, synthetic)
     collate = partial(collate_detection, size_divisor=32)
     train_loader = DataLoader(train_set, args.batch_size, shuffle=True, collate_fn=collate, drop_last=True)
     val_loader = DataLoader(val_set, 32, collate_fn=collate)
@@ -126,12 +128,12 @@ def main(argv=None):
             warmup.step()
             step += 1
             if step % 50 == 0:
-                print(f'step {step} {time.time() - start:.0f}s '
-                      + ' '.join(f'{k}={losses[k].item():.3f}' for k in ('loss_class', 'loss_bbox', 'loss_giou')),
-                      flush=True)
+                terms = ' '.join(f'{k}={losses[k].item():.3f}' for k in ('loss_class', 'loss_bbox', 'loss_giou'))
+                print(f'step {step} {time.time() - start:.0f}s {terms}', flush=True)
             if step % args.eval_every == 0 or step == args.steps:
                 stats = evaluate(model, val_loader, val_set, ann_val)
-                curve.append(dict(step=step, seconds=round(time.time() - start), AP50=stats['AP50'], AP=stats['AP']))
+                curve.append(dict(step=step, seconds=round(time.time() - start),
+                                  AP50=stats['AP50'], AP=stats['AP']))
                 print(f'  step {step}: AP50 {stats["AP50"]:.3f}  AP {stats["AP"]:.3f}', flush=True)
             if step >= args.steps:
                 break

@@ -1,18 +1,20 @@
 # The main job on the built-in data: DETR with a T2T-ViT backbone on generated shapes
-# (512 train / 128 val images of 128 px, 3 classes), from scratch, on a CPU.
+# (512 train / 128 val images of 96 px, 1-3 objects each, 3 classes), from scratch, on a CPU.
 _base_ = ['../_base_/models/detr.py', '../_base_/datasets/shapes_detection.py',
           '../_base_/schedules/detr_150e.py', '../_base_/default_runtime.py']
+# 4 queries for at most 3 objects: with few queries nearly every one is matched on every image,
+# so each step teaches every query a class and a box. This is what lets DETR learn the set in
+# minutes: with a position-aware oracle backbone, 4 / 8 / 16 / 100 queries reach AP50
+# 0.74 / 0.50 / 0.31 / 0.04 after 1000 steps (tools/detr_convergence_probe.py, README).
 model = dict(
     num_classes=3,
-    detector=dict(backbone=dict(name='t2t_vit_7', pretrained=False), num_queries=16,
+    detector=dict(backbone=dict(name='t2t_vit_7', pretrained=False), num_queries=4,
                   hidden_dim=128, num_heads=4, enc_layers=2, dec_layers=2, ffn_dim=512, dropout=0.0))
 # From scratch the backbone learns at the head's rate.
 optim_wrapper = dict(optimizer=dict(lr=2e-4),
                      paramwise_cfg=dict(custom_keys={'net.backbone': dict(lr_mult=1.0)}))
-# 16 epochs of 64 steps: about 10 minutes on a 2-core CPU.
-train_cfg = dict(max_epochs=16, val_interval=4)
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
-    dict(type='MultiStepLR', milestones=[13], gamma=0.1, by_epoch=True),
-]
-default_hooks = dict(logger=dict(interval=16), checkpoint=dict(interval=4))
+# 32 epochs of 64 steps (about 9 minutes on 2 CPU cores) at a constant rate after a short warm-up:
+# from scratch DETR's losses sit on a plateau for about 1000 steps, then AP50 climbs past 0.5.
+train_cfg = dict(max_epochs=32, val_interval=8)
+param_scheduler = [dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50)]
+default_hooks = dict(logger=dict(interval=16), checkpoint=dict(interval=8))
