@@ -1,4 +1,5 @@
 """The detector end to end: learning, the tools, resume, bad input, distributed evaluation."""
+import importlib
 import json
 import os
 import subprocess
@@ -224,7 +225,6 @@ def test_checkpoint_with_other_class_count_loads_without_the_head(tmp_path):
 def _import_tool(name: str):
     sys.path.insert(0, os.path.join(ROOT, 'tools'))
     try:
-        import importlib
         return importlib.import_module(name)
     finally:
         sys.path.pop(0)
