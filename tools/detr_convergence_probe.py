@@ -53,7 +53,8 @@ class ColourOracle(nn.Module):
         return [torch.cat([cells, torch.stack([xs, ys]).expand(b, -1, -1, -1).to(cells)], 1)]
 
 
-def build_backbone(name: str):
+def probe_backbone(name: str):
+    """A zoo backbone config, or an oracle module (not a zoo model, so not in its registry)."""
     if name in ('colour-oracle', 'colour-coords-oracle'):
         return ColourOracle(coords=name == 'colour-coords-oracle')
     return dict(name=name, pretrained=False)
@@ -111,7 +112,7 @@ def main(argv=None):
     train_loader = DataLoader(train_set, args.batch_size, shuffle=True, collate_fn=collate, drop_last=True)
     val_loader = DataLoader(val_set, 32, collate_fn=collate)
 
-    model = Detector(dict(type='DETR', backbone=build_backbone(args.backbone), num_queries=args.queries,
+    model = Detector(dict(type='DETR', backbone=probe_backbone(args.backbone), num_queries=args.queries,
                           hidden_dim=args.hidden_dim, num_heads=4, enc_layers=args.layers,
                           dec_layers=args.layers, ffn_dim=4 * args.hidden_dim, dropout=0.0), num_classes=3)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
