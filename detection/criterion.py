@@ -27,12 +27,17 @@ class SetCriterion(nn.Module):
         empty_weight[-1] = eos_coef
         self.register_buffer('empty_weight', empty_weight, persistent=False)
 
-    def loss_class(self, logits, targets, indices, num_boxes):
-        """logits (B, Q, C+1) or (B, Q, C) with focal."""
+    def loss_class(self, logits, targets, indices, num_boxes, valid=None):
+        """logits (B, Q, C+1) or (B, Q, C) with focal; queries not in ``indices`` are trained as
+        no object; ``valid`` (B, Q) bool, if given, leaves the other queries out (the padding of
+        query denoising)."""
         b, q = logits.shape[:2]
         target_classes = torch.full((b, q), self.num_classes, dtype=torch.int64, device=logits.device)
         for i, (src, tgt) in enumerate(indices):
             target_classes[i, src.to(logits.device)] = targets[i]['labels'].to(logits.device)[tgt]
+        if valid is not None:
+            valid = valid.to(logits.device)
+            logits, target_classes = logits[valid][None], target_classes[valid][None]
         if not self.focal:
             return F.cross_entropy(logits.transpose(1, 2).float(), target_classes, self.empty_weight)
         onehot = F.one_hot(target_classes, self.num_classes + 1)[..., :-1].to(logits.dtype)
@@ -51,16 +56,35 @@ class SetCriterion(nn.Module):
                                               box_convert(tgt, 'cxcywh', 'xyxy')))
         return l1, (1 - giou).sum() / num_boxes
 
-    def single(self, outputs: dict, targets: list[dict], num_boxes: float) -> dict:
-        indices = self.matcher(outputs, targets)
+    def single(self, outputs: dict, targets: list[dict], num_boxes: float, indices=None,
+               valid=None) -> dict:
+        """One decoder layer's losses; ``indices`` (query, target) pairs per image, matched here
+        when not given (query denoising gives them)."""
+        if indices is None:
+            indices = self.matcher(outputs, targets)
         l1, giou = self.loss_boxes(outputs['pred_boxes'], targets, indices, num_boxes)
-        return dict(loss_class=self.loss_class(outputs['pred_logits'], targets, indices, num_boxes),
+        return dict(loss_class=self.loss_class(outputs['pred_logits'], targets, indices, num_boxes, valid),
                     loss_bbox=l1, loss_giou=giou)
+
+    def denoising_losses(self, dn_outputs: dict, targets: list[dict], num_boxes: float) -> dict:
+        """Query denoising (DN-DETR): every denoising query is trained on the box it was made from,
+        no matching; negatives (contrastive) as no object; padding left out. The same losses and
+        weights as the matching part, on the final and every auxiliary layer, normalised by the
+        number of positive denoising queries (target boxes x groups)."""
+        queries = dn_outputs['queries']
+        indices, valid = queries.matching_indices(), queries.valid
+        num_dn = num_boxes * queries.num_groups
+        layers = {'dn.': dn_outputs}
+        layers.update({f'dn.d{i}.': aux for i, aux in enumerate(dn_outputs.get('aux_outputs', []))})
+        return {prefix + name: value * self.weights[name]
+                for prefix, out in layers.items()
+                for name, value in self.single(out, targets, num_dn, indices, valid).items()}
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, torch.Tensor]:
         """outputs: pred_logits, pred_boxes, optional aux_outputs (list of the same per decoder
-        layer) and enc_outputs (two-stage); targets: per image labels (N,), boxes (N, 4).
-        Returns weighted losses: loss_class, loss_bbox, loss_giou and d{i}.* per auxiliary layer."""
+        layer), enc_outputs (two-stage) and dn_outputs (query denoising); targets: per image
+        labels (N,), boxes (N, 4). Returns weighted losses: loss_class, loss_bbox, loss_giou,
+        d{i}.* per auxiliary layer, enc.* and dn.* / dn.d{i}.*."""
         device = outputs['pred_boxes'].device
         num_boxes = torch.tensor(float(sum(len(t['labels']) for t in targets)), device=device)
         num_boxes = all_reduce_mean(num_boxes).clamp(min=1).item()
@@ -75,4 +99,6 @@ class SetCriterion(nn.Module):
                 tgts = [dict(t, labels=torch.zeros_like(t['labels'])) for t in targets]
             for name, value in self.single(out, tgts, num_boxes).items():
                 losses[prefix + name] = value * self.weights[name]
+        if 'dn_outputs' in outputs:
+            losses.update(self.denoising_losses(outputs['dn_outputs'], targets, num_boxes))
         return losses

@@ -9,7 +9,8 @@ from torch import nn
 
 from .backbone import build_backbone, downsample_mask
 from .deformable_transformer import DeformableTransformer, refine_boxes
-from .detr import MLP
+from .denoising import DenoisingQueries
+from .detr import MLP, build_denoising, pack_outputs
 from .neck import MultiScaleNeck
 from .position_encoding import SinePositionEncoding
 
@@ -20,6 +21,10 @@ class DeformableDETR(nn.Module):
     image's un-padded size, aux_outputs (one dict per earlier decoder layer), and in two-stage mode
     enc_outputs (B, S, C) / (B, S, 4): the encoder's per-pixel proposals).
 
+    ``denoising`` switches on query denoising for training (DN-Deformable-DETR; see ``DETR``):
+    each denoising query samples around its noised box as reference (its centre when the
+    matching queries' references are points), and comes back in ``dn_outputs``.
+
     ``backbone`` is a dict for ``build_backbone`` (its ``out_indices`` choose the maps: ResNet-50
     C3-C5, CvT's stride-8/16 stages) or a module with ``feature_info``; a single-map backbone gets
     a simple feature pyramid (see ``MultiScaleNeck``).
@@ -29,7 +34,8 @@ class DeformableDETR(nn.Module):
                  hidden_dim: int = 256, num_heads: int = 8, enc_layers: int = 6, dec_layers: int = 6,
                  ffn_dim: int = 1024, dropout: float = 0.1, num_feature_levels: int = 4,
                  enc_points: int = 4, dec_points: int = 4, with_box_refine: bool = False,
-                 two_stage: bool = False, aux_loss: bool = True):
+                 two_stage: bool = False, aux_loss: bool = True,
+                 denoising: bool | dict | None = None):
         super().__init__()
         self.backbone = build_backbone(**backbone) if isinstance(backbone, dict) else backbone
         self.num_classes, self.aux_loss = num_classes, aux_loss
@@ -43,6 +49,7 @@ class DeformableDETR(nn.Module):
             # query position and content embedding, split in the transformer
             self.query_embed = nn.Embedding(num_queries, 2 * hidden_dim)
         self.class_embed, self.bbox_embed = self._heads(hidden_dim, num_classes, dec_layers)
+        self.denoising = build_denoising(denoising, num_classes, hidden_dim)
 
     def _heads(self, hidden_dim, num_classes, dec_layers):
         """One class and box head per decoder layer (+1 for the two-stage encoder), shared unless
@@ -67,21 +74,23 @@ class DeformableDETR(nn.Module):
                 nn.init.zeros_(head.layers[-1].bias[2:])
         return class_heads, box_heads
 
-    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> dict:
+    def forward(self, images: torch.Tensor, mask: torch.Tensor, targets: list[dict] | None = None,
+                denoising: DenoisingQueries | None = None) -> dict:
+        """``targets`` (training only) feed query denoising; ``denoising`` gives the denoising
+        queries explicitly instead (tests)."""
+        if denoising is None and targets is not None and self.training and self.denoising is not None:
+            denoising = self.denoising(targets)
         levels = self.neck(self.backbone(images))
         masks = [downsample_mask(mask, x.shape[-2:]) for x in levels]
         pos = [self.position(m).to(x.dtype) for m, x in zip(masks, levels)]
         query_embed = None if self.two_stage else self.query_embed.weight
         decoded = self.transformer(levels, masks, pos, query_embed, self.class_embed, self.bbox_embed,
-                                   refine=self.with_box_refine)
+                                   refine=self.with_box_refine, denoising=denoising)
         states, references = decoded['states'], decoded['references']
         logits = torch.stack([head(s) for head, s in zip(self.class_embed, states)])
         boxes = torch.stack([refine_boxes(head(s), ref)
                              for head, s, ref in zip(self.bbox_embed, states, references)])
-        out = dict(pred_logits=logits[-1], pred_boxes=boxes[-1])
-        if self.aux_loss:
-            out['aux_outputs'] = [dict(pred_logits=l, pred_boxes=b)
-                                  for l, b in zip(logits[:-1], boxes[:-1])]
+        out = pack_outputs(logits, boxes, self.aux_loss, denoising)
         if self.two_stage:
             out['enc_outputs'] = dict(pred_logits=decoded['enc_logits'], pred_boxes=decoded['enc_boxes'])
         return out

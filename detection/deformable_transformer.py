@@ -1,7 +1,6 @@
 """Deformable DETR's encoder-decoder: multi-scale deformable attention in the encoder and in the
 decoder's cross-attention, with iterative box refinement and two-stage proposals as options."""
 import copy
-import math
 
 import torch
 from einops import rearrange
@@ -10,6 +9,7 @@ from torch import nn
 from zoo.layers.mlp import Mlp
 
 from .ms_deform_attn import MSDeformAttn
+from .position_encoding import box_position_encoding
 
 
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -42,8 +42,8 @@ class DeformableEncoderLayer(nn.Module):
 
 class DeformableDecoderLayer(nn.Module):
     """tgt (N, Q, D), query_pos (N, Q, D), reference_points (N, Q, L, 2|4), memory (N, S, D),
-    padding (N, S) -> (N, Q, D): self-attention among queries, deformable cross-attention to the
-    memory, feed-forward; post-norm."""
+    padding (N, S), self_attn_mask (Q, Q) bool True where blocked (query denoising) -> (N, Q, D):
+    self-attention among queries, deformable cross-attention to the memory, feed-forward; post-norm."""
 
     def __init__(self, dim, heads, ffn_dim, dropout, num_levels, num_points):
         super().__init__()
@@ -54,9 +54,10 @@ class DeformableDecoderLayer(nn.Module):
         self.ffn = _ffn(dim, ffn_dim, dropout)
 
     def forward(self, tgt, query_pos, reference_points, memory, spatial_shapes, level_start_index,
-                padding):
+                padding, self_attn_mask=None):
         q = k = tgt + query_pos
-        tgt = self.norm1(tgt + self.drop1(self.self_attn(q, k, tgt, need_weights=False)[0]))
+        tgt = self.norm1(tgt + self.drop1(self.self_attn(q, k, tgt, attn_mask=self_attn_mask,
+                                                         need_weights=False)[0]))
         attn = self.cross_attn(tgt + query_pos, reference_points, memory, spatial_shapes,
                                level_start_index, padding)
         tgt = self.norm2(tgt + self.drop2(attn))
@@ -102,24 +103,15 @@ def encoder_proposals(padding: torch.Tensor, spatial_shapes: list[tuple[int, int
     return anchors, valid
 
 
-def box_position_encoding(boxes: torch.Tensor, num_feats: int, temperature: float = 10000.0) -> torch.Tensor:
-    """Sine encoding of boxes: (N, Q, 4) in inverse-sigmoid space -> (N, Q, 4 * num_feats), each
-    coordinate's sigmoid scaled to [0, 2 pi], sin on even and cos on odd frequencies interleaved."""
-    dim_t = torch.arange(num_feats, dtype=torch.float32, device=boxes.device)
-    dim_t = temperature ** (2 * (dim_t // 2) / num_feats)
-    pos = boxes.sigmoid().float()[..., None] * (2 * math.pi) / dim_t  # (N, Q, 4, F)
-    pos = torch.stack([pos[..., 0::2].sin(), pos[..., 1::2].cos()], -1)
-    return rearrange(pos, 'n q c f two -> n q (c f two)').to(boxes.dtype)
-
-
 class DeformableTransformer(nn.Module):
     """Encoder over the flattened levels, then a decoder whose queries sample around reference
     points: learned (from the query embedding) or, in two-stage mode, the encoder's top-scoring
     proposals.
 
     forward(srcs, masks, pos_embeds: per level (N, D, H, W), (N, H, W) True on padding,
-    (N, D, H, W); query_embed (Q, 2D) (not in two-stage); heads for refinement / two-stage)
-    -> dict(states (Ld, N, Q, D), references: Ld tensors (N, Q, 2|4), each layer's input
+    (N, D, H, W); query_embed (Q, 2D) (not in two-stage); heads for refinement / two-stage;
+    denoising: ``DenoisingQueries`` whose P queries go before the Q others)
+    -> dict(states (Ld, N, [P +] Q, D), references: Ld tensors (N, [P +] Q, 2|4), each layer's input
     reference (points become boxes after the first refinement),
     and in two-stage enc_logits (N, S, C), enc_boxes (N, S, 4)).
     """
@@ -179,7 +171,7 @@ class DeformableTransformer(nn.Module):
         return memory, padding, shapes, shapes_t, starts, ratios
 
     def decode(self, tgt, query_pos, reference_points, memory, padding, shapes_t, starts, ratios,
-               box_heads=None):
+               box_heads=None, self_attn_mask=None):
         """Runs the decoder; with ``box_heads`` (one per layer) each layer's box delta refines the
         reference for the next layer (in inverse-sigmoid space, detached, as the official code).
         -> states (Ld, N, Q, D) and the list of each layer's input references (N, Q, 2|4)."""
@@ -188,7 +180,7 @@ class DeformableTransformer(nn.Module):
             # A reference normalised to the padded input, rescaled per level to its valid extent.
             scale = ratios if reference_points.shape[-1] == 2 else torch.cat([ratios, ratios], -1)
             tgt = layer(tgt, query_pos, reference_points[:, :, None] * scale[:, None], memory,
-                        shapes_t, starts, padding)
+                        shapes_t, starts, padding, self_attn_mask)
             states.append(tgt)
             references.append(reference_points)
             if box_heads is not None:
@@ -212,7 +204,7 @@ class DeformableTransformer(nn.Module):
         return query_pos, tgt, top_boxes.sigmoid(), enc_logits, enc_boxes_unact.sigmoid()
 
     def forward(self, srcs, masks, pos_embeds, query_embed=None, class_heads=None, box_heads=None,
-                refine=False):
+                refine=False, denoising=None):
         memory, padding, shapes, shapes_t, starts, ratios = self.encode(srcs, masks, pos_embeds)
         out = {}
         if self.two_stage:  # the extra (last) heads belong to the encoder
@@ -223,9 +215,17 @@ class DeformableTransformer(nn.Module):
             n = memory.shape[0]
             query_pos, tgt = query_pos.expand(n, -1, -1), tgt.expand(n, -1, -1)
             reference_points = self.reference_points(query_pos).sigmoid()
+        attn_mask = None
+        if denoising is not None:  # DN-Deformable-DETR: the noised box is the query's reference
+            dn = denoising
+            dn_reference = dn.boxes if reference_points.shape[-1] == 4 else dn.boxes[..., :2]
+            tgt = torch.cat([dn.content.to(tgt), tgt], 1)
+            query_pos = torch.cat([dn.query_pos.to(query_pos), query_pos], 1)
+            reference_points = torch.cat([dn_reference.to(reference_points), reference_points], 1)
+            attn_mask = dn.attn_mask(tgt.shape[1] - dn.num_queries)
         out['states'], out['references'] = self.decode(
             tgt, query_pos, reference_points, memory, padding, shapes_t, starts, ratios,
-            box_heads if refine else None)
+            box_heads if refine else None, attn_mask)
         return out
 
 

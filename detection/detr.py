@@ -6,6 +6,7 @@ from torch import nn
 from torchvision.ops import box_convert
 
 from .backbone import build_backbone, downsample_mask
+from .denoising import DenoisingQueries, QueryDenoising, split_denoising
 from .position_encoding import SinePositionEncoding
 from .transformer import Transformer
 
@@ -24,14 +25,47 @@ class MLP(nn.Module):
         return x
 
 
+def build_denoising(denoising: bool | dict | None, num_classes: int, hidden_dim: int):
+    """The config switch: None / False (off), True (DN-DETR's defaults) or QueryDenoising's
+    arguments as a dict."""
+    if not denoising:
+        return None
+    return QueryDenoising(num_classes, hidden_dim, **({} if denoising is True else denoising))
+
+
+def pack_outputs(logits: torch.Tensor, boxes: torch.Tensor, aux_loss: bool,
+                 dn: DenoisingQueries | None) -> dict:
+    """Per decoder layer logits (L, B, P + Q, C) and boxes (L, B, P + Q, 4) -> the output dict:
+    the last layer's matching queries, aux_outputs for the earlier layers, and in training with
+    query denoising ``dn_outputs`` (the same for the P denoising queries, with their ``queries``)."""
+    dn_logits, logits = split_denoising(logits, dn)
+    dn_boxes, boxes = split_denoising(boxes, dn)
+    out = dict(pred_logits=logits[-1], pred_boxes=boxes[-1])
+    if aux_loss:
+        out['aux_outputs'] = [dict(pred_logits=l, pred_boxes=b) for l, b in zip(logits[:-1], boxes[:-1])]
+    if dn is not None:
+        out['dn_outputs'] = dict(pred_logits=dn_logits[-1], pred_boxes=dn_boxes[-1], queries=dn)
+        if aux_loss:
+            out['dn_outputs']['aux_outputs'] = [dict(pred_logits=l, pred_boxes=b)
+                                                for l, b in zip(dn_logits[:-1], dn_boxes[:-1])]
+    return out
+
+
 class DETR(nn.Module):
     """images (B, 3, H, W) and padding mask (B, H, W) -> dict(pred_logits (B, Q, C+1),
-    pred_boxes (B, Q, 4) cxcywh normalised by each image's un-padded size, aux_outputs)."""
+    pred_boxes (B, Q, 4) cxcywh normalised by each image's un-padded size, aux_outputs).
+
+    ``denoising`` switches on query denoising (DN-DETR) for training: given ``targets``, noised
+    ground truth enters the decoder as extra queries whose predictions come back in
+    ``dn_outputs``; the matching queries cannot see them, so inference is unchanged. In vanilla
+    DETR a denoising query's position is its noised box's sine encoding projected (the anchor
+    embedding of DAB-DETR, on which DN-DETR builds) and its content the noised label's embedding.
+    """
 
     def __init__(self, backbone: dict | nn.Module, num_classes: int, num_queries: int = 100,
                  hidden_dim: int = 256, num_heads: int = 8, enc_layers: int = 6,
                  dec_layers: int = 6, ffn_dim: int = 2048, dropout: float = 0.1,
-                 aux_loss: bool = True):
+                 aux_loss: bool = True, denoising: bool | dict | None = None):
         super().__init__()
         self.backbone = build_backbone(**backbone) if isinstance(backbone, dict) else backbone
         self.num_classes, self.aux_loss = num_classes, aux_loss
@@ -41,19 +75,24 @@ class DETR(nn.Module):
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
+        self.denoising = build_denoising(denoising, num_classes, hidden_dim)
 
-    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> dict:
+    def forward(self, images: torch.Tensor, mask: torch.Tensor, targets: list[dict] | None = None,
+                denoising: DenoisingQueries | None = None) -> dict:
+        """``targets`` (training only) feed query denoising; ``denoising`` gives the denoising
+        queries explicitly instead (tests)."""
+        if denoising is None and targets is not None and self.training and self.denoising is not None:
+            denoising = self.denoising(targets)
         feat = self.backbone(images)[-1]
         mask = downsample_mask(mask, feat.shape[-2:])
         pos = rearrange(self.position(mask), 'b d h w -> b (h w) d')
         src = rearrange(self.input_proj(feat), 'b d h w -> b (h w) d')
-        states = self.transformer(src, mask.flatten(1), pos, self.query_embed.weight)
+        dn = denoising
+        states = self.transformer(src, mask.flatten(1), pos, self.query_embed.weight,
+                                  *((dn.content, dn.query_pos, dn.attn_mask(len(self.query_embed.weight)))
+                                    if dn is not None else ()))
         logits, boxes = self.class_embed(states), self.bbox_embed(states).sigmoid()
-        out = dict(pred_logits=logits[-1], pred_boxes=boxes[-1])
-        if self.aux_loss:
-            out['aux_outputs'] = [dict(pred_logits=l, pred_boxes=b)
-                                  for l, b in zip(logits[:-1], boxes[:-1])]
-        return out
+        return pack_outputs(logits, boxes, self.aux_loss, dn)
 
 
 @torch.no_grad()

@@ -44,7 +44,9 @@ class Detector(BaseModel):
     def forward(self, inputs, masks=None, data_samples=None, mode='tensor'):
         if masks is None:
             masks = torch.zeros(inputs.shape[0], *inputs.shape[-2:], dtype=torch.bool, device=inputs.device)
-        outputs = self.net(inputs, masks)
+        # Targets reach the network in training only, where query denoising uses them.
+        targets = data_samples if mode == 'loss' and self.training else None
+        outputs = self.net(inputs, masks, targets)
         if mode == 'tensor':
             return outputs
         if mode == 'loss':

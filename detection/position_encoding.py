@@ -34,3 +34,13 @@ class SinePositionEncoding(nn.Module):
         px = rearrange(torch.stack([px[..., 0::2].sin(), px[..., 1::2].cos()], -1), 'b h w c two -> b h w (c two)')
         py = rearrange(torch.stack([py[..., 0::2].sin(), py[..., 1::2].cos()], -1), 'b h w c two -> b h w (c two)')
         return rearrange(torch.cat([py, px], dim=-1), 'b h w c -> b c h w')
+
+
+def box_position_encoding(boxes: torch.Tensor, num_feats: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Sine encoding of boxes: (N, Q, 4) in inverse-sigmoid space -> (N, Q, 4 * num_feats), each
+    coordinate's sigmoid scaled to [0, 2 pi], sin on even and cos on odd frequencies interleaved."""
+    dim_t = torch.arange(num_feats, dtype=torch.float32, device=boxes.device)
+    dim_t = temperature ** (2 * (dim_t // 2) / num_feats)
+    pos = boxes.sigmoid().float()[..., None] * (2 * math.pi) / dim_t  # (N, Q, 4, F)
+    pos = torch.stack([pos[..., 0::2].sin(), pos[..., 1::2].cos()], -1)
+    return rearrange(pos, 'n q c f two -> n q (c f two)').to(boxes.dtype)

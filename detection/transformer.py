@@ -29,7 +29,8 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """tgt (B, Q, D), memory (B, S, D), pos (B, S, D), query_pos (B, Q, D) -> (B, Q, D)."""
+    """tgt (B, Q, D), memory (B, S, D), pos (B, S, D), query_pos (B, Q, D), padding (B, S),
+    self_attn_mask (Q, Q) bool True where blocked (query denoising) -> (B, Q, D)."""
 
     def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float):
         super().__init__()
@@ -39,9 +40,10 @@ class DecoderLayer(nn.Module):
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.drop1, self.drop2, self.drop3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
 
-    def forward(self, tgt, memory, pos, query_pos, padding):
+    def forward(self, tgt, memory, pos, query_pos, padding, self_attn_mask=None):
         q = k = tgt + query_pos
-        tgt = self.norm1(tgt + self.drop1(self.self_attn(q, k, tgt, need_weights=False)[0]))
+        tgt = self.norm1(tgt + self.drop1(self.self_attn(q, k, tgt, attn_mask=self_attn_mask,
+                                                         need_weights=False)[0]))
         tgt = self.norm2(tgt + self.drop2(self.cross_attn(tgt + query_pos, memory + pos, memory,
                                                           key_padding_mask=padding,
                                                           need_weights=False)[0]))
@@ -49,8 +51,10 @@ class DecoderLayer(nn.Module):
 
 
 class Transformer(nn.Module):
-    """DETR transformer. forward(src (B, S, D), padding (B, S), pos (B, S, D), query_embed (Q, D))
-    -> decoder states of every layer after the shared final LayerNorm: (L, B, Q, D)."""
+    """DETR transformer. forward(src (B, S, D), padding (B, S), pos (B, S, D), query_embed (Q, D),
+    and in training with query denoising the extra queries' content and position (B, P, D) and
+    the self-attention mask (P + Q, P + Q)) -> decoder states of every layer after the shared final
+    LayerNorm: (L, B, P + Q, D), the extra queries first."""
 
     def __init__(self, dim: int = 256, heads: int = 8, enc_layers: int = 6, dec_layers: int = 6,
                  ffn_dim: int = 2048, dropout: float = 0.1):
@@ -64,14 +68,18 @@ class Transformer(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
-    def forward(self, src, padding, pos, query_embed):
+    def forward(self, src, padding, pos, query_embed, extra_content=None, extra_pos=None,
+                self_attn_mask=None):
         memory = src
         for layer in self.encoder:
             memory = layer(memory, pos, padding)
         query_pos = query_embed.unsqueeze(0).expand(src.shape[0], -1, -1)
         tgt = torch.zeros_like(query_pos)
+        if extra_content is not None:
+            tgt = torch.cat([extra_content.to(tgt), tgt], 1)
+            query_pos = torch.cat([extra_pos.to(query_pos), query_pos], 1)
         states = []
         for layer in self.decoder:
-            tgt = layer(tgt, memory, pos, query_pos, padding)
+            tgt = layer(tgt, memory, pos, query_pos, padding, self_attn_mask)
             states.append(self.decoder_norm(tgt))
         return torch.stack(states)

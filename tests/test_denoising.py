@@ -1,0 +1,236 @@
+"""Query denoising (DN-DETR; contrastive groups from DINO): the noise, the attention mask, no
+information leaking from the denoising queries, the reconstruction targets and losses on a
+hand-built case, and a training step of each detector with it switched on."""
+import pytest
+import torch
+from torch import nn
+
+from detection.criterion import SetCriterion
+from detection.denoising import (DenoisingQueries, QueryDenoising, denoising_attn_mask,
+                                 noise_boxes, noise_labels)
+from detection.detr import DETR
+from detection.engine import Detector
+from detection.matcher import HungarianMatcher
+
+SMALL = dict(hidden_dim=32, num_heads=4, enc_layers=1, dec_layers=3, ffn_dim=64, dropout=0.0)
+
+
+class TinyBackbone(nn.Module):
+    """(B, 3, H, W) -> [(B, 16, H/16, W/16)]: a strided conv, enough to feed the detectors."""
+    feature_info = [dict(channels=16, stride=16)]
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 16, 16)
+
+    def forward(self, x):
+        return [self.conv(x)]
+
+
+def _targets():
+    return [dict(labels=torch.tensor([0, 2]), boxes=torch.tensor([[0.3, 0.3, 0.2, 0.3], [0.7, 0.6, 0.3, 0.2]])),
+            dict(labels=torch.tensor([1]), boxes=torch.tensor([[0.5, 0.5, 0.4, 0.4]])),
+            dict(labels=torch.zeros(0, dtype=torch.int64), boxes=torch.zeros(0, 4))]
+
+
+def test_label_noise_flips_about_the_stated_share():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.zeros(20000, dtype=torch.int64)
+    noised = noise_labels(labels, num_classes=5, ratio=0.2, generator=g)
+    # a flipped label is uniform over 5 classes, so 0.2 * 4/5 of them change
+    assert abs((noised != 0).float().mean().item() - 0.16) < 0.01
+    assert noised.max() == 4 and noised.min() == 0
+    assert torch.equal(noise_labels(labels, 5, 0.0), labels)
+
+
+def test_box_noise_stays_within_lambda_and_negatives_outside():
+    g = torch.Generator().manual_seed(0)
+    boxes = torch.tensor([[0.5, 0.5, 0.2, 0.1]]).repeat(5000, 1)
+    lam = 0.4
+    pos = noise_boxes(boxes, lam, generator=g)
+    shift = (pos[:, :2] - boxes[:, :2]).abs() / boxes[:, 2:]
+    scale = pos[:, 2:] / boxes[:, 2:]
+    assert shift.max() <= lam / 2 + 1e-6 and shift.max() > 0.9 * lam / 2
+    assert scale.min() >= 1 - lam - 1e-6 and scale.max() <= 1 + lam + 1e-6
+    neg = noise_boxes(boxes, lam, negative=True, generator=g)
+    shift = (neg[:, :2] - boxes[:, :2]).abs() / boxes[:, 2:]
+    scale = (neg[:, 2:] / boxes[:, 2:] - 1).abs()
+    assert shift.min() >= lam / 2 - 1e-6 and scale.min() >= lam - 1e-6
+    assert ((neg >= 0) & (neg <= 1)).all()  # clipped to the image
+    assert torch.equal(noise_boxes(boxes, 0.0), boxes)
+
+
+def test_attention_mask_blocks_matching_rows_and_other_groups():
+    mask = denoising_attn_mask(num_groups=3, group_size=2, num_matching=4)
+    assert mask.shape == (10, 10)
+    assert mask[6:, :6].all() and not mask[6:, 6:].any()  # matching sees no denoising query
+    for g in range(3):
+        rows = slice(2 * g, 2 * g + 2)
+        assert not mask[rows, 2 * g:2 * g + 2].any()  # its own group
+        assert not mask[rows, 6:].any()  # the matching queries
+        assert mask[rows, :6].sum() == 2 * 4  # every other group's two columns, on both rows
+
+
+def test_queries_layout_targets_and_padding():
+    dn = QueryDenoising(num_classes=3, hidden_dim=32, num_groups=2, label_noise=0.0, box_noise=0.0,
+                        contrastive=True)
+    q = dn(_targets())
+    assert (q.num_groups, q.group_size, q.num_queries) == (2, 4, 8)  # 2 boxes max, x2 for negatives
+    # image 0: per group [pos 0, pos 1, neg 0, neg 1]; image 1: [pos 0, pad, neg 0, pad]; image 2: padding
+    assert q.target_index.tolist() == [[0, 1, 0, 1] * 2, [0, -1, 0, -1] * 2, [-1] * 8]
+    assert q.positive.tolist()[0] == [True, True, False, False] * 2
+    assert not q.valid[2].any() and (q.content[2] == 0).all()
+    assert torch.allclose(q.boxes[0, :2], _targets()[0]['boxes'])  # no noise asked for
+    assert (q.content[0, :, -1] == 1).all()  # the denoising indicator
+    assert [(a.tolist(), b.tolist()) for a, b in q.matching_indices()] == [
+        ([0, 1, 4, 5], [0, 1, 0, 1]), ([0, 4], [0, 0]), ([], [])]
+    assert dn([dict(labels=torch.zeros(0, dtype=torch.int64), boxes=torch.zeros(0, 4))]) is None
+
+
+def _explicit(dn: DenoisingQueries, **changes) -> DenoisingQueries:
+    fields = {k: getattr(dn, k) for k in ('content', 'boxes', 'query_pos', 'target_index', 'positive', 'valid',
+                                          'num_groups', 'group_size')}
+    fields.update(changes)
+    return DenoisingQueries(**fields)
+
+
+DEFORMABLE = dict(type='DeformableDETR', num_queries=5, num_feature_levels=3, **SMALL)
+DETECTORS = {  # Detector arguments: the network, and whether it is trained with focal loss
+    'detr': (dict(type='DETR', num_queries=5, denoising=dict(num_groups=3), **SMALL), False),
+    'deformable': (dict(DEFORMABLE, denoising=dict(num_groups=3)), True),
+    'deformable_refine': (dict(DEFORMABLE, with_box_refine=True, denoising=dict(num_groups=3)), True),
+    'deformable_two_stage': (dict(DEFORMABLE, with_box_refine=True, two_stage=True,
+                                  denoising=dict(num_groups=3, contrastive=True)), True),
+}
+
+
+def build(name) -> Detector:
+    net, focal = DETECTORS[name]
+    return Detector(dict(net, backbone=TinyBackbone()), num_classes=3, focal=focal)
+
+
+@pytest.mark.parametrize('name', DETECTORS)
+def test_no_information_leaks_from_denoising_queries(name):
+    """The matching queries' outputs are those of a run without denoising; changing one group (or
+    one query of it) changes that group's outputs and nothing else."""
+    model = build(name).net.eval()
+    with torch.no_grad():  # zero-initialised box deltas would hide what a query's content does
+        for p in model.parameters():
+            if (p == 0).all():
+                p.normal_(std=0.1)
+    images, masks = torch.randn(3, 3, 64, 96), torch.zeros(3, 64, 96, dtype=torch.bool)
+    masks[1, :, 80:] = True
+    dn = model.denoising(_targets())
+    with torch.no_grad():
+        plain = model(images, masks)
+        with_dn = model(images, masks, denoising=dn)
+        size = dn.group_size
+        changed = dn.content.clone()
+        changed[:, size:2 * size] = torch.randn_like(changed[:, size:2 * size])  # group 1
+        other = model(images, masks, denoising=_explicit(dn, content=changed, query_pos=dn.query_pos + 0.5 * (
+            torch.arange(dn.num_queries)[None, :, None] // size == 1)))
+        one = dn.content.clone()
+        one[0, 0] += 3.0  # a single query of group 0
+        single = model(images, masks, denoising=_explicit(dn, content=one))
+    assert 'dn_outputs' not in plain and 'dn_outputs' in with_dn
+    for key in ('pred_logits', 'pred_boxes'):
+        torch.testing.assert_close(with_dn[key], plain[key], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(other[key], plain[key], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(single[key], plain[key], atol=1e-5, rtol=1e-5)
+        for a, b in zip(with_dn['aux_outputs'], other['aux_outputs']):
+            torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-5)
+        ref, new = with_dn['dn_outputs'][key], other['dn_outputs'][key]
+        torch.testing.assert_close(new[:, :size], ref[:, :size], atol=1e-5, rtol=1e-5)  # group 0
+        torch.testing.assert_close(new[:, 2 * size:], ref[:, 2 * size:], atol=1e-5, rtol=1e-5)  # group 2
+        assert (new[:, size:2 * size] - ref[:, size:2 * size]).abs().max() > 1e-3  # group 1 did change
+        new = single['dn_outputs'][key]
+        torch.testing.assert_close(new[:, size:], ref[:, size:], atol=1e-5, rtol=1e-5)
+        assert (new[0, :size] - ref[0, :size]).abs().max() > 1e-4
+    if 'enc_outputs' in plain:
+        torch.testing.assert_close(with_dn['enc_outputs']['pred_boxes'], plain['enc_outputs']['pred_boxes'])
+
+
+@pytest.mark.parametrize('focal', [False, True])
+def test_reconstruction_targets_and_losses_on_a_hand_built_case(focal):
+    """Two groups for an image with boxes A, B and one with box C (padded). Group 0 predicts every
+    box exactly; group 1 is off by 0.1 in cx on each box. With the loss weights 1, no matching:
+    L1 = (0 + 0.1 * 3) / (3 boxes x 2 groups), GIoU from the shifted boxes alone, padding ignored."""
+    boxes = [torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.6, 0.4, 0.2]]), torch.tensor([[0.5, 0.5, 0.2, 0.4]])]
+    targets = [dict(labels=torch.tensor([0, 1]), boxes=boxes[0]), dict(labels=torch.tensor([2]), boxes=boxes[1])]
+    dn = QueryDenoising(num_classes=3, hidden_dim=8, num_groups=2, label_noise=0.0, box_noise=0.0)(targets)
+    assert dn.target_index.tolist() == [[0, 1, 0, 1], [0, -1, 0, -1]]
+    shift = torch.tensor([0.1, 0, 0, 0])
+    pred_boxes = torch.zeros(2, 4, 4)
+    pred_boxes[0] = torch.cat([boxes[0], boxes[0] + shift])
+    pred_boxes[1, 0], pred_boxes[1, 2] = boxes[1][0], boxes[1][0] + shift
+    pred_boxes[1, [1, 3]] = torch.tensor([0.9, 0.9, 0.05, 0.05])  # padding: far off, must not count
+    c = 3 if focal else 4
+    logits = torch.full((2, 4, c), -4.0)
+    for i, t in enumerate(targets):
+        for q in range(4):
+            if dn.target_index[i, q] >= 0:
+                logits[i, q, t['labels'][dn.target_index[i, q]]] = 4.0
+    logits[1, [1, 3]] = 9.0  # padding's logits: would dominate the class loss if it counted
+    criterion = SetCriterion(3, HungarianMatcher(focal=focal), weight_class=1, weight_bbox=1, weight_giou=1,
+                             focal=focal)
+    losses = criterion.denoising_losses(dict(pred_logits=logits, pred_boxes=pred_boxes, queries=dn), targets, 3.0)
+    assert losses['dn.loss_bbox'].item() == pytest.approx(0.1 * 3 / 6, rel=1e-5)
+    from torchvision.ops import box_convert, generalized_box_iou
+    giou = [generalized_box_iou(box_convert(b[None] + shift, 'cxcywh', 'xyxy'),
+                                box_convert(b[None], 'cxcywh', 'xyxy'))[0, 0] for b in (*boxes[0], boxes[1][0])]
+    assert losses['dn.loss_giou'].item() == pytest.approx(sum(1 - g.item() for g in giou) / 6, rel=1e-5)
+    valid_logits = logits[dn.valid]
+    labels = torch.stack([targets[i]['labels'][dn.target_index[i, q]] for i, q in dn.valid.nonzero().tolist()])
+    if focal:
+        from torchvision.ops import sigmoid_focal_loss
+        expected = sigmoid_focal_loss(valid_logits, torch.nn.functional.one_hot(labels, 3).float(),
+                                      reduction='sum') / 6
+    else:
+        expected = torch.nn.functional.cross_entropy(valid_logits, labels)
+    assert losses['dn.loss_class'].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_contrastive_negatives_are_trained_as_no_object():
+    targets = [dict(labels=torch.tensor([1]), boxes=torch.tensor([[0.5, 0.5, 0.2, 0.2]]))]
+    dn = QueryDenoising(num_classes=3, hidden_dim=8, num_groups=1, contrastive=True)(targets)
+    assert dn.positive.tolist() == [[True, False]] and dn.valid.all()
+    criterion = SetCriterion(3, HungarianMatcher(), weight_class=1, weight_bbox=1, weight_giou=1)
+    logits = torch.tensor([[[0.0, 5.0, 0.0, 0.0], [0.0, 0.0, 0.0, 5.0]]])  # pos says class 1, neg no object
+    good = criterion.denoising_losses(dict(pred_logits=logits, pred_boxes=dn.boxes, queries=dn), targets, 1.0)
+    bad = criterion.denoising_losses(dict(pred_logits=logits.flip(1), pred_boxes=dn.boxes, queries=dn), targets, 1.0)
+    assert good['dn.loss_class'] < 0.05 < bad['dn.loss_class']
+
+
+@pytest.mark.parametrize('name', DETECTORS)
+def test_training_step_with_denoising_and_an_image_without_boxes(name):
+    detector = build(name)
+    model = detector.net
+    images, masks = torch.randn(3, 3, 64, 64), torch.zeros(3, 64, 64, dtype=torch.bool)
+    targets = _targets()
+    losses = detector(images, masks, targets, mode='loss')
+    assert {'dn.loss_class', 'dn.loss_bbox', 'dn.loss_giou', 'dn.d0.loss_bbox', 'dn.d1.loss_giou'} <= set(losses)
+    sum(losses.values()).backward()
+    assert model.denoising.label_embed.weight.grad.abs().sum() > 0
+    assert model.denoising.pos_head[0].weight.grad.abs().sum() > 0
+    # no box anywhere in the batch: no denoising queries, the usual losses
+    empty = [dict(labels=torch.zeros(0, dtype=torch.int64), boxes=torch.zeros(0, 4))] * 3
+    losses = detector(images, masks, empty, mode='loss')
+    assert not any(k.startswith('dn.') for k in losses) and torch.isfinite(sum(losses.values()))
+    # inference: no denoising queries, whatever the targets
+    detector.eval()
+    out = detector(images, masks, [dict(t, orig_size=torch.tensor([64, 64]), image_id=i)
+                                   for i, t in enumerate(targets)], mode='predict')
+    assert len(out) == 3
+
+
+def test_switched_off_the_detector_is_unchanged():
+    torch.manual_seed(0)
+    plain = DETR(TinyBackbone(), num_classes=3, num_queries=5, **SMALL)
+    assert plain.denoising is None
+    torch.manual_seed(0)
+    with_dn = DETR(TinyBackbone(), num_classes=3, num_queries=5, denoising=True, **SMALL)
+    assert with_dn.denoising.num_groups == 5 and with_dn.denoising.label_noise == 0.2
+    assert with_dn.denoising.box_noise == 0.4
+    assert set(plain.state_dict()) < set(with_dn.state_dict())
+    missing = set(with_dn.state_dict()) - set(plain.state_dict())
+    assert all(k.startswith('denoising.') for k in missing)
