@@ -6,13 +6,16 @@ import os
 import torch
 from mmengine.evaluator import BaseMetric
 from mmengine.model import BaseModel
-from mmengine.registry import DATASETS, FUNCTIONS, METRICS, MODELS
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.registry import DATASETS, FUNCTIONS, HOOKS, METRICS, MODELS
 
 import zoo.engine  # noqa: F401  (checkpoint loading fix, optimiser constructor)
 
 from .coco_eval import coco_evaluate
 from .criterion import SetCriterion
 from .data.coco import CocoDetection, collate_detection
+from .data.folder import check_class_count
 from .deformable_detr import DeformableDETR
 from .detr import DETR, postprocess
 from .matcher import HungarianMatcher
@@ -138,6 +141,27 @@ def _explain_missing_coco(img_dir, ann_file):
             f'data/coco/{{train2017,val2017,annotations/instances_{{train,val}}2017.json}} '
             f'(a symlink works: ln -s /path/to/coco data/coco), or run on the built-in set: '
             f'python tools/train.py configs/demo/detr_t2t_shapes.py')
+
+
+@HOOKS.register_module()
+class ClassCountCheckHook(Hook):
+    """Stops a run whose detector's ``num_classes`` disagrees with the categories of the data it
+    is trained or evaluated on, before the first step, with the fix in the message."""
+
+    def _check(self, runner, loader):
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        meta = getattr(loader.dataset, 'metainfo', None) or {}
+        if isinstance(model, Detector) and 'classes' in meta:
+            check_class_count(model.net.num_classes, list(meta['classes']), meta.get('ann_file', 'the data'))
+
+    def before_train(self, runner):
+        self._check(runner, runner.train_dataloader)
+
+    def before_val(self, runner):
+        self._check(runner, runner.val_dataloader)
+
+    def before_test(self, runner):
+        self._check(runner, runner.test_dataloader)
 
 
 FUNCTIONS.register_module(name='collate_detection', module=collate_detection)

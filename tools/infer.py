@@ -2,6 +2,7 @@
 
     python tools/infer.py CONFIG CHECKPOINT img1.jpg [img2.jpg ...] --out-dir work_dirs/vis
     python tools/infer.py CONFIG CHECKPOINT --val 8 --out work_dirs/demo/predictions.png
+    python tools/infer.py CONFIG CHECKPOINT --data my_coco_folder --img-size 256 --val 8
 
 ``--val N`` draws the first N images of the config's validation set in one grid, predictions
 in colour and ground truth in white.
@@ -23,6 +24,7 @@ from torchvision.utils import draw_bounding_boxes, make_grid
 import detection.engine  # noqa: F401
 from detection.data import transforms as recipes
 from detection.data.coco import collate_detection
+from detection.data.folder import add_data_arguments, apply_data_arguments
 from zoo.pretrained import read_checkpoint
 
 COLORS = ['#e6194b', '#3cb44b', '#4363d8', '#f58231', '#911eb4', '#42d4f4', '#f032e6', '#bfef45']
@@ -92,10 +94,12 @@ def main(argv=None):
     p.add_argument('--out-dir', default='work_dirs/vis', help='one picture per input image')
     p.add_argument('--score-thr', type=float, default=0.5)
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
+    add_data_arguments(p)
     args = p.parse_args(argv)
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    apply_data_arguments(cfg, args)
     model, classes = load_detector(cfg, args.checkpoint)
     if args.val:
         print(visualize_val(cfg, model, classes, args.val, args.out, args.score_thr))

@@ -2,6 +2,7 @@
 optionally saves the detections json.
 
     python tools/test.py configs/detr_t2t.py work_dirs/detr_t2t/epoch_150.pth --out dets.json
+    python tools/test.py CONFIG CHECKPOINT --data my_coco_folder --img-size 256   # its val split
     python tools/test.py configs/classification/deit_tiny_fashion_mnist.py work_dirs/x/epoch_5.pth
 """
 import argparse
@@ -13,6 +14,7 @@ from mmengine.config import DictAction
 
 import classification.engine  # noqa: F401  (registers the classifier, datasets and metric)
 import detection.engine  # noqa: F401
+from detection.data.folder import add_data_arguments, apply_data_arguments
 from zoo.engine import Runner, load_config
 
 
@@ -23,6 +25,7 @@ def main(argv=None):
     p.add_argument('--out', help='write the detections (COCO results json) here')
     p.add_argument('--work-dir')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
+    add_data_arguments(p)
     p.add_argument('--launcher', choices=['none', 'pytorch'], default='none')
     p.add_argument('--local-rank', '--local_rank', type=int, default=0)
     args = p.parse_args(argv)
@@ -30,6 +33,7 @@ def main(argv=None):
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint {args.checkpoint} not found')
     cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
+    apply_data_arguments(cfg, args)
     cfg.load_from = args.checkpoint
     if args.out:
         evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [cfg.test_evaluator]

@@ -3,6 +3,7 @@
     python tools/train.py configs/detr_t2t.py
     python tools/train.py configs/demo/detr_t2t_shapes.py --work-dir work_dirs/demo
     python tools/train.py CONFIG --resume                          # from the last checkpoint
+    python tools/train.py configs/demo/detr_t2t_shapes.py --data my_coco_folder --img-size 256
     python tools/train.py CONFIG --cfg-options model.detector.backbone.name=cvt_13
     torchrun --nproc_per_node=2 tools/train.py CONFIG --launcher pytorch   # CPU (gloo) or GPU
 """
@@ -14,6 +15,7 @@ from mmengine.config import Config, DictAction
 
 import classification.engine  # noqa: F401  (registers the classifier, datasets and metric)
 import detection.engine  # noqa: F401  (registers the detectors, datasets and metric)
+from detection.data.folder import add_data_arguments, apply_data_arguments
 from zoo.engine import Runner, load_config
 
 
@@ -25,6 +27,7 @@ def parse_args(argv=None):
                    help='resume from the latest checkpoint in the work dir, or from the given one')
     p.add_argument('--amp', action='store_true', help='automatic mixed precision')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config entries: key=value')
+    add_data_arguments(p)
     p.add_argument('--launcher', choices=['none', 'pytorch'], default='none')
     p.add_argument('--local-rank', '--local_rank', type=int, default=0)
     args = p.parse_args(argv)
@@ -34,6 +37,7 @@ def parse_args(argv=None):
 
 def build_config(args) -> Config:
     cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
+    apply_data_arguments(cfg, args)
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif args.resume:

@@ -14,3 +14,5 @@ log_level = 'INFO'
 load_from = None
 resume = False
 randomness = dict(seed=0)
+# A num_classes that disagrees with the data's categories stops the run with the fix.
+custom_hooks = [dict(type='ClassCountCheckHook')]
