@@ -113,11 +113,13 @@ class QueryDenoising(nn.Module):
     ``contrastive=True`` each group also holds a negative copy of every box with larger noise,
     trained to predict no object (DINO). ``label_embed`` embeds the noised label in D - 1
     channels, the last channel is the indicator (1 on denoising queries); ``pos_head`` maps the
-    noised box's sine encoding (4 x D/2) to the query position, as DAB-DETR embeds anchors.
+    noised box's sine encoding (4 x D/2) to the query position, as DAB-DETR embeds anchors
+    (a detector with anchor queries passes its own head, so both kinds of query share it).
     """
 
     def __init__(self, num_classes: int, hidden_dim: int, num_groups: int = 5,
-                 label_noise: float = 0.2, box_noise: float = 0.4, contrastive: bool = False):
+                 label_noise: float = 0.2, box_noise: float = 0.4, contrastive: bool = False,
+                 pos_head: nn.Module | None = None):
         super().__init__()
         if num_groups < 1:
             raise ValueError(f'denoising needs num_groups >= 1, got {num_groups}')
@@ -125,8 +127,11 @@ class QueryDenoising(nn.Module):
         self.num_groups, self.label_noise, self.box_noise = num_groups, label_noise, box_noise
         self.contrastive = contrastive
         self.label_embed = nn.Embedding(num_classes, hidden_dim - 1)
-        self.pos_head = nn.Sequential(nn.Linear(2 * hidden_dim, hidden_dim), nn.ReLU(),
-                                      nn.Linear(hidden_dim, hidden_dim))
+        if pos_head is None:
+            self.pos_head = nn.Sequential(nn.Linear(2 * hidden_dim, hidden_dim), nn.ReLU(),
+                                          nn.Linear(hidden_dim, hidden_dim))
+        else:  # the detector's: held, not registered, so no parameter belongs to two modules
+            object.__setattr__(self, 'pos_head', pos_head)
 
     def embed(self, labels: torch.Tensor, boxes: torch.Tensor, real: torch.Tensor):
         """labels (B, P), boxes (B, P, 4) cxcywh, real (B, P) bool -> content and query_pos

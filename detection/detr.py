@@ -7,7 +7,7 @@ from torchvision.ops import box_convert
 
 from .backbone import build_backbone, downsample_mask
 from .denoising import DenoisingQueries, QueryDenoising, split_denoising
-from .position_encoding import SinePositionEncoding
+from .position_encoding import SinePositionEncoding, box_position_encoding
 from .transformer import Transformer
 
 
@@ -25,12 +25,14 @@ class MLP(nn.Module):
         return x
 
 
-def build_denoising(denoising: bool | dict | None, num_classes: int, hidden_dim: int):
+def build_denoising(denoising: bool | dict | None, num_classes: int, hidden_dim: int,
+                    pos_head: nn.Module | None = None):
     """The config switch: None / False (off), True (DN-DETR's defaults) or QueryDenoising's
     arguments as a dict."""
     if not denoising:
         return None
-    return QueryDenoising(num_classes, hidden_dim, **({} if denoising is True else denoising))
+    return QueryDenoising(num_classes, hidden_dim, pos_head=pos_head,
+                          **({} if denoising is True else denoising))
 
 
 def pack_outputs(logits: torch.Tensor, boxes: torch.Tensor, aux_loss: bool,
@@ -57,25 +59,45 @@ class DETR(nn.Module):
 
     ``denoising`` switches on query denoising (DN-DETR) for training: given ``targets``, noised
     ground truth enters the decoder as extra queries whose predictions come back in
-    ``dn_outputs``; the matching queries cannot see them, so inference is unchanged. In vanilla
-    DETR a denoising query's position is its noised box's sine encoding projected (the anchor
-    embedding of DAB-DETR, on which DN-DETR builds) and its content the noised label's embedding.
+    ``dn_outputs``; the matching queries cannot see them, so inference is unchanged. A denoising
+    query's position is its noised box's sine encoding projected (the anchor embedding of
+    DAB-DETR, on which DN-DETR builds) and its content the noised label's embedding.
+
+    ``anchor_queries`` (DAB-DETR, Liu et al., ICLR 2022) makes each matching query a learned box
+    (Q, 4) instead of a free embedding: its position is that box embedded as the denoising
+    queries' are (one shared head), and the box head predicts a change of the box in
+    inverse-sigmoid space, for matching and denoising queries alike. Denoising then teaches the
+    very mapping the matching queries use; DN-DETR is built this way. (DAB-DETR's layer-by-layer
+    anchor update and width / height modulated cross-attention are not included.)
     """
 
     def __init__(self, backbone: dict | nn.Module, num_classes: int, num_queries: int = 100,
                  hidden_dim: int = 256, num_heads: int = 8, enc_layers: int = 6,
                  dec_layers: int = 6, ffn_dim: int = 2048, dropout: float = 0.1,
-                 aux_loss: bool = True, denoising: bool | dict | None = None):
+                 aux_loss: bool = True, denoising: bool | dict | None = None,
+                 anchor_queries: bool = False):
         super().__init__()
         self.backbone = build_backbone(**backbone) if isinstance(backbone, dict) else backbone
         self.num_classes, self.aux_loss = num_classes, aux_loss
         self.input_proj = nn.Conv2d(self.backbone.feature_info[-1]['channels'], hidden_dim, 1)
         self.position = SinePositionEncoding(hidden_dim // 2)
         self.transformer = Transformer(hidden_dim, num_heads, enc_layers, dec_layers, ffn_dim, dropout)
-        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.num_queries, self.anchor_queries = num_queries, anchor_queries
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
-        self.denoising = build_denoising(denoising, num_classes, hidden_dim)
+        if anchor_queries:
+            # centres spread uniformly over the image, sides drawn around 0.5 (logit N(0, 1))
+            anchors = torch.cat([torch.rand(num_queries, 2).clamp(0.05, 0.95).logit(),
+                                 torch.randn(num_queries, 2)], 1)
+            self.anchor_embed = nn.Parameter(anchors)
+            self.anchor_pos = nn.Sequential(nn.Linear(2 * hidden_dim, hidden_dim), nn.ReLU(),
+                                            nn.Linear(hidden_dim, hidden_dim))
+            nn.init.zeros_(self.bbox_embed.layers[-1].weight)  # first predictions: the anchors
+            nn.init.zeros_(self.bbox_embed.layers[-1].bias)
+        else:
+            self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.denoising = build_denoising(denoising, num_classes, hidden_dim,
+                                         self.anchor_pos if anchor_queries else None)
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor, targets: list[dict] | None = None,
                 denoising: DenoisingQueries | None = None) -> dict:
@@ -88,11 +110,20 @@ class DETR(nn.Module):
         pos = rearrange(self.position(mask), 'b d h w -> b (h w) d')
         src = rearrange(self.input_proj(feat), 'b d h w -> b (h w) d')
         dn = denoising
-        states = self.transformer(src, mask.flatten(1), pos, self.query_embed.weight,
-                                  *((dn.content, dn.query_pos, dn.attn_mask(len(self.query_embed.weight)))
+        if self.anchor_queries:
+            query_pos = self.anchor_pos(box_position_encoding(self.anchor_embed[None], pos.shape[-1] // 2))[0]
+        else:
+            query_pos = self.query_embed.weight
+        states = self.transformer(src, mask.flatten(1), pos, query_pos,
+                                  *((dn.content, dn.query_pos, dn.attn_mask(self.num_queries))
                                     if dn is not None else ()))
-        logits, boxes = self.class_embed(states), self.bbox_embed(states).sigmoid()
-        return pack_outputs(logits, boxes, self.aux_loss, dn)
+        logits, boxes = self.class_embed(states), self.bbox_embed(states)
+        if self.anchor_queries:  # (B, [P +] Q, 4) references in inverse-sigmoid space
+            anchors = self.anchor_embed[None].expand(len(images), -1, -1)
+            if dn is not None:
+                anchors = torch.cat([dn.boxes.clamp(1e-4, 1 - 1e-4).logit().to(anchors), anchors], 1)
+            boxes = boxes + anchors
+        return pack_outputs(logits, boxes.sigmoid(), self.aux_loss, dn)
 
 
 @torch.no_grad()

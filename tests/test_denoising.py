@@ -97,6 +97,8 @@ def _explicit(dn: DenoisingQueries, **changes) -> DenoisingQueries:
 DEFORMABLE = dict(type='DeformableDETR', num_queries=5, num_feature_levels=3, **SMALL)
 DETECTORS = {  # Detector arguments: the network, and whether it is trained with focal loss
     'detr': (dict(type='DETR', num_queries=5, denoising=dict(num_groups=3), **SMALL), False),
+    'detr_anchor_queries': (dict(type='DETR', num_queries=5, anchor_queries=True,
+                                 denoising=dict(num_groups=3, contrastive=True), **SMALL), False),
     'deformable': (dict(DEFORMABLE, denoising=dict(num_groups=3)), True),
     'deformable_refine': (dict(DEFORMABLE, with_box_refine=True, denoising=dict(num_groups=3)), True),
     'deformable_two_stage': (dict(DEFORMABLE, with_box_refine=True, two_stage=True,
@@ -234,3 +236,18 @@ def test_switched_off_the_detector_is_unchanged():
     assert set(plain.state_dict()) < set(with_dn.state_dict())
     missing = set(with_dn.state_dict()) - set(plain.state_dict())
     assert all(k.startswith('denoising.') for k in missing)
+
+
+def test_anchor_queries_start_at_their_anchors_and_share_the_position_head():
+    """DAB-DETR-style queries: before training every query predicts its own anchor box; a
+    denoising query its noised box; the position head is one module for both."""
+    detector = build('detr_anchor_queries')
+    net = detector.net.eval()
+    assert net.denoising.pos_head is net.anchor_pos
+    dn = net.denoising(_targets())
+    with torch.no_grad():
+        out = net(torch.randn(3, 3, 64, 64), torch.zeros(3, 64, 64, dtype=torch.bool), denoising=dn)
+    torch.testing.assert_close(out['pred_boxes'], net.anchor_embed.sigmoid()[None].expand(3, -1, -1))
+    valid = dn.valid
+    torch.testing.assert_close(out['dn_outputs']['pred_boxes'][valid], dn.boxes[valid].clamp(1e-4, 1 - 1e-4),
+                               atol=1e-6, rtol=1e-5)
