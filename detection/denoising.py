@@ -46,9 +46,11 @@ class DenoisingQueries:
     def num_queries(self) -> int:
         return self.num_groups * self.group_size
 
-    def attn_mask(self, num_matching: int) -> torch.Tensor:
-        """The decoder self-attention mask for these queries followed by ``num_matching`` others."""
-        return denoising_attn_mask(self.num_groups, self.group_size, num_matching, self.content.device)
+    def attn_mask(self, num_matching: int, matching_groups: int = 1) -> torch.Tensor:
+        """The decoder self-attention mask for these queries followed by ``num_matching`` others
+        (in ``matching_groups`` groups)."""
+        return denoising_attn_mask(self.num_groups, self.group_size, num_matching, matching_groups,
+                                   self.content.device)
 
     def matching_indices(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The fixed assignment that replaces Hungarian matching: per image (query indices,
@@ -90,15 +92,22 @@ def noise_boxes(boxes: torch.Tensor, scale: float, negative: bool = False,
 
 
 def denoising_attn_mask(num_groups: int, group_size: int, num_matching: int,
-                        device=None) -> torch.Tensor:
+                        matching_groups: int = 1, device=None) -> torch.Tensor:
     """(P + Q, P + Q) bool, True = blocked: matching rows see no denoising column; a group's rows
-    see their own group and the matching queries, never another group."""
+    see their own group and the matching queries, never another group. With ``matching_groups``
+    G > 1 (Group DETR) the Q matching queries are G groups of Q / G that see only their own group."""
     p = num_groups * group_size
     mask = torch.zeros(p + num_matching, p + num_matching, dtype=torch.bool, device=device)
     mask[p:, :p] = True
-    for g in range(num_groups):
-        rows = slice(g * group_size, (g + 1) * group_size)
-        mask[rows, :p] = True
+    blocks = [(g * group_size, group_size) for g in range(num_groups)]
+    size = num_matching // matching_groups
+    if matching_groups > 1:
+        blocks += [(p + g * size, size) for g in range(matching_groups)]
+        mask[p:, p:] = True
+    for start, n in blocks:
+        rows = slice(start, start + n)
+        if start < p:
+            mask[rows, :p] = True
         mask[rows, rows] = False
     return mask
 

@@ -6,7 +6,7 @@ from torch import nn
 from torchvision.ops import box_convert
 
 from .backbone import build_backbone, downsample_mask
-from .denoising import DenoisingQueries, QueryDenoising, split_denoising
+from .denoising import DenoisingQueries, QueryDenoising, denoising_attn_mask, split_denoising
 from .position_encoding import SinePositionEncoding, box_position_encoding
 from .transformer import Transformer
 
@@ -69,33 +69,38 @@ class DETR(nn.Module):
     inverse-sigmoid space, for matching and denoising queries alike. Denoising then teaches the
     very mapping the matching queries use; DN-DETR is built this way. (DAB-DETR's layer-by-layer
     anchor update and width / height modulated cross-attention are not included.)
+
+    ``query_groups`` G > 1 (Group DETR, Chen et al., ICCV 2023): in training, G independent groups
+    of ``num_queries`` queries, each group matched one-to-one on its own and blind to the others
+    in self-attention, so each step trains G times as many matched queries; the output carries
+    (B, G * Q, ...) and ``query_groups`` for the criterion. Inference runs the first group only.
     """
 
     def __init__(self, backbone: dict | nn.Module, num_classes: int, num_queries: int = 100,
                  hidden_dim: int = 256, num_heads: int = 8, enc_layers: int = 6,
                  dec_layers: int = 6, ffn_dim: int = 2048, dropout: float = 0.1,
                  aux_loss: bool = True, denoising: bool | dict | None = None,
-                 anchor_queries: bool = False):
+                 anchor_queries: bool = False, query_groups: int = 1):
         super().__init__()
         self.backbone = build_backbone(**backbone) if isinstance(backbone, dict) else backbone
         self.num_classes, self.aux_loss = num_classes, aux_loss
         self.input_proj = nn.Conv2d(self.backbone.feature_info[-1]['channels'], hidden_dim, 1)
         self.position = SinePositionEncoding(hidden_dim // 2)
         self.transformer = Transformer(hidden_dim, num_heads, enc_layers, dec_layers, ffn_dim, dropout)
-        self.num_queries, self.anchor_queries = num_queries, anchor_queries
+        self.num_queries, self.anchor_queries, self.query_groups = num_queries, anchor_queries, query_groups
+        total = num_queries * query_groups  # the groups beyond the first exist in training only
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
         if anchor_queries:
             # centres spread uniformly over the image, sides drawn around 0.5 (logit N(0, 1))
-            anchors = torch.cat([torch.rand(num_queries, 2).clamp(0.05, 0.95).logit(),
-                                 torch.randn(num_queries, 2)], 1)
+            anchors = torch.cat([torch.rand(total, 2).clamp(0.05, 0.95).logit(), torch.randn(total, 2)], 1)
             self.anchor_embed = nn.Parameter(anchors)
             self.anchor_pos = nn.Sequential(nn.Linear(2 * hidden_dim, hidden_dim), nn.ReLU(),
                                             nn.Linear(hidden_dim, hidden_dim))
             nn.init.zeros_(self.bbox_embed.layers[-1].weight)  # first predictions: the anchors
             nn.init.zeros_(self.bbox_embed.layers[-1].bias)
         else:
-            self.query_embed = nn.Embedding(num_queries, hidden_dim)
+            self.query_embed = nn.Embedding(total, hidden_dim)
         self.denoising = build_denoising(denoising, num_classes, hidden_dim,
                                          self.anchor_pos if anchor_queries else None)
 
@@ -110,20 +115,29 @@ class DETR(nn.Module):
         pos = rearrange(self.position(mask), 'b d h w -> b (h w) d')
         src = rearrange(self.input_proj(feat), 'b d h w -> b (h w) d')
         dn = denoising
+        groups = self.query_groups if self.training else 1
+        n = groups * self.num_queries
         if self.anchor_queries:
-            query_pos = self.anchor_pos(box_position_encoding(self.anchor_embed[None], pos.shape[-1] // 2))[0]
+            anchors = self.anchor_embed[:n]
+            query_pos = self.anchor_pos(box_position_encoding(anchors[None], pos.shape[-1] // 2))[0]
         else:
-            query_pos = self.query_embed.weight
-        states = self.transformer(src, mask.flatten(1), pos, query_pos,
-                                  *((dn.content, dn.query_pos, dn.attn_mask(self.num_queries))
-                                    if dn is not None else ()))
+            query_pos = self.query_embed.weight[:n]
+        if dn is not None:
+            attn_mask = dn.attn_mask(n, groups)
+        else:
+            attn_mask = denoising_attn_mask(0, 0, n, groups, images.device) if groups > 1 else None
+        states = self.transformer(src, mask.flatten(1), pos, query_pos, dn and dn.content, dn and dn.query_pos,
+                                  attn_mask)
         logits, boxes = self.class_embed(states), self.bbox_embed(states)
         if self.anchor_queries:  # (B, [P +] Q, 4) references in inverse-sigmoid space
-            anchors = self.anchor_embed[None].expand(len(images), -1, -1)
+            anchors = anchors[None].expand(len(images), -1, -1)
             if dn is not None:
                 anchors = torch.cat([dn.boxes.clamp(1e-4, 1 - 1e-4).logit().to(anchors), anchors], 1)
             boxes = boxes + anchors
-        return pack_outputs(logits, boxes.sigmoid(), self.aux_loss, dn)
+        out = pack_outputs(logits, boxes.sigmoid(), self.aux_loss, dn)
+        if groups > 1:
+            out['query_groups'] = groups
+        return out
 
 
 @torch.no_grad()

@@ -75,7 +75,7 @@ class Transformer(nn.Module):
             memory = layer(memory, pos, padding)
         query_pos = query_embed.unsqueeze(0).expand(src.shape[0], -1, -1)
         tgt = torch.zeros_like(query_pos)
-        if extra_content is not None:
+        if extra_content is not None:  # query denoising's queries go first
             tgt = torch.cat([extra_content.to(tgt), tgt], 1)
             query_pos = torch.cat([extra_pos.to(query_pos), query_pos], 1)
         states = []

@@ -251,3 +251,34 @@ def test_anchor_queries_start_at_their_anchors_and_share_the_position_head():
     valid = dn.valid
     torch.testing.assert_close(out['dn_outputs']['pred_boxes'][valid], dn.boxes[valid].clamp(1e-4, 1 - 1e-4),
                                atol=1e-6, rtol=1e-5)
+
+
+def test_query_groups_are_blind_to_each_other_and_inference_runs_the_first():
+    """Group DETR: group 0's outputs in training equal the inference outputs (dropout is 0), and do
+    not change when another group's queries do; the criterion matches each group on its own and
+    sums their losses."""
+    detector = Detector(dict(type='DETR', backbone=TinyBackbone(), num_queries=4, query_groups=3,
+                             denoising=dict(num_groups=2), **SMALL), num_classes=3)
+    net = detector.net
+    images, masks = torch.randn(3, 3, 64, 64), torch.zeros(3, 64, 64, dtype=torch.bool)
+    with torch.no_grad():
+        train_out = net.train()(images, masks, _targets())
+        eval_out = net.eval()(images, masks)
+        net.query_embed.weight[8:] += 1.0  # group 2
+        changed = net.train()(images, masks, _targets())
+    assert train_out['pred_logits'].shape[1] == 12 and train_out['query_groups'] == 3
+    assert eval_out['pred_logits'].shape[1] == 4 and 'query_groups' not in eval_out
+    torch.testing.assert_close(train_out['pred_boxes'][:, :4], eval_out['pred_boxes'], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(changed['pred_boxes'][:, :8], train_out['pred_boxes'][:, :8], atol=1e-5, rtol=1e-5)
+    assert (changed['pred_boxes'][:, 8:] - train_out['pred_boxes'][:, 8:]).abs().max() > 1e-4
+    criterion = detector.criterion
+    targets = _targets()
+    losses = criterion({k: train_out[k] for k in ('pred_logits', 'pred_boxes', 'query_groups', 'aux_outputs')},
+                       targets)
+
+    def group(out, g):
+        return dict(pred_logits=out['pred_logits'][:, 4 * g:4 * g + 4], pred_boxes=out['pred_boxes'][:, 4 * g:4 * g + 4])
+    per_group = [criterion(dict(group(train_out, g), aux_outputs=[group(a, g) for a in train_out['aux_outputs']]),
+                           targets) for g in range(3)]
+    for name in ('loss_class', 'loss_bbox', 'loss_giou', 'd0.loss_class', 'd1.loss_bbox'):
+        assert losses[name].item() == pytest.approx(sum(p[name].item() for p in per_group), rel=1e-4)
