@@ -6,6 +6,7 @@ from torch import nn
 from torchvision.ops import box_convert
 
 from .backbone import build_backbone, downsample_mask
+from .dense_head import DenseAuxHead
 from .denoising import DenoisingQueries, QueryDenoising, denoising_attn_mask, split_denoising
 from .position_encoding import SinePositionEncoding, box_position_encoding
 from .transformer import Transformer
@@ -74,13 +75,17 @@ class DETR(nn.Module):
     of ``num_queries`` queries, each group matched one-to-one on its own and blind to the others
     in self-attention, so each step trains G times as many matched queries; the output carries
     (B, G * Q, ...) and ``query_groups`` for the criterion. Inference runs the first group only.
+
+    ``dense_aux`` adds ``DenseAuxHead`` on the encoder output in training (Co-DETR's auxiliary
+    one-to-many head, anchor-free): ``dense_outputs``, trained by the head's own ``loss``.
     """
 
     def __init__(self, backbone: dict | nn.Module, num_classes: int, num_queries: int = 100,
                  hidden_dim: int = 256, num_heads: int = 8, enc_layers: int = 6,
                  dec_layers: int = 6, ffn_dim: int = 2048, dropout: float = 0.1,
                  aux_loss: bool = True, denoising: bool | dict | None = None,
-                 anchor_queries: bool = False, query_groups: int = 1):
+                 anchor_queries: bool = False, query_groups: int = 1,
+                 dense_aux: bool | dict | None = None):
         super().__init__()
         self.backbone = build_backbone(**backbone) if isinstance(backbone, dict) else backbone
         self.num_classes, self.aux_loss = num_classes, aux_loss
@@ -103,6 +108,9 @@ class DETR(nn.Module):
             self.query_embed = nn.Embedding(total, hidden_dim)
         self.denoising = build_denoising(denoising, num_classes, hidden_dim,
                                          self.anchor_pos if anchor_queries else None)
+        self.dense_head = None
+        if dense_aux:
+            self.dense_head = DenseAuxHead(hidden_dim, num_classes, **({} if dense_aux is True else dense_aux))
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor, targets: list[dict] | None = None,
                 denoising: DenoisingQueries | None = None) -> dict:
@@ -126,8 +134,9 @@ class DETR(nn.Module):
             attn_mask = dn.attn_mask(n, groups)
         else:
             attn_mask = denoising_attn_mask(0, 0, n, groups, images.device) if groups > 1 else None
-        states = self.transformer(src, mask.flatten(1), pos, query_pos, dn and dn.content, dn and dn.query_pos,
-                                  attn_mask)
+        memory = self.transformer.encode(src, mask.flatten(1), pos)
+        states = self.transformer.decode(memory, mask.flatten(1), pos, query_pos, dn and dn.content,
+                                         dn and dn.query_pos, attn_mask)
         logits, boxes = self.class_embed(states), self.bbox_embed(states)
         if self.anchor_queries:  # (B, [P +] Q, 4) references in inverse-sigmoid space
             anchors = anchors[None].expand(len(images), -1, -1)
@@ -137,6 +146,8 @@ class DETR(nn.Module):
         out = pack_outputs(logits, boxes.sigmoid(), self.aux_loss, dn)
         if groups > 1:
             out['query_groups'] = groups
+        if self.dense_head is not None and self.training:
+            out['dense_outputs'] = self.dense_head(memory, mask)
         return out
 
 

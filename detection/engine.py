@@ -56,6 +56,8 @@ class Detector(BaseModel):
             if not (torch.isfinite(outputs['pred_logits']).all() and torch.isfinite(outputs['pred_boxes']).all()):
                 raise FloatingPointError('the detector produced non-finite logits or boxes. ' + _DIVERGED)
             losses = self.criterion(outputs, data_samples)
+            if 'dense_outputs' in outputs:
+                losses.update(self.net.dense_head.loss(outputs['dense_outputs'], data_samples))
             if not torch.isfinite(sum(losses.values())):
                 values = {k: round(v.item(), 4) for k, v in losses.items()}
                 raise FloatingPointError(f'non-finite training loss {values}. ' + _DIVERGED)

@@ -68,11 +68,22 @@ class Transformer(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
-    def forward(self, src, padding, pos, query_embed, extra_content=None, extra_pos=None,
-                self_attn_mask=None):
+    def encode(self, src, padding, pos):
+        """-> memory (B, S, D)."""
         memory = src
         for layer in self.encoder:
             memory = layer(memory, pos, padding)
+        return memory
+
+    def forward(self, src, padding, pos, query_embed, extra_content=None, extra_pos=None,
+                self_attn_mask=None):
+        return self.decode(self.encode(src, padding, pos), padding, pos, query_embed, extra_content,
+                           extra_pos, self_attn_mask)
+
+    def decode(self, memory, padding, pos, query_embed, extra_content=None, extra_pos=None,
+               self_attn_mask=None):
+        """memory (B, S, D) -> decoder states (L, B, [P +] Q, D)."""
+        src = memory
         query_pos = query_embed.unsqueeze(0).expand(src.shape[0], -1, -1)
         tgt = torch.zeros_like(query_pos)
         if extra_content is not None:  # query denoising's queries go first
