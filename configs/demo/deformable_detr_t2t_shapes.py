@@ -5,7 +5,8 @@ _base_ = ['../_base_/models/deformable_detr.py', '../_base_/datasets/shapes_dete
 model = dict(
     num_classes=3,
     detector=dict(backbone=dict(name='t2t_vit_7', pretrained=False), num_queries=16,
-                  hidden_dim=128, num_heads=4, enc_layers=2, dec_layers=2, ffn_dim=512, dropout=0.0))
+                  hidden_dim=128, num_heads=4, enc_layers=2, dec_layers=2, ffn_dim=512, dropout=0.0,
+                  denoising=dict(num_groups=5)))  # DN-Deformable-DETR's query denoising, paper defaults
 # From scratch the backbone learns at the head's rate.
 optim_wrapper = dict(optimizer=dict(lr=2e-4),
                      paramwise_cfg=dict(custom_keys={'net.backbone': dict(lr_mult=1.0)}))
