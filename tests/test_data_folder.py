@@ -172,3 +172,38 @@ def test_train_test_and_infer_on_a_user_folder_with_no_edits(user_folder, tmp_pa
     assert os.path.getsize(picture) > 0
     state = torch.load(checkpoint, map_location='cpu', weights_only=False)
     assert state['meta']['dataset_meta']['classes'] == ['disc', 'triangle', 'square']
+
+
+def test_too_few_queries_for_the_most_crowded_image_is_warned(tmp_path):
+    from mmengine.logging import MMLogger
+    root = write_user_folder(tmp_path / 'mine')
+    logger = MMLogger.get_current_instance()
+    messages = []
+    handler = __import__('logging').Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        use_data_folder(Config.fromfile(DEMO), root, None)  # 4 queries, up to 3 objects: quiet
+        assert not any('queries but' in m for m in messages)
+        cfg = Config.fromfile(DEMO)
+        cfg.model.detector.num_queries = 2
+        use_data_folder(cfg, root, None)
+    finally:
+        logger.removeHandler(handler)
+    assert any('2 queries but an image of this set holds up to 3 objects' in m for m in messages)
+    assert any('8 train images' in m for m in messages)
+
+
+def test_time_budget_ends_training_with_an_evaluated_last_epoch(user_folder, tmp_path):
+    """--time-budget: a budget shorter than one epoch stops after the first, which is evaluated
+    and checkpointed as the last."""
+    work = str(tmp_path / 'work')
+    options = [o for o in TINY if not o.startswith('train_cfg')] + ['train_cfg.max_epochs=5',
+                                                                     'train_cfg.val_interval=5']
+    _run_tool('train', [DEMO, '--work-dir', work, '--data', user_folder, '--img-size', '64', '--time-budget',
+                        '0.001', '--cfg-options', *options])
+    with open(os.path.join(work, 'last_checkpoint')) as f:
+        assert f.read().strip().endswith('epoch_1.pth')
+    from plot_curves import read_scalars
+    _, val = read_scalars(work)
+    assert [r['step'] for r in val] == [1]

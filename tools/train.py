@@ -4,6 +4,7 @@
     python tools/train.py configs/demo/detr_t2t_shapes.py --work-dir work_dirs/demo
     python tools/train.py CONFIG --resume                          # from the last checkpoint
     python tools/train.py configs/demo/detr_t2t_shapes.py --data my_coco_folder --img-size 256
+    python tools/train.py CONFIG --time-budget 10                  # stop within 10 minutes
     python tools/train.py CONFIG --cfg-options model.detector.backbone.name=cvt_13
     torchrun --nproc_per_node=2 tools/train.py CONFIG --launcher pytorch   # CPU (gloo) or GPU
 """
@@ -26,6 +27,8 @@ def parse_args(argv=None):
     p.add_argument('--resume', nargs='?', const='auto', default=None,
                    help='resume from the latest checkpoint in the work dir, or from the given one')
     p.add_argument('--amp', action='store_true', help='automatic mixed precision')
+    p.add_argument('--time-budget', type=float, metavar='MIN',
+                   help='stop after the last epoch that fits in MIN minutes of training (it is evaluated)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config entries: key=value')
     add_data_arguments(p)
     p.add_argument('--launcher', choices=['none', 'pytorch'], default='none')
@@ -42,6 +45,8 @@ def build_config(args) -> Config:
         cfg.resume, cfg.load_from = True, None
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
+    if args.time_budget:
+        cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(type='TimeBudgetHook', minutes=args.time_budget)]
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')

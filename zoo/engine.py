@@ -12,14 +12,16 @@ Two fixes live here, so users need no environment variables:
 import logging
 import os
 import os.path as osp
+import time
 
 import torch
 import torch.distributed as dist
 from mmengine.config import Config
+from mmengine.hooks import Hook
 from mmengine.logging import MMLogger
 from mmengine.model import MMDistributedDataParallel, is_model_wrapper
 from mmengine.optim import DefaultOptimWrapperConstructor
-from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.runner import Runner as _Runner
 from mmengine.runner.checkpoint import CheckpointLoader
 
@@ -69,6 +71,31 @@ class QuietOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             return super().__call__(model)
         finally:
             logger.setLevel(level)
+
+
+@HOOKS.register_module()
+class TimeBudgetHook(Hook):
+    """Ends training with the last epoch expected to finish within ``minutes`` of wall time since
+    training started in this process (evaluations included, at the average epoch's cost). That
+    epoch becomes the final one: it is evaluated and checkpointed as the last. ``--time-budget``."""
+    priority = 'HIGH'  # before the checkpoint hook, which then sees the final epoch
+
+    def __init__(self, minutes: float):
+        self.seconds = minutes * 60
+
+    def before_train(self, runner):
+        self.start, self.first_epoch = time.perf_counter(), runner.epoch
+
+    def after_train_epoch(self, runner):
+        elapsed = time.perf_counter() - self.start
+        per_epoch = elapsed / (runner.epoch + 1 - self.first_epoch)
+        loop = runner.train_loop
+        if elapsed + per_epoch > self.seconds and runner.epoch + 1 < loop.max_epochs:
+            # mmengine's loop has no public setter: the epoch now ending becomes the last one,
+            # so the loop evaluates it and stops.
+            loop._max_epochs = runner.epoch + 1
+            runner.logger.info(f'time budget: {elapsed / 60:.1f} of {self.seconds / 60:.1f} min used, another '
+                               f'epoch takes about {per_epoch / 60:.1f}; epoch {runner.epoch + 1} is the last')
 
 
 def load_config(path: str, cfg_options: dict | None = None, launcher: str = 'none',

@@ -15,6 +15,7 @@ import json
 import os.path as osp
 
 from mmengine.config import Config
+from mmengine.logging import MMLogger
 
 from .coco import _check_annotation_file
 
@@ -51,9 +52,10 @@ def find_splits(root: str) -> dict[str, tuple[str, str]]:
     raise FileNotFoundError(f'--data {root}: no annotation file found. Expected {expected}.')
 
 
-def read_split(ann_file: str, img_dir: str) -> list[str]:
-    """Checks one split (a COCO json, categories present, every listed image on disk) and returns
-    its class names in label order (sorted category ids)."""
+def read_split(ann_file: str, img_dir: str) -> dict:
+    """Checks one split (a COCO json, categories present, every listed image on disk) -> dict(
+    classes: names in label order (sorted category ids), images, boxes, max_objects: the most
+    boxes on one image)."""
     with open(ann_file) as f:
         try:
             data = json.load(f)
@@ -71,7 +73,12 @@ def read_split(ann_file: str, img_dir: str) -> list[str]:
         raise FileNotFoundError(f'{len(missing)} of the {len(data["images"])} images listed in {ann_file} are '
                                 f'missing from {img_dir}, e.g. {missing[:3]}: put them there, or remove '
                                 f'them from the json')
-    return [c['name'] for c in sorted(data['categories'], key=lambda c: c['id'])]
+    per_image = {}
+    for ann in data['annotations']:
+        per_image[ann['image_id']] = per_image.get(ann['image_id'], 0) + 1
+    return dict(classes=[c['name'] for c in sorted(data['categories'], key=lambda c: c['id'])],
+                images=len(data['images']), boxes=len(data['annotations']),
+                max_objects=max(per_image.values(), default=0))
 
 
 def sized_transforms(img_size: int) -> tuple[dict, dict]:
@@ -108,8 +115,8 @@ def use_data_folder(cfg: Config, root: str | None, img_size: int | None = None) 
         raise ValueError('--data takes a detection config (model.type Detector); classification '
                          'configs name their folders in the config')
     splits = find_splits(root)
-    classes = read_split(*splits['train'])
-    val_classes = read_split(*splits['val'])
+    train, val = read_split(*splits['train']), read_split(*splits['val'])
+    classes, val_classes = train['classes'], val['classes']
     if val_classes != classes:
         raise ValueError(f'--data {root}: the train and val annotation files list different categories '
                          f'({classes} vs {val_classes}); both need the same "categories" list')
@@ -127,6 +134,16 @@ def use_data_folder(cfg: Config, root: str | None, img_size: int | None = None) 
         for evaluator in (evaluators if isinstance(evaluators, list) else [evaluators] if evaluators else []):
             evaluator.pop('ann_file', None)  # the evaluated dataset's own
     cfg.data_folder = dict(root=osp.abspath(root), classes=classes, img_size=img_size)
+    logger = MMLogger.get_current_instance()
+    logger.info(f'--data {root}: {train["images"]} train images ({train["boxes"]} boxes), {val["images"]} val '
+                f'images, {len(classes)} classes, at most {train["max_objects"]} objects on an image')
+    queries = cfg.model.get('detector', {}).get('num_queries')
+    if queries is not None and queries < max(train['max_objects'], val['max_objects']):
+        logger.warning(f'the config has {queries} queries but an image of this set holds up to '
+                       f'{max(train["max_objects"], val["max_objects"])} objects: no more than {queries} '
+                       f'can be detected per image. Raise it with --cfg-options '
+                       f'model.detector.num_queries=N (a little above the most objects per image '
+                       f'learns fastest on small sets)')
     return cfg
 
 
