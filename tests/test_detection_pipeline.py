@@ -2,6 +2,7 @@
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -213,11 +214,21 @@ def test_train_resume_test_and_distributed_evaluation(tmp_path):
 
 @pytest.mark.slow
 def test_checkpoint_with_other_class_count_loads_without_the_head(tmp_path):
+    """Fine-tuning on one's own data: a 3-class checkpoint starts a run on a 2-class folder."""
     cfg = _tiny_config(tmp_path, max_epochs=1)
     work = str(tmp_path / 'work')
     _run(['tools/train.py', cfg, '--work-dir', work])
-    log = _run(['tools/train.py', cfg, '--work-dir', str(tmp_path / 'work2'), '--cfg-options',
-                f'load_from={work}/epoch_1.pth', 'model.num_classes=5'])
+    two = tmp_path / 'two_classes'
+    shutil.copytree(tmp_path / 'shapes', two)
+    for split in ('train', 'val'):
+        path = two / 'annotations' / f'instances_{split}.json'
+        data = json.loads(path.read_text())
+        data['categories'] = [c for c in data['categories'] if c['name'] != 'triangle']
+        ids = {c['id'] for c in data['categories']}
+        data['annotations'] = [a for a in data['annotations'] if a['category_id'] in ids]
+        path.write_text(json.dumps(data))
+    log = _run(['tools/train.py', cfg, '--work-dir', str(tmp_path / 'work2'), '--data', str(two),
+                '--cfg-options', f'load_from={work}/epoch_1.pth'])
     assert 'class_embed' in log and 'size mismatch' in log.lower()
     assert os.path.isfile(tmp_path / 'work2' / 'epoch_1.pth')
 
