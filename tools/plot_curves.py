@@ -42,6 +42,10 @@ def main(argv=None):
     p.add_argument('--labels', nargs='+', help='one per work dir (default: the folder names)')
     p.add_argument('--metric', default='coco/AP50')
     p.add_argument('--out', default='curves.png')
+    p.add_argument('--metric-only', action='store_true',
+                   help='draw the metric alone (for runs whose losses are different sums)')
+    p.add_argument('--dashed', nargs='*', default=[], metavar='LABEL_PREFIX',
+                   help='draw runs whose label starts with one of these dashed')
     args = p.parse_args(argv)
     labels = args.labels or [osp.basename(osp.normpath(w)) for w in args.work_dirs]
     if len(labels) != len(args.work_dirs):
@@ -50,17 +54,24 @@ def main(argv=None):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, (ax_metric, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    if args.metric_only:
+        fig, ax_metric = plt.subplots(1, 1, figsize=(7, 4.5))
+        ax_loss = None
+    else:
+        fig, (ax_metric, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
     for work_dir, label in zip(args.work_dirs, labels):
         train, val = read_scalars(work_dir)
         points = [(r['iteration'], r[args.metric]) for r in val if args.metric in r]
+        style = '--' if any(label.startswith(d) for d in args.dashed) else '-'
         if points:
-            ax_metric.plot(*zip(*points), marker='o', label=label)
-        ax_loss.plot([r['step'] for r in train], [r['loss'] for r in train], label=label, alpha=0.8)
+            ax_metric.plot(*zip(*points), style, marker='o', label=label)
+        if ax_loss is not None:
+            ax_loss.plot([r['step'] for r in train], [r['loss'] for r in train], label=label, alpha=0.8)
         print(f'{label}: ' + ', '.join(f'{it}: {v:.3f}' for it, v in points))
     ax_metric.set(xlabel='training iteration', ylabel=args.metric, title=f'validation {args.metric}')
-    ax_loss.set(xlabel='training iteration', ylabel='loss', title='training loss (sum of terms)', yscale='log')
-    for ax in (ax_metric, ax_loss):
+    if ax_loss is not None:
+        ax_loss.set(xlabel='training iteration', ylabel='loss', title='training loss (sum of terms)', yscale='log')
+    for ax in (ax_metric, ax_loss) if ax_loss is not None else (ax_metric,):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
