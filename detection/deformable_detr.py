@@ -10,7 +10,7 @@ from torch import nn
 from .backbone import build_backbone, downsample_mask
 from .deformable_transformer import DeformableTransformer, refine_boxes
 from .denoising import DenoisingQueries
-from .detr import MLP, build_denoising, pack_outputs
+from .detr import MLP, build_denoising, pack_outputs, training_denoising
 from .neck import MultiScaleNeck
 from .position_encoding import SinePositionEncoding
 
@@ -78,8 +78,7 @@ class DeformableDETR(nn.Module):
                 denoising: DenoisingQueries | None = None) -> dict:
         """``targets`` (training only) feed query denoising; ``denoising`` gives the denoising
         queries explicitly instead (tests)."""
-        if denoising is None and targets is not None and self.training and self.denoising is not None:
-            denoising = self.denoising(targets)
+        denoising = training_denoising(self, targets, denoising)
         levels = self.neck(self.backbone(images))
         masks = [downsample_mask(mask, x.shape[-2:]) for x in levels]
         pos = [self.position(m).to(x.dtype) for m, x in zip(masks, levels)]

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from zoo.layers.mlp import Mlp
+
 from .position_encoding import box_position_encoding
 
 
@@ -137,8 +139,7 @@ class QueryDenoising(nn.Module):
         self.contrastive = contrastive
         self.label_embed = nn.Embedding(num_classes, hidden_dim - 1)
         if pos_head is None:
-            self.pos_head = nn.Sequential(nn.Linear(2 * hidden_dim, hidden_dim), nn.ReLU(),
-                                          nn.Linear(hidden_dim, hidden_dim))
+            self.pos_head = Mlp(2 * hidden_dim, hidden_dim, hidden_dim, act_layer=nn.ReLU)
         else:  # the detector's: held, not registered, so no parameter belongs to two modules
             object.__setattr__(self, 'pos_head', pos_head)
 

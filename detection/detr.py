@@ -5,6 +5,8 @@ from einops import rearrange
 from torch import nn
 from torchvision.ops import box_convert
 
+from zoo.layers.mlp import Mlp
+
 from .backbone import build_backbone, downsample_mask
 from .dense_head import DenseAuxHead
 from .denoising import DenoisingQueries, QueryDenoising, denoising_attn_mask, split_denoising
@@ -34,6 +36,15 @@ def build_denoising(denoising: bool | dict | None, num_classes: int, hidden_dim:
         return None
     return QueryDenoising(num_classes, hidden_dim, pos_head=pos_head,
                           **({} if denoising is True else denoising))
+
+
+def training_denoising(net: nn.Module, targets: list[dict] | None,
+                       given: DenoisingQueries | None) -> DenoisingQueries | None:
+    """The denoising queries of a forward pass: ``given`` ones (tests), else built from
+    ``targets`` when ``net`` trains with denoising switched on, else None."""
+    if given is None and targets is not None and net.training and net.denoising is not None:
+        return net.denoising(targets)
+    return given
 
 
 def pack_outputs(logits: torch.Tensor, boxes: torch.Tensor, aux_loss: bool,
@@ -100,8 +111,7 @@ class DETR(nn.Module):
             # centres spread uniformly over the image, sides drawn around 0.5 (logit N(0, 1))
             anchors = torch.cat([torch.rand(total, 2).clamp(0.05, 0.95).logit(), torch.randn(total, 2)], 1)
             self.anchor_embed = nn.Parameter(anchors)
-            self.anchor_pos = nn.Sequential(nn.Linear(2 * hidden_dim, hidden_dim), nn.ReLU(),
-                                            nn.Linear(hidden_dim, hidden_dim))
+            self.anchor_pos = Mlp(2 * hidden_dim, hidden_dim, hidden_dim, act_layer=nn.ReLU)
             nn.init.zeros_(self.bbox_embed.layers[-1].weight)  # first predictions: the anchors
             nn.init.zeros_(self.bbox_embed.layers[-1].bias)
         else:
@@ -116,13 +126,11 @@ class DETR(nn.Module):
                 denoising: DenoisingQueries | None = None) -> dict:
         """``targets`` (training only) feed query denoising; ``denoising`` gives the denoising
         queries explicitly instead (tests)."""
-        if denoising is None and targets is not None and self.training and self.denoising is not None:
-            denoising = self.denoising(targets)
+        dn = training_denoising(self, targets, denoising)
         feat = self.backbone(images)[-1]
         mask = downsample_mask(mask, feat.shape[-2:])
         pos = rearrange(self.position(mask), 'b d h w -> b (h w) d')
         src = rearrange(self.input_proj(feat), 'b d h w -> b (h w) d')
-        dn = denoising
         groups = self.query_groups if self.training else 1
         n = groups * self.num_queries
         if self.anchor_queries:
@@ -135,8 +143,9 @@ class DETR(nn.Module):
         else:
             attn_mask = denoising_attn_mask(0, 0, n, groups, images.device) if groups > 1 else None
         memory = self.transformer.encode(src, mask.flatten(1), pos)
-        states = self.transformer.decode(memory, mask.flatten(1), pos, query_pos, dn and dn.content,
-                                         dn and dn.query_pos, attn_mask)
+        states = self.transformer.decode(memory, mask.flatten(1), pos, query_pos,
+                                         None if dn is None else dn.content,
+                                         None if dn is None else dn.query_pos, attn_mask)
         logits, boxes = self.class_embed(states), self.bbox_embed(states)
         if self.anchor_queries:  # (B, [P +] Q, 4) references in inverse-sigmoid space
             anchors = anchors[None].expand(len(images), -1, -1)
