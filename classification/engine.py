@@ -37,7 +37,8 @@ class Classifier(BaseModel):
     another class count loads without its classifier, with a warning (:func:`zoo.create_model`).
     distillation: ``dict(teacher=dict(name, checkpoint, **overrides), kind='hard' | 'soft',
     alpha=0.5, tau=1.0)``; the teacher is built on the first training step, so evaluating a
-    distilled student needs no teacher.
+    distilled student needs no teacher. ``grad_checkpointing=True`` recomputes each block's
+    activations in backward (``model.set_grad_checkpointing``: less memory, same gradients).
 
     forward(inputs (B, C, H, W), data_samples=dict(labels (B,), indices (B,), targets (B, K) |
     None), mode): 'loss' -> dict of losses; 'predict' -> per image dict(scores (K,) softmax,
@@ -46,11 +47,18 @@ class Classifier(BaseModel):
     """
 
     def __init__(self, backbone: dict, num_classes: int, label_smoothing: float = 0.0,
-                 distillation: dict | None = None, data_preprocessor=None, init_cfg=None):
+                 distillation: dict | None = None, grad_checkpointing: bool = False,
+                 data_preprocessor=None, init_cfg=None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         backbone = dict(backbone)
         self.num_classes, self.label_smoothing = num_classes, label_smoothing
-        self.backbone = build_network(backbone.pop('name'), num_classes, **backbone)
+        name = backbone.pop('name')
+        self.backbone = build_network(name, num_classes, **backbone)
+        if grad_checkpointing:
+            if not hasattr(self.backbone, 'set_grad_checkpointing'):
+                raise ValueError(f'{name} has no set_grad_checkpointing: remove '
+                                 'model.grad_checkpointing from the config')
+            self.backbone.set_grad_checkpointing(True)
         self.distillation_cfg = dict(distillation) if distillation else None
         self._distill: DistillationLoss | None = None
 

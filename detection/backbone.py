@@ -16,11 +16,20 @@ class ZooBackbone(nn.Module):
     forward(images (B, 3, H, W)) -> the maps of ``out_indices`` (B, C_i, H/s_i, W/s_i);
     ``feature_info`` lists their channels and strides. H and W must be multiples of the
     largest stride (the collate function pads batches to that).
+
+    ``window_size`` (and ``global_blocks``) switch on ViTDet's window attention in a token
+    family (:meth:`zoo.models._base.TokenBackbone.set_window_attention`); ``grad_checkpointing``
+    recomputes each block's activations in backward. Both change nothing in the weights.
     """
 
-    def __init__(self, name: str, pretrained=False, out_indices=(-1,), **overrides):
+    def __init__(self, name: str, pretrained=False, out_indices=(-1,), window_size: int = 0,
+                 global_blocks=4, grad_checkpointing: bool = False, **overrides):
         super().__init__()
         self.body = zoo.create_model(name, pretrained=pretrained, num_classes=0, **overrides)
+        if window_size:
+            self.body.set_window_attention(window_size, global_blocks)
+        if grad_checkpointing:
+            self.body.set_grad_checkpointing(True)
         n = len(self.body.feature_info)
         self.out_indices = [i % n for i in out_indices]
         self.feature_info = [self.body.feature_info[i] for i in self.out_indices]
@@ -54,6 +63,9 @@ class ResNetBackbone(nn.Module):
 
 def build_backbone(name: str, pretrained=False, out_indices=(-1,), **overrides) -> nn.Module:
     if name == 'resnet50':
+        if overrides:
+            raise ValueError(f'resnet50 takes no {sorted(overrides)} (window attention and the other '
+                             'options are for zoo backbones): remove them from the backbone config')
         return ResNetBackbone(pretrained=bool(pretrained), out_indices=out_indices)
     return ZooBackbone(name, pretrained=pretrained, out_indices=out_indices, **overrides)
 

@@ -31,3 +31,24 @@ def wave_image(*shape) -> torch.Tensor:
     """A deterministic input of the given shape (no RNG: the same on every machine)."""
     wave = torch.cos(torch.arange(int(np.prod(shape)), dtype=torch.float64) * 0.31)
     return wave.reshape(shape).float()
+
+
+@torch.no_grad()
+def assert_detection_mode(model, x: torch.Tensor, fmap: torch.Tensor) -> None:
+    """``fmap`` = model.forward_feature_maps(x)[0] is ViTDet's detection mode: the patches run
+    the blocks alone, so the class / distillation tokens cannot reach the map (moving them
+    changes nothing), while the patches do (moving one image row changes the map)."""
+    saved = {}
+    for name in ('cls_token', 'dist_token'):
+        token = getattr(model, name, None)
+        if token is not None:
+            saved[name] = token.clone()
+            token.add_(1.0)
+    try:
+        torch.testing.assert_close(model.forward_feature_maps(x)[0], fmap, rtol=0, atol=0)
+    finally:
+        for name, value in saved.items():
+            getattr(model, name).copy_(value)
+    moved = x.clone()
+    moved[..., :8, :] += 1.0
+    assert not torch.allclose(model.forward_feature_maps(moved)[0], fmap)

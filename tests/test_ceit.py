@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import zoo
-from helpers import count_params, deterministic_state_dict, wave_image
+from helpers import assert_detection_mode, count_params, deterministic_state_dict, wave_image
 from zoo.layers.layer_class_attention import LayerClassAttentionBlock
 from zoo.layers.leff import LocallyEnhancedFeedForward
 
@@ -95,6 +95,7 @@ def test_feature_maps_follow_feature_info_on_non_square_input():
     x = torch.randn(1, 3, 16 * 5, 16 * 8)
     (fmap,) = model.forward_feature_maps(x)
     assert fmap.shape == (1, 192, 5, 8)
+    assert_detection_mode(model, x, fmap)
     assert model.forward_features(x).shape == (1, 1, 192)
     assert model(x).shape == (1, 1000)
 

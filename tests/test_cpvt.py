@@ -12,7 +12,7 @@ from timm.models.twins import PosConv
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 import zoo
-from helpers import count_params
+from helpers import assert_detection_mode, count_params
 from zoo.layers.peg import PositionalEncodingGenerator
 
 CPVT = zoo.list_models('cpvt_*')
@@ -66,9 +66,8 @@ def test_peg_matches_timm_posconv_and_skips_the_class_token():
     out = ours(x, (5, 7))
     torch.testing.assert_close(out[:, 0], x[:, 0])
     torch.testing.assert_close(out[:, 1:], theirs(x[:, 1:], (5, 7)))
-    no_prefix = PositionalEncodingGenerator(32, num_prefix_tokens=0)
-    no_prefix.load_state_dict(ours.state_dict())
-    torch.testing.assert_close(no_prefix(x[:, 1:], (5, 7)), out[:, 1:])
+    # the prefix is what the grid leaves over: the patches alone (detection mode) give the same
+    torch.testing.assert_close(ours(x[:, 1:], (5, 7)), out[:, 1:])
 
 
 def _reference(name, depth):
@@ -171,8 +170,10 @@ def test_feature_maps_follow_feature_info_on_non_square_input(name):
     assert fmap.shape == (1, 192, 5, 8)
     tokens = model.forward_features(x)
     assert tokens.shape == (1, model.num_prefix_tokens + 40, 192)
-    torch.testing.assert_close(fmap.flatten(2).transpose(1, 2), tokens[:, model.num_prefix_tokens:])
-    if name.endswith('gap'):  # GAP head: the mean of the patch tokens
+    assert_detection_mode(model, x, fmap)
+    if name.endswith('gap'):  # no class token: the map is exactly forward_features' patches
+        torch.testing.assert_close(fmap.flatten(2).transpose(1, 2), tokens)
+        # GAP head: the mean of the patch tokens
         torch.testing.assert_close(model.forward_head(tokens, pre_logits=True), tokens.mean(1))
 
 

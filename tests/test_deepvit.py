@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import zoo
-from helpers import count_params, deterministic_state_dict, wave_image
+from helpers import assert_detection_mode, count_params, deterministic_state_dict, wave_image
 from zoo.layers.attention import Attention
 from zoo.layers.block import LayerNorm6
 from zoo.layers.re_attention import ReAttention
@@ -100,8 +100,7 @@ def test_feature_maps_follow_feature_info_on_non_square_input():
     x = torch.randn(1, 3, 16 * 5, 16 * 8)
     (fmap,) = model.forward_feature_maps(x)
     assert fmap.shape == (1, 396, 5, 8)
-    tokens = model.forward_features(x)[:, 1:]
-    torch.testing.assert_close(fmap.flatten(2).transpose(1, 2), tokens)
+    assert_detection_mode(model, x, fmap)
     assert model(x).shape == (1, 1000)
 
 

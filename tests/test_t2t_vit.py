@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 import zoo
-from helpers import count_params
+from helpers import assert_detection_mode, count_params
 from zoo.layers.squeeze_excite import SEAttention, SqueezeExcite
 from zoo.layers.tokens_to_token import TokenPerformer, TokensToToken, TokenTransformer
 
@@ -293,8 +293,7 @@ def test_320x256_input_and_feature_maps_follow_feature_info():
     x = torch.randn(1, 3, 320, 256)
     (fmap,) = model.forward_feature_maps(x)
     assert fmap.shape == (1, 256, 20, 16)
-    tokens = model.forward_features(x)
-    torch.testing.assert_close(fmap.flatten(2).transpose(1, 2), tokens[:, 1:])
+    assert_detection_mode(model, x, fmap)
     assert model(x).shape == (1, 1000)
 
 

@@ -6,7 +6,7 @@ import timm
 import torch
 
 import zoo
-from helpers import count_params
+from helpers import assert_detection_mode, count_params
 
 VIT_DEIT = zoo.list_models('vit_*') + zoo.list_models('deit_*')
 LARGE = {'vit_large_patch16_224', 'vit_large_patch16_384', 'vit_base_patch16_384',
@@ -93,9 +93,8 @@ def test_feature_maps_follow_feature_info(name, stride):
     x = torch.randn(1, 3, stride * 5, stride * 8)
     (fmap,) = model.forward_feature_maps(x)
     assert fmap.shape == (1, model.feature_info[0]['channels'], 5, 8)
-    # The map holds exactly the patch tokens of forward_features, laid out row-major.
-    tokens = model.forward_features(x)[:, model.num_prefix_tokens:]
-    torch.testing.assert_close(fmap.flatten(2).transpose(1, 2), tokens)
+    # Detection mode (ViTDet): the class and distillation tokens are left out of the blocks.
+    assert_detection_mode(model, x, fmap)
 
 
 def test_forward_head_pre_logits():

@@ -5,6 +5,13 @@ from einops import rearrange
 from torch import nn
 
 
+def mask_keys(logits: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    """logits (B, h, Nq, Nk) with -inf at the keys ``key_mask`` (B, Nk) marks False."""
+    if key_mask is None:
+        return logits
+    return logits.masked_fill(~key_mask[:, None, None, :], float('-inf'))
+
+
 class Attention(nn.Module):
     """Multi-head self-attention.
 
@@ -34,26 +41,31 @@ class Attention(nn.Module):
         self.proj = nn.Linear(inner_dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def attention_map(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """q: (B, h, Nq, d), k: (B, h, Nk, d) -> softmax(q k^T * scale): (B, h, Nq, Nk)."""
-        return ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    def attention_map(self, q: torch.Tensor, k: torch.Tensor,
+                      key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """q: (B, h, Nq, d), k: (B, h, Nk, d) -> softmax(q k^T * scale): (B, h, Nq, Nk).
+        ``key_mask`` (B, Nk), False at keys no query may attend to (window padding)."""
+        return mask_keys(((q * self.scale) @ k.transpose(-2, -1)), key_mask).softmax(dim=-1)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+               return_attention: bool = False, key_mask: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """q, k, v: (B, h, N, d) -> (B, h, Nq, d) and the map (B, h, Nq, Nk) or None."""
         if self.fused and not return_attention:
             out = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale)
+                q, k, v, attn_mask=None if key_mask is None else key_mask[:, None, None, :],
+                dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale)
             return out, None
-        attn = self.attention_map(q, k)
+        attn = self.attention_map(q, k, key_mask)
         return self.attn_drop(attn) @ v, attn
 
     def forward(self, x: torch.Tensor, return_attention: bool = False,
-                grid: tuple[int, int] | None = None):
+                grid: tuple[int, int] | None = None, key_mask: torch.Tensor | None = None):
         """``grid`` is accepted and ignored so Block can hand the patch grid to a grid-aware
-        feed-forward (LeFF) next to a plain attention."""
+        feed-forward (LeFF) next to a plain attention. ``key_mask`` (B, N): False at tokens
+        that are no key (window padding)."""
         q, k, v = rearrange(self.qkv(x), 'b n (three h d) -> three b h n d',
                             three=3, h=self.num_heads).unbind(0)
-        out, attn = self.attend(q, k, v, return_attention)
+        out, attn = self.attend(q, k, v, return_attention, key_mask)
         out = self.proj_drop(self.proj(rearrange(out, 'b h n d -> b n (h d)')))
         return (out, attn) if return_attention else out

@@ -3,11 +3,13 @@ from functools import partial
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import Attention
 from .drop import DropPath
 from .layer_scale import LayerScale
 from .mlp import Mlp
+from .window import window_merge, window_partition
 
 LayerNorm6 = partial(nn.LayerNorm, eps=1e-6)
 
@@ -20,6 +22,15 @@ class Block(nn.Module):
     (talking heads, re-attention, LeFF, ...) while the residual structure stays here.
     ``grid`` (h, w) of the patch tokens is handed to both only when given: layers that work on
     the 2-D map (convolutional projections, LeFF) take it, the plain ones never see it.
+
+    Two switches, off by default, set by the model (``set_window_attention``,
+    ``set_grad_checkpointing``):
+
+    * ``window_size`` w > 0: the attention runs within non-overlapping w x w windows of the
+      grid (ViTDet; :mod:`zoo.layers.window`); x must then be the h*w patch tokens alone and
+      ``grid`` given. The feed-forward still sees the whole grid.
+    * ``grad_checkpointing``: in training, the block's activations are recomputed in backward
+      instead of being kept (the gradients are the same).
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
@@ -38,14 +49,40 @@ class Block(nn.Module):
                              act_layer=act_layer, drop=drop)
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.window_size = 0
+        self.grad_checkpointing = False
+
+    def mix_tokens(self, x: torch.Tensor, grid: tuple[int, int] | None,
+                   return_attention: bool = False):
+        """The attention branch on normalised tokens x (B, N, D): global, or within windows
+        when ``window_size`` is set. Returns (B, N, D) and the map (B [* windows], heads, n, n)
+        or None."""
+        kw = {} if grid is None else {'grid': grid}
+        if self.window_size:
+            if grid is None or x.shape[1] != grid[0] * grid[1]:
+                raise ValueError('window attention needs the patch grid and the patch tokens alone '
+                                 f'(got {x.shape[1]} tokens for grid {grid}): drop the class tokens '
+                                 'first, as forward_feature_maps does')
+            windows, key_mask = window_partition(x, grid, self.window_size)
+            if key_mask is not None:
+                kw['key_mask'] = key_mask
+            y = self.attn(windows, return_attention=return_attention, **kw)
+            y, attn = y if return_attention else (y, None)
+            return window_merge(y, grid, self.window_size), attn
+        if return_attention:
+            return self.attn(x, return_attention=True, **kw)
+        return self.attn(x, **kw), None
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None,
                 return_attention: bool = False):
-        kw = {} if grid is None else {'grid': grid}
-        if return_attention:
-            y, attn = self.attn(self.norm1(x), return_attention=True, **kw)
-        else:
-            y, attn = self.attn(self.norm1(x), **kw), None
+        if self.grad_checkpointing and not return_attention and torch.is_grad_enabled():
+            return checkpoint(self.residual_forward, x, grid, use_reentrant=False)
+        return self.residual_forward(x, grid, return_attention)
+
+    def residual_forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None,
+                         return_attention: bool = False):
+        y, attn = self.mix_tokens(self.norm1(x), grid, return_attention)
         x = x + self.drop_path1(self.ls1(y))
+        kw = {} if grid is None else {'grid': grid}
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x), **kw)))
         return (x, attn) if return_attention else x

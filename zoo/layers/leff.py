@@ -7,6 +7,7 @@ from torch import nn
 class LocallyEnhancedFeedForward(nn.Module):
     """(B, P + h*w, D) -> (B, P + h*w, D), given ``grid=(h, w)``.
 
+    P is what the grid leaves over (0 in detection mode, where the class token is dropped).
     The h*w patch tokens are laid out on their grid and pass pointwise conv -> BN -> act ->
     depthwise k x k conv -> BN -> act -> pointwise conv -> BN. The P prefix (class) tokens have
     no place on the grid and leave unchanged, as in the official code. The grid must be the
@@ -15,11 +16,9 @@ class LocallyEnhancedFeedForward(nn.Module):
     """
 
     def __init__(self, in_features: int, hidden_features: int | None = None,
-                 act_layer: type[nn.Module] = nn.GELU, drop: float = 0.0, kernel_size: int = 3,
-                 num_prefix_tokens: int = 1):
+                 act_layer: type[nn.Module] = nn.GELU, drop: float = 0.0, kernel_size: int = 3):
         super().__init__()
         hidden_features = hidden_features or in_features
-        self.num_prefix_tokens = num_prefix_tokens
         self.conv1 = nn.Conv2d(in_features, hidden_features, kernel_size=1)
         self.bn1 = nn.BatchNorm2d(hidden_features)
         self.conv2 = nn.Conv2d(hidden_features, hidden_features, kernel_size,
@@ -32,7 +31,8 @@ class LocallyEnhancedFeedForward(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        prefix, tokens = x[:, :self.num_prefix_tokens], x[:, self.num_prefix_tokens:]
+        num_prefix = x.shape[1] - grid[0] * grid[1]
+        prefix, tokens = x[:, :num_prefix], x[:, num_prefix:]
         fmap = rearrange(tokens, 'b (h w) d -> b d h w', h=grid[0], w=grid[1])
         fmap = self.act(self.bn1(self.conv1(fmap)))
         fmap = self.act(self.bn2(self.conv2(fmap)))

@@ -10,20 +10,21 @@ class PositionalEncodingGenerator(nn.Module):
     """x + depthwise_conv3x3(x) over the patch grid; prefix tokens (class token) pass unchanged.
 
     x: (B, P + h*w, D) with P prefix tokens then the patches row-major, grid (h, w) ->
-    (B, P + h*w, D). The zero padding of the convolution is what lets the tokens learn where they
+    (B, P + h*w, D); P is what the grid leaves over (0 in detection mode, where the class token
+    is dropped). The zero padding of the convolution is what lets the tokens learn where they
     are, so the encoding follows the input to any size, square or not, with nothing to resample.
     """
 
-    def __init__(self, dim: int, kernel_size: int = 3, num_prefix_tokens: int = 1):
+    def __init__(self, dim: int, kernel_size: int = 3):
         super().__init__()
-        self.num_prefix_tokens = num_prefix_tokens
         self.proj = nn.Conv2d(dim, dim, kernel_size, 1, kernel_size // 2, groups=dim, bias=True)
         # He init over the fan-out of a depthwise kernel, as the official PEG code (Twins) does.
         nn.init.normal_(self.proj.weight, std=math.sqrt(2.0 / (kernel_size * kernel_size)))
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        prefix, patches = x[:, :self.num_prefix_tokens], x[:, self.num_prefix_tokens:]
+        num_prefix = x.shape[1] - grid[0] * grid[1]
+        prefix, patches = x[:, :num_prefix], x[:, num_prefix:]
         patch_map = rearrange(patches, 'b (h w) d -> b d h w', h=grid[0], w=grid[1])
         patch_map = patch_map + self.proj(patch_map)
         return torch.cat([prefix, rearrange(patch_map, 'b d h w -> b (h w) d')], dim=1)

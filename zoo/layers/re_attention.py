@@ -29,7 +29,11 @@ class ReAttention(Attention):
         self.head_norm = nn.BatchNorm2d(num_heads)
         self.map_scale = self.scale if scale_map else 1.0
 
-    def attention_map(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """q: (B, h, Nq, d), k: (B, h, Nk, d) -> re-generated map (B, h, Nq, Nk)."""
-        attn = self.map_drop(super().attention_map(q, k))
-        return self.head_norm(self.head_mix(attn)) * self.map_scale
+    def attention_map(self, q: torch.Tensor, k: torch.Tensor,
+                      key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """q: (B, h, Nq, d), k: (B, h, Nk, d) -> re-generated map (B, h, Nq, Nk). Masked keys
+        (``key_mask`` (B, Nk) False) get zero weight in the re-generated map as well: the head
+        mixing's bias and the norm would otherwise give them some."""
+        attn = self.map_drop(super().attention_map(q, k, key_mask))
+        attn = self.head_norm(self.head_mix(attn)) * self.map_scale
+        return attn if key_mask is None else attn * key_mask[:, None, None, :]

@@ -18,14 +18,11 @@ class ScaledResidualBlock(Block):
         super().__init__(dim, num_heads, **kwargs)
         self.branch_scale = branch_scale
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None,
-                return_attention: bool = False):
+    def residual_forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None,
+                         return_attention: bool = False):
         s = self.branch_scale
         kw = {} if grid is None else {'grid': grid}
-        if return_attention:
-            y, attn = self.attn(self.norm1(x * s), return_attention=True, **kw)
-        else:
-            y, attn = self.attn(self.norm1(x * s), **kw), None
+        y, attn = self.mix_tokens(self.norm1(x * s), grid, return_attention)
         x = x + self.drop_path1(self.ls1(y)) / s
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x * s), **kw))) / s
         return (x, attn) if return_attention else x

@@ -19,8 +19,14 @@ class SqueezeExcite(nn.Module):
         hidden_channels = hidden_channels or channels // reduction
         self.excite = Mlp(channels, hidden_channels, act_layer=nn.ReLU, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        squeezed = x.mean(dim=tuple(range(1, x.ndim - 1)), keepdim=True)  # (B, 1, ..., C)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` (B, N) for tokens (B, N, C): the mean runs over the True positions only
+        (window padding is no part of the image)."""
+        if mask is None:
+            squeezed = x.mean(dim=tuple(range(1, x.ndim - 1)), keepdim=True)  # (B, 1, ..., C)
+        else:
+            weights = mask[..., None].to(x.dtype)
+            squeezed = (x * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True)
         return x * self.excite(squeezed).sigmoid()
 
 
@@ -38,8 +44,9 @@ class SEAttention(Attention):
         self.se = SqueezeExcite(dim, se_reduction)
         self.se_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
-        out = super().forward(x, return_attention)
+    def forward(self, x: torch.Tensor, return_attention: bool = False,
+                grid: tuple[int, int] | None = None, key_mask: torch.Tensor | None = None):
+        out = super().forward(x, return_attention, key_mask=key_mask)
         out, attn = out if return_attention else (out, None)
-        out = self.se_drop(self.se(out))
+        out = self.se_drop(self.se(out, key_mask))
         return (out, attn) if return_attention else out

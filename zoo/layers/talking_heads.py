@@ -3,7 +3,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .attention import Attention
+from .attention import Attention, mask_keys
 
 
 class TalkingHeadsAttention(Attention):
@@ -32,9 +32,13 @@ class TalkingHeadsAttention(Attention):
         mixed = mix(rearrange(attn, 'b h i j -> b i j h'))
         return rearrange(mixed, 'b i j h -> b h i j')
 
-    def attention_map(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    def attention_map(self, q: torch.Tensor, k: torch.Tensor,
+                      key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """q: (B, h, Nq, d), k: (B, h, Nk, d) -> proj_w(softmax(proj_l(q*scale @ k^T))),
-        (B, h, Nq, Nk)."""
+        (B, h, Nq, Nk). Masked keys (``key_mask`` (B, Nk) False) are set to -inf after the
+        first head mixing (before it, -inf would spread over every head) and to zero after the
+        second, whose bias would otherwise give them weight."""
         # Scale q before the product, as the official code does, so fp32 results match it exactly.
         logits = self._mix_heads(self.proj_l, (q * self.scale) @ k.transpose(-2, -1))
-        return self._mix_heads(self.proj_w, logits.softmax(dim=-1))
+        attn = self._mix_heads(self.proj_w, mask_keys(logits, key_mask).softmax(dim=-1))
+        return attn if key_mask is None else attn * key_mask[:, None, None, :]

@@ -19,7 +19,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ..layers import init_weights_trunc_normal, prepend_tokens, resample_pos_embed
+from ..layers import Block, init_weights_trunc_normal, prepend_tokens, resample_pos_embed
+from ..layers.window import global_block_indices
 
 
 def classifier_head(dim: int, num_classes: int) -> nn.Module:
@@ -118,7 +119,7 @@ class TokenBackbone(nn.Module):
     def run_blocks(self, x: torch.Tensor, grid: tuple[int, int], return_attention: bool = False):
         """Tokens (B, P + h*w, D) through the blocks -> the tokens and the list of attention maps
         (empty unless asked for)."""
-        return apply_blocks(self.blocks, x, return_attention)
+        return apply_blocks(self.blocks, x, return_attention, grid=grid)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> normalised tokens (B, P + h*w, D)."""
@@ -134,12 +135,54 @@ class TokenBackbone(nn.Module):
         """(B, C, H, W) -> logits (B, num_classes)."""
         return self.forward_head(self.forward_features(x))
 
+    def embed_patches(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, C, H, W) -> the patch tokens alone (B, h*w, D), position added, and the grid:
+        detection mode. As ViTDet does, the class / distillation tokens are dropped (their
+        position rows with them): a detector reads the patches, and window attention has no
+        place for a token outside the grid."""
+        x, grid = self.embed(x)
+        return x[:, x.shape[1] - grid[0] * grid[1]:], grid
+
     def forward_feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, C, H, W) -> [(B, D, h, w)]: the normalised patch tokens laid out as a map (one
-        map, at the stride of the patch embedding)."""
-        x, grid = self.embed(x)
-        x = self.norm(self.run_blocks(x, grid)[0])
-        return [tokens_to_map(x, grid, self.num_prefix_tokens)]
+        map, at the stride of the patch embedding), in detection mode (no class tokens; window
+        attention where :meth:`set_window_attention` asked for it)."""
+        x, grid = self.embed_patches(x)
+        return [tokens_to_map(self.norm(self.run_blocks(x, grid)[0]), grid)]
+
+    # -- detection-resolution switches -----------------------------------------------------------
+    @property
+    def window_blocks(self) -> list[Block]:
+        """The self-attention blocks over the patch grid, in order: those window attention and
+        its global blocks count."""
+        return [b for b in self.blocks if isinstance(b, Block)]
+
+    def set_window_attention(self, window_size: int = 14, global_blocks=4) -> None:
+        """Window attention in the patch blocks (ViTDet, Li et al. 2022) for
+        :meth:`forward_feature_maps`: ``window_size`` x ``window_size`` token windows, except
+        the ``global_blocks`` (a count, spread evenly with the last block included, or a list
+        of block indices) that keep global attention. ``window_size=0`` turns windows off.
+        Classification (forward / forward_features, class token present) must run without."""
+        blocks = self.window_blocks
+        if isinstance(global_blocks, int):
+            global_blocks = global_block_indices(len(blocks), global_blocks)
+        bad = [i for i in global_blocks if not -len(blocks) <= i < len(blocks)]
+        if bad:
+            raise ValueError(f'global_blocks {list(global_blocks)} name blocks outside 0..{len(blocks) - 1}')
+        keep_global = {i % len(blocks) for i in global_blocks}
+        for i, block in enumerate(blocks):
+            block.window_size = 0 if i in keep_global else int(window_size)
+        self.window_size, self.global_blocks = int(window_size), tuple(sorted(keep_global))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch: in training, every transformer block recomputes its activations in
+        backward instead of keeping them (same gradients, less memory, about a third more
+        compute). Batch-norm running statistics inside a block (re-attention, LeFF, CvT's
+        projections) are updated again by the recomputation."""
+        for module in self.modules():
+            if isinstance(module, Block):
+                module.grad_checkpointing = enable
+        self.grad_checkpointing = enable
 
     @torch.no_grad()
     def get_attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:

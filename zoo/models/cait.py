@@ -24,6 +24,9 @@ class Cait(TokenBackbone):
     """CaiT over p x p patches.
 
     Self-attention stage: patch tokens (B, N, D) with a position table over the patches only.
+    forward_feature_maps is :class:`TokenBackbone`'s: class attention never changes the patches,
+    so the feature map is the patch rows of forward_features and the class-attention stage is
+    skipped.
     Class-attention stage: the class token (B, 1, D) reads the patches; forward_features returns
     the normalised [cls, patches] (B, 1 + N, D). Inputs of any size whose sides are multiples of
     the patch size are accepted: the position table is resampled bicubically to the input's grid.
@@ -92,13 +95,6 @@ class Cait(TokenBackbone):
         x = self.run_blocks(x, grid)[0]
         cls, _ = self.run_class_blocks(x)
         return self.norm(torch.cat([cls, x], dim=1))
-
-    def forward_feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, C, H, W) -> [(B, D, H/p, W/p)]: the patch tokens after the self-attention stack and
-        the final norm. Class attention never changes the patches, so these are exactly the patch
-        rows of forward_features, and the class-attention stage can be skipped."""
-        x, grid = self.embed(x)
-        return [tokens_to_map(self.norm(self.run_blocks(x, grid)[0]), grid)]
 
     @torch.no_grad()
     def get_attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:

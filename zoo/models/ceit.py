@@ -92,10 +92,11 @@ class CeiT(TokenBackbone):
 
     def forward_feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, C, H, W) -> [(B, D, H/16, W/16)]: the last block's patch tokens as a map. The
-        final norm belongs to the LCA output, so the tokens are left as the block gives them."""
-        x, grid = self.embed(x)
-        x, _ = self.forward_blocks(x, grid)
-        return [tokens_to_map(x, grid, self.num_prefix_tokens)]
+        final norm belongs to the LCA output, so the tokens are left as the block gives them.
+        Detection mode: the class token is dropped (LeFF never let it into the patches' path
+        anyway; only attention did), window attention where set."""
+        x, grid = self.embed_patches(x)
+        return [tokens_to_map(apply_blocks(self.blocks, x, grid=grid)[0], grid)]
 
     @torch.no_grad()
     def get_attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:

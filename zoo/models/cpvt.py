@@ -54,8 +54,7 @@ class CPVT(VisionTransformer):
             raise ValueError(f'peg_positions must name blocks 0..{depth - 1}, got {peg_positions}')
         self.peg_positions = tuple(positions)
         self.pos_block = nn.ModuleList([
-            PositionalEncodingGenerator(self.embed_dim, num_prefix_tokens=self.num_prefix_tokens)
-            for _ in positions])
+            PositionalEncodingGenerator(self.embed_dim) for _ in positions])
 
     def no_weight_decay(self) -> set[str]:
         # As Twins (the official PEG code) does: no decay on the class token and the PEG weights.
@@ -77,7 +76,7 @@ class CPVT(VisionTransformer):
         pegs = dict(zip(self.peg_positions, self.pos_block))
         maps = []
         for i, block in enumerate(self.blocks):
-            x, block_maps = apply_blocks([block], x, return_attention)
+            x, block_maps = apply_blocks([block], x, return_attention, grid=grid)
             maps += block_maps
             if i in pegs:
                 x = pegs[i](x, grid)

@@ -137,6 +137,11 @@ class ConvolutionalVisionTransformer(TokenBackbone):
         outs, _ = self.run_stages(x)
         return [stage.to_map(tokens, grid) for stage, (tokens, grid) in zip(self.stages, outs)]
 
+    def set_window_attention(self, window_size: int = 14, global_blocks=4) -> None:
+        raise ValueError('CvT has no window attention: its keys and values are already taken on '
+                         'a grid strided by 2 (a quarter of the tokens), and its first stages are '
+                         'shallow: set model.detector.backbone.window_size=0 (or use configs/*_cvt.py)')
+
     @torch.no_grad()
     def get_attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, C, H, W) -> one (B, heads, P + h*w, P + h'*w') softmax map per block, stage by
