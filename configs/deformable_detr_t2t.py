@@ -1,4 +1,6 @@
 _base_ = ['./_base_/models/deformable_detr.py', './_base_/datasets/coco_detection.py',
           './_base_/schedules/deformable_detr_50e.py', './_base_/default_runtime.py']
 # A single stride-16 map: the neck builds strides 8/16/32 (simple pyramid) and 64.
-model = dict(detector=dict(backbone=dict(name='t2t_vit_14')))
+# ViTDet's window attention: 14x14-token windows, four evenly spaced global blocks
+# (window_size=0 for global attention in every block).
+model = dict(detector=dict(backbone=dict(name='t2t_vit_14', window_size=14, global_blocks=4)))

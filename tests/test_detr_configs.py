@@ -77,3 +77,31 @@ def check_trains_and_evaluates(config: str, tiny_batch, overrides: dict | None =
 @pytest.mark.parametrize('config', CONFIGS, ids=lambda c: os.path.basename(c)[:-3])
 def test_family_trains_and_evaluates_through_its_config(config, tiny_batch):
     check_trains_and_evaluates(config, tiny_batch)
+
+
+@pytest.mark.parametrize('family', ['vit', 'deit', 'deepvit', 'cait', 'cpvt', 'ceit', 't2t'])
+def test_token_family_configs_ship_window_attention_and_stride_32(family):
+    """As ViTDet: 14 x 14-token windows with four evenly spaced global blocks; DETR reads the
+    stride-32 map, as it reads R50's C5."""
+    for prefix in ('detr', 'deformable_detr'):
+        cfg = Config.fromfile(os.path.join(ROOT, 'configs', f'{prefix}_{family}.py'))
+        backbone = cfg.model.detector.backbone
+        assert (backbone.window_size, backbone.global_blocks) == (14, 4), prefix
+    assert cfg.model.detector.get('feature_stride') is None  # Deformable DETR reads every level
+    cfg = Config.fromfile(os.path.join(ROOT, 'configs', f'detr_{family}.py'))
+    assert cfg.model.detector.feature_stride == 32
+    name = cfg.model.detector.backbone.name
+    cfg.merge_from_dict({'model.detector.backbone.name': SMALLEST.get(name, name),
+                         'model.detector.backbone.pretrained': False})
+    net = MODELS.build(cfg.model).net
+    windows = [b.window_size for b in net.backbone.body.window_blocks]
+    assert windows.count(0) == 4 and set(windows) == {0, 14} and windows[-1] == 0
+    feat = net.feature_pool(net.backbone(torch.randn(1, 3, 64, 96))[-1])
+    assert feat.shape[-2:] == (2, 3)
+
+
+def test_windows_with_padding_train_through_a_config(tiny_batch):
+    """3 x 3 windows on the 4 x 4 grid of 64 px images: padded windows, masked keys."""
+    check_trains_and_evaluates(os.path.join(ROOT, 'configs', 'detr_deit.py'), tiny_batch,
+                               {'model.detector.backbone.window_size': 3,
+                                'model.detector.feature_stride': 16})

@@ -14,7 +14,9 @@ model = dict(
     num_classes=3,
     detector=dict(backbone=dict(name='t2t_vit_7', pretrained=False), num_queries=4,
                   hidden_dim=128, num_heads=4, enc_layers=2, dec_layers=2, ffn_dim=512, dropout=0.0,
-                  denoising=dict(num_groups=5), dense_aux=True))
+                  denoising=dict(num_groups=5), dense_aux=True,
+                  # 96 px images: stride 16 keeps a 6 x 6 map (stride 32 would leave 3 x 3)
+                  feature_stride=16))
 # From scratch the backbone learns at the head's rate.
 optim_wrapper = dict(optimizer=dict(lr=2e-4),
                      paramwise_cfg=dict(custom_keys={'net.backbone': dict(lr_mult=1.0)}))
