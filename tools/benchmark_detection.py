@@ -5,6 +5,18 @@ of a training step, and COCO evaluation time with pycocotools vs faster-coco-eva
     python tools/benchmark_detection.py --coco-eval-only
     python tools/benchmark_detection.py --scaling --configs configs/detr_r50.py,configs/deformable_detr_r50.py
 
+``--step-table`` is the detection-resolution table: for each config (default: every family's
+DETR config and ``detr_r50``), one fresh process per variant, the training-step time, its peak
+memory, the backbone's share of the step (its forward + backward alone), the step's FLOPs
+(torch's FLOP counter) and so the achieved GFLOP/s, with the ratios to the first config (the
+R50 reference) and the machine's measured float32 / bfloat16 matrix-product rate:
+
+    python tools/benchmark_detection.py --step-table --variants shipped,global,checkpointing
+    python tools/benchmark_detection.py --step-table --configs configs/deformable_detr_r50.py,configs/deformable_detr_deit.py
+
+Variants: ``shipped`` (the config as it is: window attention in the token families), ``global``
+(window_size=0), ``checkpointing`` (grad_checkpointing=True on top of the shipped config).
+
 ``--scaling`` measures each detector at three input sizes (``--sizes``): training-step time,
 inference time and the peak memory of a training step, to show how each grows with image area
 (DETR's encoder attends over all pairs of positions; Deformable DETR's samples a fixed number).
@@ -134,6 +146,86 @@ def scaling_in_subprocess(config: str, size, steps: int, device: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+VARIANTS = {'shipped': {}, 'global': {'model.detector.backbone.window_size': 0},
+            'checkpointing': {'model.detector.backbone.grad_checkpointing': True}}
+
+
+def gemm_rate_gflops(dtype: torch.dtype, n: int = 2048, repeat: int = 5) -> float:
+    """The machine's matrix-product rate: an n-cube product in ``dtype``, best of ``repeat``."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = float('inf')
+    for _ in range(repeat):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
+def step_point(config: str, variant: str, size, steps: int, device) -> dict:
+    """One config in one variant at one size, batch 1: step time, step peak memory, the
+    backbone's forward + backward time, and the FLOPs of a step."""
+    from torch.utils.flop_counter import FlopCounterMode
+    cfg = Config.fromfile(config)
+    options = {'model.detector.backbone.pretrained': False}
+    is_resnet = cfg.model.detector.backbone.name == 'resnet50'
+    if variant != 'shipped' and is_resnet:
+        raise ValueError(f'variant {variant!r} is for zoo backbones, not {config}')
+    cfg.merge_from_dict({**options, **VARIANTS[variant]})
+    model = MODELS.build(cfg.model).to(device)
+    optim = build_optim_wrapper(model, cfg.optim_wrapper)
+    data = _batch(1, size, device)
+    model.train()
+    model.train_step(dict(data), optim)  # warm-up: optimiser state exists before measuring
+    memory = step_peak_memory_mib(model, optim, data, device)
+    train = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        model.train_step(dict(data), optim)
+        train.append(time.perf_counter() - start)
+    backbone, images = model.net.backbone, data['inputs']
+    spent = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        sum(m.float().square().mean() for m in backbone(images)).backward()
+        spent.append(time.perf_counter() - start)
+    optim.zero_grad()
+    with FlopCounterMode(display=False) as counter:
+        model.train_step(dict(data), optim)
+    return dict(step_s=statistics.median(train), memory_mib=memory,
+                backbone_s=statistics.median(spent), gflop=counter.get_total_flops() / 1e9)
+
+
+def step_in_subprocess(config: str, variant: str, size, steps: int, device: str) -> dict:
+    cmd = [sys.executable, __file__, '--child-step', config, variant, f'{size[0]}x{size[1]}',
+           '--steps', str(steps), '--device', device]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f'{config} ({variant}) at {size}: {done.stderr[-2000:]}')
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def step_table(configs: list[str], variants: list[str], size, steps: int, device: str) -> None:
+    """Prints the table; the first config is the reference the ratios are taken to."""
+    fp32, bf16 = gemm_rate_gflops(torch.float32), gemm_rate_gflops(torch.bfloat16)
+    print(f'# matrix-product rate (2048^3): float32 {fp32:.0f} GFLOP/s, bfloat16 {bf16:.0f} GFLOP/s')
+    print(f'| config | variant | step s | x ref | peak MiB | x ref | backbone share | GFLOP | '
+          f'GFLOP/s | of fp32 peak |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
+    ref = None
+    for config in configs:
+        name = config.split('/')[-1].removesuffix('.py')
+        resnet = Config.fromfile(config).model.detector.backbone.name == 'resnet50'
+        for variant in (['shipped'] if resnet else variants):
+            r = step_in_subprocess(config, variant, size, steps, device)
+            ref = ref or r
+            rate = r['gflop'] / r['step_s']
+            print(f'| {name} | {variant} | {r["step_s"]:.2f} | {r["step_s"] / ref["step_s"]:.2f} | '
+                  f'{r["memory_mib"]:.0f} | {r["memory_mib"] / ref["memory_mib"]:.2f} | '
+                  f'{100 * min(1.0, r["backbone_s"] / r["step_s"]):.0f}% | {r["gflop"]:.0f} | '
+                  f'{rate:.0f} | {100 * rate / fp32:.0f}% |', flush=True)
+
+
 def coco_eval_timings(num_images=500, seed=0) -> dict:
     rng = np.random.default_rng(seed)
     images = [dict(id=i, file_name=f'{i}.jpg', width=640, height=480) for i in range(num_images)]
@@ -167,14 +259,32 @@ def main(argv=None):
     p.add_argument('--coco-images', type=int, default=500)
     p.add_argument('--scaling', action='store_true', help='time and memory at three input sizes')
     p.add_argument('--sizes', default='400x667,600x1000,800x1333')
+    p.add_argument('--step-table', action='store_true',
+                   help='training-step time and memory per family and variant, against the first config')
+    p.add_argument('--variants', default='shipped,global,checkpointing')
     p.add_argument('--child-scaling', nargs=2, help=argparse.SUPPRESS)
+    p.add_argument('--child-step', nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.child_step:
+        config, variant, size = args.child_step
+        size = tuple(int(v) for v in size.split('x'))
+        print(json.dumps(step_point(config, variant, size, args.steps, torch.device(args.device))))
+        return
     if args.child_scaling:
         config, size = args.child_scaling
         size = tuple(int(v) for v in size.split('x'))
         print(json.dumps(scaling_point(config, size, args.steps, torch.device(args.device))))
         return
     print(f'# {machine()}; torch {torch.__version__}')
+    if args.step_table:
+        configs = args.configs
+        if configs == p.get_default('configs'):
+            configs = ','.join(f'configs/detr_{f}.py' for f in
+                               ('r50', 't2t', 'deit', 'vit', 'deepvit', 'cait', 'cpvt', 'ceit', 'cvt'))
+        print(f'# input {args.size[0]}x{args.size[1]} (padded to multiples of 32), batch 1, '
+              f'{args.steps} timed steps per point (median), one process per point')
+        step_table(configs.split(','), args.variants.split(','), tuple(args.size), args.steps, args.device)
+        return
     if args.scaling:
         sizes = [tuple(int(v) for v in s.split('x')) for s in args.sizes.split(',')]
         print(f'{"config":28s} {"input":>10s} {"pixels":>8s} {"train step s":>12s} {"infer s":>8s} '
