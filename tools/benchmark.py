@@ -3,6 +3,13 @@
 
     python tools/benchmark.py --models vit_small_patch16_224,deit_small_patch16_224 --batch-size 8
     python tools/benchmark.py --device cuda --dtype bfloat16          # on a GPU
+    python tools/benchmark.py --dtype bfloat16 --vs-float32 --no-peer --no-memory   # bf16 speed-up
+
+``--dtype bfloat16`` (or float16) measures autocast: float32 weights, ``torch.autocast`` on the
+device around each forward, as ``test.py --amp`` runs. ``--cast`` measures the model and input
+cast to the dtype instead (``model.to(dtype)``: every op in that dtype, layer norms and softmax
+included). ``--vs-float32`` also measures each implementation in float32 in the same alternating
+rounds and prints the speed-up of the dtype over float32.
 
 Throughput: ours and the peer alternate round by round (so drift in machine load hits both),
 each going first in every other round, each round timing ``--iters`` forwards; the median
@@ -45,9 +52,32 @@ def peer_builder(name: str):
     return None
 
 
-def build(name: str, impl: str, device, dtype):
+def build(name: str, impl: str, device, dtype, cast: bool = True):
+    """The model in eval mode on ``device``; its weights in ``dtype`` when ``cast``, else float32."""
     model = zoo.create_model(name) if impl == 'zoo' else peer_builder(name)()
-    return model.eval().to(device=device, dtype=dtype)
+    if impl == 'zoo' and EXPLICIT_ATTENTION:
+        for m in model.modules():
+            if hasattr(m, 'fused'):
+                m.fused = False
+    return model.eval().to(device=device, dtype=dtype if cast else torch.float32)
+
+
+# --explicit-attention: the zoo's attention through q k^T, softmax, @ v (three ops) instead of
+# F.scaled_dot_product_attention (on a CPU in bfloat16 the explicit path's matmuls run on
+# oneDNN's bfloat16 kernels, while the fused kernel is about as slow as in float32).
+EXPLICIT_ATTENTION = False
+
+
+def forward_fn(model, x, dtype, cast: bool):
+    """A callable running one forward: plain in float32 or with cast weights, otherwise under
+    autocast to ``dtype`` (entered for each forward, as an evaluation loop does)."""
+    if dtype == torch.float32 or cast:
+        return lambda: model(x)
+
+    def run():
+        with torch.autocast(x.device.type, dtype=dtype):
+            return model(x)
+    return run
 
 
 def input_for(name: str, batch: int, img_size, device, dtype):
@@ -60,29 +90,38 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_round(model, x, iters: int) -> float:
-    sync(x.device)
+def time_round(fn, device, iters: int) -> float:
+    sync(device)
     start = time.perf_counter()
     for _ in range(iters):
-        model(x)
-    sync(x.device)
+        fn()
+    sync(device)
     return (time.perf_counter() - start) / iters
 
 
 @torch.inference_mode()
 def throughput(name: str, args, device, dtype) -> dict:
+    """images/s keyed 'zoo', 'peer' (at ``dtype``) and, with ``--vs-float32``, 'zoo_fp32',
+    'peer_fp32'; all measured in the same alternating rounds."""
     impls = ['zoo'] + (['peer'] if peer_builder(name) and not args.no_peer else [])
-    models = {i: build(name, i, device, dtype) for i in impls}
-    x = input_for(name, args.batch_size, args.img_size, device, dtype)
+    precisions = [dtype] + ([torch.float32] if args.vs_float32 and dtype != torch.float32 else [])
+    fns = {}
+    for i in impls:
+        for d in precisions:
+            cast = args.cast or d == torch.float32
+            model = build(name, i, device, d, cast=cast)
+            x = input_for(name, args.batch_size, args.img_size, device, d if cast else torch.float32)
+            fns[i if d == dtype else f'{i}_fp32'] = forward_fn(model, x, d, cast)
+    keys = list(fns)
     for _ in range(args.warmup):
-        for m in models.values():
-            m(x)
-    times = {i: [] for i in impls}
+        for fn in fns.values():
+            fn()
+    times = {k: [] for k in keys}
     for r in range(args.rounds):
         # Alternate who goes first, so neither profits from the other's warm caches.
-        for i in (impls if r % 2 == 0 else impls[::-1]):
-            times[i].append(time_round(models[i], x, args.iters))
-    return {i: args.batch_size / statistics.median(t) for i, t in times.items()}
+        for k in (keys if r % 2 == 0 else keys[::-1]):
+            times[k].append(time_round(fns[k], device, args.iters))
+    return {k: args.batch_size / statistics.median(t) for k, t in times.items()}
 
 
 def _rss_kib(field: str) -> int:
@@ -96,27 +135,29 @@ def _rss_kib(field: str) -> int:
 @torch.inference_mode()
 def peak_memory_mib(name: str, impl: str, args, device, dtype) -> float:
     """Peak memory of one forward beyond what model and input already hold, in MiB."""
-    model = build(name, impl, device, dtype)
-    x = input_for(name, args.batch_size, args.img_size, device, dtype)
+    model = build(name, impl, device, dtype, cast=args.cast)
+    x = input_for(name, args.batch_size, args.img_size, device, dtype if args.cast else torch.float32)
+    forward = forward_fn(model, x, dtype, args.cast)
     if device.type == 'cuda':
-        model(x)
+        forward()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        model(x)
+        forward()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     # Writing 5 to clear_refs resets the resident-set high-water mark (Linux >= 4.0).
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')
     base = _rss_kib('VmRSS')
-    model(x)
+    forward()
     return (_rss_kib('VmHWM') - base) / 1024
 
 
 def memory_in_subprocess(name: str, impl: str, args) -> float | None:
     cmd = [sys.executable, __file__, '--child-memory', name, impl, '--batch-size', str(args.batch_size),
-           '--device', args.device, '--dtype', args.dtype]
+           '--device', args.device, '--dtype', args.dtype] + (['--cast'] if args.cast else []) + \
+        (['--explicit-attention'] if args.explicit_attention else [])
     if args.img_size:
         cmd += ['--img-size', *map(str, args.img_size)]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -146,7 +187,14 @@ def main(argv=None):
     p.add_argument('--img-size', type=int, nargs=2, metavar=('H', 'W'),
                    help='input size (default: the model\'s own)')
     p.add_argument('--device', default='cpu')
-    p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'])
+    p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'],
+                   help='bfloat16 / float16: autocast around each forward, weights float32')
+    p.add_argument('--cast', action='store_true',
+                   help='cast weights and input to --dtype instead of autocast (model.to(dtype))')
+    p.add_argument('--vs-float32', action='store_true',
+                   help='also measure float32 in the same rounds and print the speed-up of --dtype')
+    p.add_argument('--explicit-attention', action='store_true',
+                   help='zoo models: attention as matmul-softmax-matmul instead of the fused kernel')
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--rounds', type=int, default=7)
     p.add_argument('--iters', type=int, default=3, help='forwards per timed round')
@@ -156,6 +204,8 @@ def main(argv=None):
     p.add_argument('--child-memory', nargs=2, metavar=('NAME', 'IMPL'), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    global EXPLICIT_ATTENTION
+    EXPLICIT_ATTENTION = args.explicit_attention
 
     if args.child_memory:
         print(peak_memory_mib(*args.child_memory, args, device, dtype))
@@ -168,24 +218,35 @@ def main(argv=None):
             zoo.get_model_info(n)  # unknown names fail here, with suggestions
             names.append(n)
 
-    print(f'# {machine()}; torch {torch.__version__}; batch {args.batch_size}; {args.dtype}; '
-          f'inference')
+    mode = args.dtype if dtype == torch.float32 else f'{args.dtype} {"cast" if args.cast else "autocast"}'
+    vs = args.vs_float32 and dtype != torch.float32
+    mode += '; explicit attention' if args.explicit_attention else ''
+    print(f'# {machine()}; torch {torch.__version__}; batch {args.batch_size}; {mode}; inference')
     header = f'{"model":34s} {"zoo img/s":>10s} {"peer img/s":>10s} {"ratio":>6s}' + \
+        (f' {"zoo fp32":>9s} {"speed-up":>8s} {"peer fp32":>9s} {"speed-up":>8s}' if vs else '') + \
         ('' if args.no_memory else f' {"zoo MiB":>8s} {"peer MiB":>8s} {"mem ratio":>9s}')
     print(header)
+    fmt = lambda v, spec: format(v, spec) if v is not None else f'{"-":>{spec.split(".")[0]}}'  # noqa: E731
+    div = lambda a, b: a / b if a is not None and b else None  # noqa: E731
     results = []
     for name in names:
         ips = throughput(name, args, device, dtype)
         row = dict(model=name, zoo_ips=ips['zoo'], peer_ips=ips.get('peer'))
+        if vs:
+            row.update(zoo_fp32_ips=ips['zoo_fp32'], peer_fp32_ips=ips.get('peer_fp32'),
+                       zoo_speedup=div(ips['zoo'], ips['zoo_fp32']),
+                       peer_speedup=div(ips.get('peer'), ips.get('peer_fp32')))
         if not args.no_memory:
             row['zoo_mib'] = memory_in_subprocess(name, 'zoo', args)
             row['peer_mib'] = memory_in_subprocess(name, 'peer', args) if 'peer' in ips else None
         results.append(row)
-        fmt = lambda v, spec: format(v, spec) if v is not None else f'{"-":>{spec.split(".")[0]}}'  # noqa: E731
-        ratio = ips['zoo'] / ips['peer'] if 'peer' in ips else None
+        ratio = div(ips['zoo'], ips.get('peer'))
         line = f'{name:34s} {fmt(ips["zoo"], "10.1f")} {fmt(ips.get("peer"), "10.1f")} {fmt(ratio, "5.2f")}x'
+        if vs:
+            line += (f' {fmt(row["zoo_fp32_ips"], "9.1f")} {fmt(row["zoo_speedup"], "7.2f")}x'
+                     f' {fmt(row["peer_fp32_ips"], "9.1f")} {fmt(row["peer_speedup"], "7.2f")}x')
         if not args.no_memory:
-            mratio = row['zoo_mib'] / row['peer_mib'] if row.get('peer_mib') else None
+            mratio = div(row['zoo_mib'], row['peer_mib'])
             line += f' {fmt(row["zoo_mib"], "8.0f")} {fmt(row["peer_mib"], "8.0f")} {fmt(mratio, "8.2f")}x'
         print(line, flush=True)
     if args.json:

@@ -4,10 +4,13 @@
     python tools/infer.py CONFIG CHECKPOINT --val 8 --out work_dirs/demo/predictions.png
     python tools/infer.py CONFIG CHECKPOINT --data my_coco_folder --img-size 256 --val 8
 
+``--amp`` runs the detector under autocast (bfloat16 on a CPU, float16 on a GPU).
+
 ``--val N`` draws the first N images of the config's validation set in one grid, predictions
 in colour and ground truth in white.
 """
 import argparse
+import contextlib
 import os
 import os.path as osp
 
@@ -25,6 +28,7 @@ import detection.engine  # noqa: F401
 from detection.data import transforms as recipes
 from detection.data.coco import collate_detection
 from detection.data.folder import add_data_arguments, apply_data_arguments
+from zoo.engine import autocast_for
 from zoo.pretrained import read_checkpoint
 
 COLORS = ['#e6194b', '#3cb44b', '#4363d8', '#f58231', '#911eb4', '#42d4f4', '#f032e6', '#bfef45']
@@ -94,6 +98,8 @@ def main(argv=None):
     p.add_argument('--out-dir', default='work_dirs/vis', help='one picture per input image')
     p.add_argument('--score-thr', type=float, default=0.5)
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
+    p.add_argument('--amp', action='store_true', help='autocast: bfloat16 on a CPU, float16 on a GPU')
+    p.add_argument('--amp-dtype', choices=['auto', 'bfloat16', 'float16'], default='auto')
     add_data_arguments(p)
     args = p.parse_args(argv)
     cfg = Config.fromfile(args.config)
@@ -101,6 +107,12 @@ def main(argv=None):
         cfg.merge_from_dict(args.cfg_options)
     apply_data_arguments(cfg, args)
     model, classes = load_detector(cfg, args.checkpoint)
+    with (autocast_for(model, None if args.amp_dtype == 'auto' else args.amp_dtype) if args.amp
+          else contextlib.nullcontext()):
+        run(args, cfg, model, classes)
+
+
+def run(args, cfg, model, classes):
     if args.val:
         print(visualize_val(cfg, model, classes, args.val, args.out, args.score_thr))
     if not args.images:

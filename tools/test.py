@@ -4,6 +4,7 @@ optionally saves the detections json.
     python tools/test.py configs/detr_t2t.py work_dirs/detr_t2t/epoch_150.pth --out dets.json
     python tools/test.py CONFIG CHECKPOINT --data my_coco_folder --img-size 256   # its val split
     python tools/test.py configs/classification/deit_tiny_fashion_mnist.py work_dirs/x/epoch_5.pth
+    python tools/test.py CONFIG CHECKPOINT --amp    # bfloat16 autocast on a CPU, float16 on a GPU
 """
 import argparse
 import os
@@ -15,7 +16,7 @@ from mmengine.config import DictAction
 import classification.engine  # noqa: F401  (registers the classifier, datasets and metric)
 import detection.engine  # noqa: F401
 from detection.data.folder import add_data_arguments, apply_data_arguments
-from zoo.engine import Runner, load_config
+from zoo.engine import Runner, load_config, use_amp_evaluation
 
 
 def main(argv=None):
@@ -24,6 +25,9 @@ def main(argv=None):
     p.add_argument('checkpoint')
     p.add_argument('--out', help='write the detections (COCO results json) here')
     p.add_argument('--work-dir')
+    p.add_argument('--amp', action='store_true',
+                   help='run inference under autocast: bfloat16 on a CPU, float16 on a GPU (see --amp-dtype)')
+    p.add_argument('--amp-dtype', choices=['auto', 'bfloat16', 'float16'], default='auto')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
     add_data_arguments(p)
     p.add_argument('--launcher', choices=['none', 'pytorch'], default='none')
@@ -35,6 +39,8 @@ def main(argv=None):
     cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
     apply_data_arguments(cfg, args)
     cfg.load_from = args.checkpoint
+    if args.amp:
+        use_amp_evaluation(cfg, None if args.amp_dtype == 'auto' else args.amp_dtype)
     if args.out:
         evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [cfg.test_evaluator]
         for evaluator in evaluators:

@@ -5,6 +5,7 @@
     python tools/train.py CONFIG --resume                          # from the last checkpoint
     python tools/train.py configs/demo/detr_t2t_shapes.py --data my_coco_folder --img-size 256
     python tools/train.py CONFIG --time-budget 10                  # stop within 10 minutes
+    python tools/train.py CONFIG --amp                 # bfloat16 autocast on a CPU, float16 on a GPU
     python tools/train.py CONFIG --cfg-options model.detector.backbone.name=cvt_13
     torchrun --nproc_per_node=2 tools/train.py CONFIG --launcher pytorch   # CPU (gloo) or GPU
 """
@@ -17,7 +18,7 @@ from mmengine.config import Config, DictAction
 import classification.engine  # noqa: F401  (registers the classifier, datasets and metric)
 import detection.engine  # noqa: F401  (registers the detectors, datasets and metric)
 from detection.data.folder import add_data_arguments, apply_data_arguments
-from zoo.engine import Runner, load_config
+from zoo.engine import Runner, load_config, use_amp
 
 
 def parse_args(argv=None):
@@ -26,7 +27,11 @@ def parse_args(argv=None):
     p.add_argument('--work-dir', help='where logs and checkpoints go (default: work_dirs/<config name>)')
     p.add_argument('--resume', nargs='?', const='auto', default=None,
                    help='resume from the latest checkpoint in the work dir, or from the given one')
-    p.add_argument('--amp', action='store_true', help='automatic mixed precision')
+    p.add_argument('--amp', action='store_true',
+                   help='automatic mixed precision: on a CPU bfloat16 autocast (no loss scaling), '
+                        'on a GPU float16 with dynamic loss scaling (mmengine AmpOptimWrapper)')
+    p.add_argument('--amp-dtype', choices=['auto', 'bfloat16', 'float16'], default='auto',
+                   help='autocast dtype for --amp (auto: bfloat16 on a CPU, float16 on a GPU)')
     p.add_argument('--time-budget', type=float, metavar='MIN',
                    help='stop after the last epoch that fits in MIN minutes of training (it is evaluated)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config entries: key=value')
@@ -48,8 +53,7 @@ def build_config(args) -> Config:
     if args.time_budget:
         cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(type='TimeBudgetHook', minutes=args.time_budget)]
     if args.amp:
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+        use_amp(cfg, None if args.amp_dtype == 'auto' else args.amp_dtype)
     return cfg
 
 

@@ -8,7 +8,15 @@ Two fixes live here, so users need no environment variables:
 * ``--launcher pytorch`` on a CPU-only machine: mmengine's ``init_dist`` calls
   ``torch.cuda.set_device`` and its DDP wrapper passes ``device_ids``. Without CUDA the process
   group is started with gloo here first, and the model is wrapped without device ids.
+
+And mixed precision that also works on a CPU (``--amp`` of train.py and test.py): mmengine's
+``AmpOptimWrapper`` refuses to start without CUDA/NPU/MLU/MUSA (its loss scaler is
+``torch.cuda.amp.GradScaler``). ``AutocastOptimWrapper`` runs the training forward and loss under
+``torch.autocast`` on the model's device, without loss scaling (bfloat16 has float32's exponent
+range, so gradients do not underflow); ``AutocastValLoop`` / ``AutocastTestLoop`` evaluate under
+autocast. On a CPU autocast means bfloat16.
 """
+import contextlib
 import logging
 import os
 import os.path as osp
@@ -20,9 +28,10 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.logging import MMLogger
 from mmengine.model import MMDistributedDataParallel, is_model_wrapper
-from mmengine.optim import DefaultOptimWrapperConstructor
-from mmengine.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
+from mmengine.registry import HOOKS, LOOPS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS
 from mmengine.runner import Runner as _Runner
+from mmengine.runner import TestLoop, ValLoop
 from mmengine.runner.checkpoint import CheckpointLoader
 
 
@@ -110,4 +119,112 @@ def load_config(path: str, cfg_options: dict | None = None, launcher: str = 'non
     cfg.launcher = launcher
     cfg.work_dir = work_dir or cfg.get('work_dir') or osp.join(
         'work_dirs', osp.splitext(osp.basename(path))[0])
+    return cfg
+
+
+# --- mixed precision -----------------------------------------------------------------------------
+
+def model_device_type(model: torch.nn.Module) -> str:
+    """'cpu', 'cuda', ... where the model's first parameter lives (cpu for a model without any)."""
+    param = next(model.parameters(), None)
+    return param.device.type if param is not None else 'cpu'
+
+
+def resolve_amp_dtype(dtype: str | torch.dtype | None, device_type: str) -> torch.dtype:
+    """The autocast dtype: as given, or the device's usual one (CPU: bfloat16, the only one CPU
+    autocast speeds up; CUDA: float16). A string names a torch dtype ('bfloat16', 'float16')."""
+    if dtype is None or dtype == 'auto':
+        return torch.bfloat16 if device_type == 'cpu' else torch.float16
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f'autocast dtype must be bfloat16 or float16, got {dtype}')
+    return dtype
+
+
+def autocast_for(model: torch.nn.Module, dtype: str | torch.dtype | None = None, enabled: bool = True):
+    """``torch.autocast`` on the model's device with :func:`resolve_amp_dtype`'s dtype."""
+    device_type = model_device_type(model)
+    return torch.autocast(device_type=device_type, dtype=resolve_amp_dtype(dtype, device_type),
+                          enabled=enabled)
+
+
+@OPTIM_WRAPPERS.register_module()
+class AutocastOptimWrapper(OptimWrapper):
+    """Mixed-precision training on any device torch can autocast on, the CPU included
+    (``train.py --amp`` without CUDA): the forward and the loss run under ``torch.autocast`` on
+    the model's device (``dtype``: 'bfloat16' | 'float16' | None = the device's usual, bfloat16
+    on a CPU). No loss scaling: meant for bfloat16, whose exponent range is float32's. With
+    float16 (gradients may underflow) use mmengine's ``AmpOptimWrapper`` on a GPU instead.
+
+    Weights, gradients and optimiser state stay float32; autocast casts weights to bfloat16 for
+    each matmul / convolution, and ops that autocast keeps in float32 (losses such as
+    cross-entropy, L1, GIoU parts built of float32 ops) see float32 inputs."""
+
+    def __init__(self, dtype: str | torch.dtype | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.cast_dtype = dtype
+
+    @contextlib.contextmanager
+    def optim_context(self, model: torch.nn.Module):
+        with super().optim_context(model), autocast_for(model, self.cast_dtype):
+            yield
+
+
+class _AutocastLoopMixin:
+    """Runs each evaluation iteration under autocast on the model's device."""
+
+    def _init_autocast(self, dtype):
+        self.amp_dtype = dtype
+
+    def run_iter(self, idx, data_batch):
+        with autocast_for(self.runner.model, self.amp_dtype):
+            super().run_iter(idx, data_batch)
+
+
+@LOOPS.register_module()
+class AutocastValLoop(_AutocastLoopMixin, ValLoop):
+    """mmengine's ValLoop under autocast (``dtype`` as :class:`AutocastOptimWrapper`: None is
+    bfloat16 on a CPU, float16 on a GPU). mmengine's own ``fp16=True`` uses float16 on CUDA and
+    cannot choose bfloat16 there."""
+
+    def __init__(self, runner, dataloader, evaluator, dtype: str | None = None, **kwargs):
+        super().__init__(runner, dataloader, evaluator, **kwargs)
+        self._init_autocast(dtype)
+
+
+@LOOPS.register_module()
+class AutocastTestLoop(_AutocastLoopMixin, TestLoop):
+    """mmengine's TestLoop under autocast (``test.py --amp``); ``dtype`` as AutocastValLoop."""
+
+    def __init__(self, runner, dataloader, evaluator, dtype: str | None = None, **kwargs):
+        super().__init__(runner, dataloader, evaluator, **kwargs)
+        self._init_autocast(dtype)
+
+
+def use_amp(cfg: Config, dtype: str | None = None, device_type: str | None = None) -> Config:
+    """Turn on mixed-precision training in ``cfg`` (``train.py --amp``): on CUDA (and no dtype
+    or float16) mmengine's ``AmpOptimWrapper`` with dynamic loss scaling as before; anywhere
+    else (CPU) or with bfloat16, :class:`AutocastOptimWrapper` (no loss scaling needed)."""
+    device_type = device_type or ('cuda' if torch.cuda.is_available() else 'cpu')
+    resolved = resolve_amp_dtype(dtype, device_type)
+    wrapper = cfg.optim_wrapper
+    if device_type == 'cuda' and resolved == torch.float16:
+        wrapper.type = 'AmpOptimWrapper'
+        wrapper.setdefault('loss_scale', 'dynamic')
+    else:
+        wrapper.type = 'AutocastOptimWrapper'
+        wrapper.pop('loss_scale', None)
+    wrapper.dtype = str(resolved).replace('torch.', '')
+    return cfg
+
+
+def use_amp_evaluation(cfg: Config, dtype: str | None = None, which: str = 'test_cfg') -> Config:
+    """Evaluate under autocast (``test.py --amp``): ``cfg.<which>`` becomes the autocast loop."""
+    loop = dict(cfg.get(which) or {})
+    loop_type = loop.get('type', 'TestLoop' if which == 'test_cfg' else 'ValLoop')
+    if loop_type not in ('TestLoop', 'ValLoop', 'AutocastTestLoop', 'AutocastValLoop'):
+        raise SystemExit(f'--amp: {which} uses the loop {loop_type}, which has no autocast variant')
+    loop.pop('fp16', None)
+    loop.update(type='AutocastTestLoop' if which == 'test_cfg' else 'AutocastValLoop', dtype=dtype)
+    cfg[which] = loop
     return cfg
