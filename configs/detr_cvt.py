@@ -1,3 +1,4 @@
 _base_ = ['./_base_/models/detr.py', './_base_/datasets/coco_detection.py',
           './_base_/schedules/detr_150e.py', './_base_/default_runtime.py']
-model = dict(detector=dict(backbone=dict(name='cvt_13')))
+# Stage 1 (stride 4) frozen, as DETR freezes ResNet-50's stem and first stage.
+model = dict(detector=dict(backbone=dict(name='cvt_13', frozen_blocks=1)))

@@ -1,5 +1,7 @@
 _base_ = ['./_base_/models/detr.py', './_base_/datasets/coco_detection.py',
           './_base_/schedules/detr_150e.py', './_base_/default_runtime.py']
-# ViTDet's window attention: 14x14-token windows, four evenly spaced global blocks
-# (window_size=0 for global attention in every block).
-model = dict(detector=dict(backbone=dict(name='deepvit_s', window_size=14, global_blocks=4)))
+# ViTDet's window attention: 14x14-token windows, four evenly spaced global blocks (window_size=0:
+# global in every block). The stem and the first quarter of the blocks are frozen, as DETR freezes
+# ResNet-50's stem and first stage (frozen_blocks=0 trains them all).
+model = dict(detector=dict(backbone=dict(name='deepvit_s', window_size=14, global_blocks=4,
+                                         frozen_blocks=4)))

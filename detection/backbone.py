@@ -20,19 +20,29 @@ class ZooBackbone(nn.Module):
     ``window_size`` (and ``global_blocks``) switch on ViTDet's window attention in a token
     family (:meth:`zoo.models._base.TokenBackbone.set_window_attention`); ``grad_checkpointing``
     recomputes each block's activations in backward. Both change nothing in the weights.
+    ``frozen_blocks`` N freezes the stem and the first N blocks (no gradient, eval mode), as
+    DETR freezes ResNet-50's stem and first stage.
     """
 
     def __init__(self, name: str, pretrained=False, out_indices=(-1,), window_size: int = 0,
-                 global_blocks=4, grad_checkpointing: bool = False, **overrides):
+                 global_blocks=4, grad_checkpointing: bool = False, frozen_blocks: int = 0,
+                 **overrides):
         super().__init__()
         self.body = zoo.create_model(name, pretrained=pretrained, num_classes=0, **overrides)
         if window_size:
             self.body.set_window_attention(window_size, global_blocks)
         if grad_checkpointing:
             self.body.set_grad_checkpointing(True)
+        self.frozen = self.body.freeze_blocks(frozen_blocks) if frozen_blocks else []
         n = len(self.body.feature_info)
         self.out_indices = [i % n for i in out_indices]
         self.feature_info = [self.body.feature_info[i] for i in self.out_indices]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in self.frozen:  # frozen: no batch-norm statistics change, no dropout
+            module.eval()
+        return self
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         maps = self.body.forward_feature_maps(images)

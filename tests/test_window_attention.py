@@ -179,3 +179,28 @@ def test_config_switches_reach_the_blocks():
     assert all(b.grad_checkpointing for b in backbone.body.blocks)
     with pytest.raises(ValueError, match='resnet50 takes no'):
         build_backbone('resnet50', window_size=14)
+
+
+@pytest.mark.parametrize('name,blocks', [('deit_tiny_patch16_224', 3), ('t2t_vit_7', 2),
+                                         ('cpvt_ti', 1), ('ceit_t', 2), ('deepvit_s', 2),
+                                         ('cait_xxs24_224', 2), ('cvt_13', 1)])
+def test_frozen_blocks_get_no_gradient_and_stay_in_eval(name, blocks):
+    """As DETR's frozen ResNet stem and first stage: the stem and the first blocks get no
+    gradient, every later block does, and training mode leaves the frozen part in eval."""
+    from detection.backbone import build_backbone
+    backbone = build_backbone(name, depth=4, frozen_blocks=blocks) if name != 'cvt_13' else \
+        build_backbone(name, frozen_blocks=blocks)
+    backbone.train()
+    assert backbone.frozen and all(not m.training for m in backbone.frozen)
+    maps = backbone(torch.randn(1, 3, 64, 64))
+    sum(m.square().mean() for m in maps).backward()
+    frozen = {id(p) for m in backbone.frozen for p in m.parameters()}
+    body = backbone.body
+    later = body.stages[-1].blocks if name == 'cvt_13' else body.window_blocks[blocks:]
+    for p in body.parameters():
+        if id(p) in frozen:
+            assert not p.requires_grad and p.grad is None
+    assert all(p.grad is not None for b in later for p in b.parameters() if p.requires_grad)
+    assert sum(p.requires_grad for p in body.parameters()) < len(list(body.parameters()))
+    with pytest.raises(ValueError, match='frozen_blocks must be between'):
+        build_backbone(name, frozen_blocks=100)

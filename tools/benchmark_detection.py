@@ -11,11 +11,13 @@ memory, the backbone's share of the step (its forward + backward alone), the ste
 (torch's FLOP counter) and so the achieved GFLOP/s, with the ratios to the first config (the
 R50 reference) and the machine's measured float32 / bfloat16 matrix-product rate:
 
-    python tools/benchmark_detection.py --step-table --variants shipped,global,checkpointing
+    python tools/benchmark_detection.py --step-table --variants shipped,global,checkpointing,all-trained
     python tools/benchmark_detection.py --step-table --configs configs/deformable_detr_r50.py,configs/deformable_detr_deit.py
 
-Variants: ``shipped`` (the config as it is: window attention in the token families), ``global``
-(window_size=0), ``checkpointing`` (grad_checkpointing=True on top of the shipped config).
+Variants: ``shipped`` (the config as it is: window attention in the token families, the stem
+and first quarter of the blocks frozen), ``global`` (window_size=0), ``checkpointing``
+(grad_checkpointing=True) and ``all-trained`` (frozen_blocks=0), each on top of the shipped
+config.
 
 ``--scaling`` measures each detector at three input sizes (``--sizes``): training-step time,
 inference time and the peak memory of a training step, to show how each grows with image area
@@ -147,7 +149,8 @@ def scaling_in_subprocess(config: str, size, steps: int, device: str) -> dict:
 
 
 VARIANTS = {'shipped': {}, 'global': {'model.detector.backbone.window_size': 0},
-            'checkpointing': {'model.detector.backbone.grad_checkpointing': True}}
+            'checkpointing': {'model.detector.backbone.grad_checkpointing': True},
+            'all-trained': {'model.detector.backbone.frozen_blocks': 0}}
 
 
 def gemm_rate_gflops(dtype: torch.dtype, n: int = 2048, repeat: int = 5) -> float:
@@ -261,7 +264,7 @@ def main(argv=None):
     p.add_argument('--sizes', default='400x667,600x1000,800x1333')
     p.add_argument('--step-table', action='store_true',
                    help='training-step time and memory per family and variant, against the first config')
-    p.add_argument('--variants', default='shipped,global,checkpointing')
+    p.add_argument('--variants', default='shipped,global,checkpointing,all-trained')
     p.add_argument('--child-scaling', nargs=2, help=argparse.SUPPRESS)
     p.add_argument('--child-step', nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

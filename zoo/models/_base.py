@@ -58,6 +58,7 @@ class TokenBackbone(nn.Module):
         a class-count change).
       num_prefix_tokens: P, the tokens ahead of the patches in forward_features' output (set by
         each family, as a class or instance attribute; the defaults below read it).
+      stem_modules: the modules that turn the image into tokens (frozen by ``freeze_blocks``).
       token_params: the learned tokens and position tables. Each trainable one present (not
         None) is initialised truncated-normal(std 0.02), in this order, by init_weights; all of
         them are exempt from weight decay (no_weight_decay).
@@ -66,6 +67,7 @@ class TokenBackbone(nn.Module):
     """
     classifier_keys: tuple[str, ...] = ('head',)
     token_params: tuple[str, ...] = ('pos_embed', 'cls_token')
+    stem_modules: tuple[str, ...] = ('patch_embed',)
     checkpoint_converter: str | None = 'checkpoint_filter_fn'
 
     # -- parameters ------------------------------------------------------------------------------
@@ -173,6 +175,26 @@ class TokenBackbone(nn.Module):
         for i, block in enumerate(blocks):
             block.window_size = 0 if i in keep_global else int(window_size)
         self.window_size, self.global_blocks = int(window_size), tuple(sorted(keep_global))
+
+    def freeze_blocks(self, num_blocks: int) -> list[nn.Module]:
+        """Freeze the stem (``stem_modules``, the position table and prefix tokens) and the first
+        ``num_blocks`` blocks, as DETR freezes ResNet-50's stem and first stage: they get no
+        gradient, so backward stops above them and keeps none of their activations. Returns
+        the frozen modules (a detector keeps them in eval mode: no batch-norm statistics
+        change, no dropout)."""
+        blocks = self.window_blocks
+        if not 0 <= num_blocks <= len(blocks):
+            raise ValueError(f'frozen_blocks must be between 0 and the depth {len(blocks)}, got {num_blocks}')
+        if num_blocks == 0:
+            return []
+        frozen = [getattr(self, n) for n in self.stem_modules] + blocks[:num_blocks]
+        for module in frozen:
+            module.requires_grad_(False)
+        for name in self.token_params:
+            param = getattr(self, name, None)
+            if param is not None:
+                param.requires_grad_(False)
+        return frozen
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """timm's switch: in training, every transformer block recomputes its activations in

@@ -33,6 +33,7 @@ class CeiT(TokenBackbone):
     """
     classifier_keys = ('head',)
     num_prefix_tokens = 1
+    stem_modules = ('i2t',)
 
     def __init__(self, img_size=224, in_chans: int = 3, num_classes: int = 1000,
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12,

@@ -29,6 +29,7 @@ class T2TViT(TokenBackbone):
     classifier_keys = ('head',)
     # The sinusoid pos_embed is frozen: exempt from weight decay, not re-initialised.
     token_params = ('cls_token', 'pos_embed')
+    stem_modules = ('tokens_to_token',)
 
     def __init__(self, img_size=224, tokens_type: str = 'performer', in_chans: int = 3,
                  num_classes: int = 1000, embed_dim: int = 768, depth: int = 12,
