@@ -268,8 +268,10 @@ def test_configured_levels_and_lr_groups():
     named = dict(model.named_parameters())
     assert lrs[id(named['net.transformer.decoder.0.cross_attn.sampling_offsets.weight'])] == pytest.approx(2e-5)
     assert lrs[id(named['net.transformer.reference_points.weight'])] == pytest.approx(2e-5)
-    backbone = [p for n, p in named.items() if n.startswith('net.backbone')]
+    backbone = [p for n, p in named.items() if n.startswith('net.backbone') and p.requires_grad]
     assert backbone and all(lrs[id(p)] == pytest.approx(2e-5) for p in backbone)
+    # the frozen stage 1 is left out of the optimiser
+    assert not any(id(p) in lrs for n, p in named.items() if n.startswith('net.backbone.body.stages.0'))
     assert lrs[id(named['net.transformer.decoder.0.cross_attn.value_proj.weight'])] == pytest.approx(2e-4)
 
 
