@@ -49,44 +49,17 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor,
     level_start_index (L,) the first position of each level; sampling_locations
     (N, Lq, M, L, P, 2) as (x, y) in [0, 1] of each level's extent (pixel-centre convention,
     outside samples read zeros); attention_weights (N, Lq, M, L, P).
-    Returns (N, Lq, M * D): out[n, q, m] = sum_{l, p} A[n, q, m, l, p] * value_l[n, :, m](loc),
-    in the value's dtype (float32, bfloat16 or float16 value with float32 or same-dtype locations
-    and weights; float64 stays float64).
+    Returns (N, Lq, M * D): out[n, q, m] = sum_{l, p} A[n, q, m, l, p] * value_l[n, :, m](loc).
 
-    Two exact forms, chosen by shape (``_gathers``), neither holding all levels' samples stacked
-    and then a weighted copy of them as the reference form does:
-
-    * few queries (the decoder: Lq * L * P * 4 bilinear corners per head no more than the S * D
-      values of a head): ``_by_gather`` turns each point into its four corners' rows of value
-      and their coefficients (attention weight x bilinear weight, zero outside the map) and sums
-      them with one ``embedding_bag``, reading only the rows it needs in value's own layout: no
-      per-level transposed copy of value and no sampled tensor. Its backward (in plain PyTorch
-      ops) scatters into value with a second ``embedding_bag`` over the corners sorted by row,
-      and dots the output gradient with the corner rows in small chunks.
-      It computes in float32 at least (float64 stays float64).
-    * many queries (the encoder, every position a query): ``_by_level`` samples level by level
-      with ``grid_sample``, the samples of one level weighted and added into an accumulator of the
-      output's size before the next level is sampled, so at most one level's samples exist at a
-      time; low-precision inputs keep a float32 sum. Sampling runs in the wider of the value and
-      location dtypes: float32 locations on a bfloat16 value keep sub-pixel precision on large
-      maps (bfloat16 resolves [0, 1] to ~1/256 only), one level's value being upcast at a time.
+    Level by level, the samples of one level are weighted and added into an accumulator of the
+    output's size before the next level is sampled, so at most one level's samples exist at a
+    time instead of all levels stacked and then a weighted copy of them (the reference form);
+    low-precision inputs keep a float32 sum.
+    Sampling runs in the wider of the value and location dtypes: float32 locations on a bfloat16
+    value keep sub-pixel precision on large maps (bfloat16 resolves [0, 1] to ~1/256 only),
+    one level's value being upcast at a time. The result has the value's dtype.
     """
     _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    form = _by_gather if _gathers(value, sampling_locations) else _by_level
-    return form(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-
-
-def _gathers(value: torch.Tensor, sampling_locations: torch.Tensor) -> bool:
-    """Gather when a head's bilinear corners (Lq * L * P * 4) are no more than its values (S * D):
-    then the gather form's per-corner indices and coefficients stay within value's size and it
-    never copies value level by level; with more (the encoder's every-position queries) sampling
-    level by level is faster and smaller (tools/benchmark_deform_attn.py)."""
-    _, lq, _, num_levels, p, _ = sampling_locations.shape
-    return lq * num_levels * p * 4 <= value.shape[1] * value.shape[3]
-
-
-def _by_level(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-    """Level by level with grid_sample, each level's weighted samples added into one accumulator."""
     n, _, m, d = value.shape
     lq = sampling_locations.shape[1]
     dtype = torch.promote_types(value.dtype, sampling_locations.dtype)
@@ -96,7 +69,7 @@ def _by_level(value, spatial_shapes, level_start_index, sampling_locations, atte
     out = value.new_zeros(n * m, d, lq, dtype=acc_dtype)
     shapes = spatial_shapes.tolist()
     # split, not slicing: its backward concatenates the level gradients once, where each slice's
-    # backward would build a zero-filled gradient of the whole value
+    # backward would build a zero-filled gradient of the whole value (1.2x faster in the decoder)
     levels = value.split([h * w for h, w in shapes], dim=1)
     for level, ((h, w), level_value) in enumerate(zip(shapes, levels)):
         level_value = rearrange(level_value, 'n (h w) m d -> (n m) d h w', h=h, w=w)
@@ -111,81 +84,6 @@ def _by_level(value, spatial_shapes, level_start_index, sampling_locations, atte
         for point_samples, point_weights in zip(samples.unbind(2), weights.unbind(1)):
             out.addcmul_(point_samples, point_weights[:, None])
     return rearrange(out.to(value.dtype), '(n m) d q -> n q (m d)', n=n)
-
-
-def _by_gather(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-    """Every point as its four bilinear corners: rows of value (N*S*M, D) and coefficients,
-    summed per (query, head) with one embedding_bag."""
-    n, s, m, d = value.shape
-    lq = sampling_locations.shape[1]
-    device = value.device
-    # float32 at least: the coefficients and the sum; float64 stays float64
-    dtype = torch.promote_types(torch.promote_types(value.dtype, sampling_locations.dtype), torch.float32)
-    itype = torch.int32 if n * s * m < 2 ** 31 else torch.int64
-    size = spatial_shapes.flip(-1).to(device, dtype)[:, None]  # (L, 1, 2) as (W, H)
-    # pixel coordinates, centres on integers (align_corners=False), x and y together
-    xy = sampling_locations.to(dtype) * size - 0.5  # (N, Lq, M, L, P, 2)
-    low = xy.detach().floor()
-    frac = xy - low
-    corners = low[..., None] + torch.arange(2, device=device, dtype=dtype)  # (..., 2 axes, 2)
-    # corners outside the map get weight zero (and no gradient), as grid_sample's zero padding
-    inside = (corners >= 0) & (corners < size[..., None])
-    bilinear = torch.stack([1 - frac, frac], -1) * inside  # (..., 2 axes, 2)
-    coef = attention_weights.to(dtype)[..., None, None] * bilinear[..., 1, :, None] * bilinear[..., 0, None, :]
-    # (N, Lq, M, L, P, 2, 2): each corner clamped into the map (those outside weigh zero), then the
-    # row of value (N*S*M, D) that holds head m of that position:
-    # (n * S + start_l + y * W_l + x) * M + m
-    corners = corners.clamp(min=0).minimum(size[..., None] - 1).to(itype)
-    level = lambda t: t.to(device, itype)[:, None, None, None]  # (L,) against (L, P, 2, 2)
-    base = ((torch.arange(n, device=device, dtype=itype) * s)[:, None, None, None, None, None, None]
-            + level(level_start_index)) * m + torch.arange(m, device=device, dtype=itype)[:, None, None, None, None]
-    index = corners[..., 1, :, None] * (level(spatial_shapes[:, 1]) * m) + corners[..., 0, None, :] * m + base
-    index = index.view(n * lq * m, -1)
-    coef = coef.view(n * lq * m, -1)
-    table = value.to(dtype).reshape(n * s * m, d)
-    if torch.is_grad_enabled() and (table.requires_grad or coef.requires_grad):
-        out = _WeightedRows.apply(table, index, coef)
-    else:
-        out = F.embedding_bag(index, table, per_sample_weights=coef, mode='sum')
-    return out.view(n, lq, m * d).to(value.dtype)
-
-
-class _WeightedRows(torch.autograd.Function):
-    """out[b] = sum_k coef[b, k] * table[index[b, k]], with a backward that, unlike
-    embedding_bag's own on CPU, stays as fast as the forward's size allows."""
-
-    @staticmethod
-    def forward(ctx, table, index, coef):
-        ctx.save_for_backward(table, index, coef)
-        return F.embedding_bag(index, table, per_sample_weights=coef, mode='sum')
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        table, index, coef = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
-        bags, k = index.shape
-        grad_table = grad_coef = None
-        if ctx.needs_input_grad[0]:
-            # the transposed sum: table row r gathers coef * grad_out of every corner that read it,
-            # as one bag per row over the corners sorted by row (rows nobody read get zeros)
-            flat = index.flatten()
-            order = flat.argsort()
-            counts = torch.bincount(flat, minlength=table.shape[0])
-            offsets = (counts.cumsum(0) - counts).to(index.dtype)
-            grad_table = F.embedding_bag((order // k).to(index.dtype), grad_out, offsets,
-                                         per_sample_weights=coef.flatten()[order], mode='sum')
-        if ctx.needs_input_grad[2]:
-            # grad_coef[b, k] = <grad_out[b], table[index[b, k]]>, the rows gathered a share of the
-            # bags at a time, no more values than a quarter of the table: a few large ops (each a
-            # parallel region) rather than many small ones, and no (bags, k, D) copy ever whole
-            grad_coef = torch.empty_like(coef)
-            chunk = max(1, table.numel() // (4 * k * table.shape[1]))
-            for start in range(0, bags, chunk):
-                rows = table.index_select(0, index[start:start + chunk].flatten())
-                torch.bmm(rows.view(-1, k, table.shape[1]), grad_out[start:start + chunk, :, None],
-                          out=grad_coef[start:start + chunk, :, None])
-        return grad_table, None, grad_coef
 
 
 class MSDeformAttn(nn.Module):

@@ -12,7 +12,7 @@ from torch.autograd.graph import saved_tensors_hooks
 
 from detection import ms_deform_attn
 from detection.deformable_detr import DeformableDETR, convert_hf_deformable_detr
-from detection.ms_deform_attn import MSDeformAttn, _by_gather, _by_level, _gathers
+from detection.ms_deform_attn import MSDeformAttn
 from test_detr_configs import ROOT, check_trains_and_evaluates, tiny_batch  # noqa: F401 (fixture)
 
 SHAPES = [(6, 8), (3, 4), (2, 2), (1, 1)]
@@ -75,27 +75,22 @@ def test_matches_the_reference_form_and_hand_bilinear():
     torch.testing.assert_close(ours, naive_bilinear(*args), rtol=1e-5, atol=1e-5)
 
 
-FORMS = pytest.mark.parametrize('form', [_by_gather, _by_level], ids=['gather', 'level'])
-
-
-@FORMS
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
-def test_low_precision_stays_close_to_float32(dtype, form):
+def test_low_precision_stays_close_to_float32(dtype):
     args = _inputs(d=8, p=4)
     expected = ms_deform_attn(*args)
     low = [a.to(dtype) if a.is_floating_point() else a for a in args]
-    out = form(*low)
+    out = ms_deform_attn(*low)
     assert out.dtype == dtype
     tol = 5e-2 if dtype == torch.bfloat16 else 1e-2
     torch.testing.assert_close(out.float(), expected, rtol=tol, atol=tol)
 
 
-@FORMS
-def test_bfloat16_value_with_float32_locations_samples_in_float32(form):
+def test_bfloat16_value_with_float32_locations_samples_in_float32():
     value, spatial, starts, locations, weights = _inputs(d=8, p=4, shapes=[(40, 167), (20, 84)])
     expected = ms_deform_attn(value, spatial, starts, locations, weights)
-    mixed = form(value.bfloat16(), spatial, starts, locations, weights)
-    all_low = form(value.bfloat16(), spatial, starts, locations.bfloat16(), weights.bfloat16())
+    mixed = ms_deform_attn(value.bfloat16(), spatial, starts, locations, weights)
+    all_low = ms_deform_attn(value.bfloat16(), spatial, starts, locations.bfloat16(), weights.bfloat16())
     assert mixed.dtype == torch.bfloat16
     err_mixed, err_low = [(o.float() - expected).abs().mean() for o in (mixed, all_low)]
     assert err_mixed < err_low  # bfloat16 locations lose sub-pixel precision on a 167-wide map
@@ -114,31 +109,27 @@ def test_gradcheck_float64():
 
 @pytest.mark.parametrize('queries', [5, 50])
 def test_keeps_fewer_tensors_for_backward_than_the_reference(queries):
-    """Neither form (gather for 5 queries here, level by level for 50) holds more than the
+    """Few queries (the decoder) or many (the encoder), level by level holds no more than the
     stacked form: measured as the bytes autograd saves for the backward pass, at Deformable
-    DETR's head size D=32 (the gather form saves a few numbers per bilinear corner whatever D,
-    the stacked form D per sample)."""
+    DETR's head size D=32."""
     def saved_bytes(fn, args):
         total = []
         with saved_tensors_hooks(lambda t: total.append(t.numel() * t.element_size()) or t, lambda t: t):
             fn(*args)
         return sum(total)
     value, spatial, starts, locations, weights = _inputs(q=queries, m=4, d=32, p=4)
-    assert _gathers(value, locations) == (queries == 5)
     args = (value.requires_grad_(), spatial, starts, locations.requires_grad_(), weights.requires_grad_())
     assert saved_bytes(ms_deform_attn, args) <= saved_bytes(reference_form, args)
 
 
-@FORMS
 @pytest.mark.parametrize('regime', ['decoder', 'encoder'])
-def test_both_forms_equal_the_reference_in_value_and_gradients(form, regime):
-    """Each form in both shape regimes (few queries, where ms_deform_attn gathers; every position
-    a query, where it samples level by level), float64, with points partly and wholly outside
-    their map: the output and the gradients of value, locations and weights."""
+def test_equals_the_reference_in_value_and_gradients(regime):
+    """Few queries (the decoder) and every position a query (the encoder), float64, with points
+    partly and wholly outside their map: the output and the gradients of value, locations and
+    weights, for each subset of inputs that needs a gradient."""
     size = sum(h * w for h, w in SHAPES)
     queries = 4 if regime == 'decoder' else size
     value, spatial, starts, locations, weights = _inputs(q=queries, m=2, d=4, p=3, dtype=torch.float64)
-    assert _gathers(value, locations) == (regime == 'decoder')
     # wholly outside (beyond every side, and far), on a corner, and straddling an edge
     locations[:, 0, 0, :, 0] = torch.tensor([-0.9, 0.5], dtype=torch.float64)
     locations[:, 0, 1, :, 1] = torch.tensor([0.5, 1.7], dtype=torch.float64)
@@ -148,7 +139,7 @@ def test_both_forms_equal_the_reference_in_value_and_gradients(form, regime):
     gradient = torch.randn(2, queries, 2 * 4, dtype=torch.float64)
     for needs in [(True, True, True), (False, True, True), (True, False, False)]:
         results = []
-        for fn in (form, reference_form):
+        for fn in (ms_deform_attn, reference_form):
             inputs = [t.detach().clone().requires_grad_(r) for t, r in zip((value, locations, weights), needs)]
             out = fn(inputs[0], spatial, starts, inputs[1], inputs[2])
             wanted = [t for t in inputs if t.requires_grad]
