@@ -204,3 +204,30 @@ def test_frozen_blocks_get_no_gradient_and_stay_in_eval(name, blocks):
     assert sum(p.requires_grad for p in body.parameters()) < len(list(body.parameters()))
     with pytest.raises(ValueError, match='frozen_blocks must be between'):
         build_backbone(name, frozen_blocks=100)
+
+
+def test_training_paths_attend_without_the_map(monkeypatch):
+    """Windowed (masked) blocks and DETR's encoder and decoder run in training through
+    F.scaled_dot_product_attention, whose backward keeps no N x N map; the families whose map is
+    changed between the softmax and the values (talking heads, re-attention) cannot."""
+    import torch.nn.functional as F
+    from detection.transformer import Transformer
+    calls = []
+    fused = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, 'scaled_dot_product_attention',
+                        lambda *a, **k: calls.append(a[0].shape) or fused(*a, **k))
+    block = Block(16, 4).train()
+    block.window_size = 3
+    block(torch.randn(2, 5 * 7, 16, requires_grad=True), grid=(5, 7)).sum().backward()
+    assert calls == [(2 * 6, 4, 9, 4)]  # one call over the 12 padded windows, mask included
+    calls.clear()
+    detr = Transformer(32, 4, enc_layers=1, dec_layers=1, ffn_dim=64, dropout=0.1).train()
+    src, pos = torch.randn(2, 12, 32), torch.randn(2, 12, 32)
+    padding = torch.zeros(2, 12, dtype=torch.bool)
+    padding[1, 8:] = True
+    memory = detr.encode(src, padding, pos)
+    detr.decode(memory, padding, pos, torch.randn(5, 32)).sum().backward()
+    assert len(calls) == 3  # encoder self-attention, decoder self- and cross-attention
+    calls.clear()
+    Block(16, 4, attn_layer=TalkingHeadsAttention).train()(torch.randn(1, 6, 16)).sum().backward()
+    assert calls == []
