@@ -86,7 +86,7 @@ def test_token_family_configs_ship_window_attention_and_stride_32(family):
     for prefix in ('detr', 'deformable_detr'):
         cfg = Config.fromfile(os.path.join(ROOT, 'configs', f'{prefix}_{family}.py'))
         backbone = cfg.model.detector.backbone
-        assert (backbone.window_size, backbone.global_blocks) == (14, 4), prefix
+        assert backbone.window_size == 14 and backbone.global_blocks in (4, [2, 5, 8, 10]), prefix
         assert backbone.frozen_blocks >= 3, prefix  # the stem and a quarter of the blocks
     assert cfg.model.detector.get('feature_stride') is None  # Deformable DETR reads every level
     cfg = Config.fromfile(os.path.join(ROOT, 'configs', f'detr_{family}.py'))

@@ -231,3 +231,31 @@ def test_training_paths_attend_without_the_map(monkeypatch):
     calls.clear()
     Block(16, 4, attn_layer=TalkingHeadsAttention).train()(torch.randn(1, 6, 16)).sum().backward()
     assert calls == []
+
+
+def test_talking_heads_large_maps_are_computed_in_row_chunks():
+    """Values and gradients equal the one-piece map; the chunks keep a fraction of the memory."""
+    torch.manual_seed(0)
+    attn = TalkingHeadsAttention(16, 4, qkv_bias=True).train()
+    x = torch.randn(2, 300, 16, requires_grad=True)
+    whole = attn(x)
+    whole.square().sum().backward()
+    gx = x.grad
+    grads = {n: p.grad for n, p in attn.named_parameters()}
+    attn.zero_grad()
+    attn.max_map_elements = 2 * 4 * 300 * 37  # 37 query rows at a time: 9 chunks, the last short
+    x2 = x.detach().clone().requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        chunked = attn(x2)
+    chunked.square().sum().backward()
+    # float32 sums in another order: compare at each tensor's own scale
+    close = lambda a, b, **k: torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item(), **k)
+    close(chunked, whole)
+    close(x2.grad, gx)
+    # proj_l's bias moves every logit of a head alike, which the softmax ignores: its gradient
+    # is rounding noise, so parameters are compared at the largest parameter gradient's scale
+    scale = max(g.abs().max().item() for g in grads.values())
+    for n, p in attn.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], rtol=1e-4, atol=1e-5 * scale, msg=n)
+    assert max(saved) < 2 * 4 * 300 * 300  # no whole (B, h, N, N) map is kept for backward

@@ -2,6 +2,7 @@
 import torch
 from einops import rearrange
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import Attention, mask_keys
 
@@ -15,8 +16,13 @@ class TalkingHeadsAttention(Attention):
     ``proj_w`` its rows no longer sum to one.
 
     The map is changed between the two matrix products, so there is no fused path: ``fused`` is
-    accepted (``Block`` passes it) and ignored.
+    accepted (``Block`` passes it) and ignored. Every step is local to a query row, though, so a
+    large map (global blocks at detection resolution: 4,200 tokens make a 4200 x 4200 map per
+    head) is computed ``max_map_elements`` at a time over the query rows, each chunk recomputed
+    in backward instead of kept: the memory of one chunk instead of the whole map, for the price
+    of a second forward of the attention. Results equal the one-piece computation.
     """
+    max_map_elements = 2 ** 24
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False,
                  qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0,
@@ -31,6 +37,20 @@ class TalkingHeadsAttention(Attention):
         """attn: (B, h, Nq, Nk) -> (B, h, Nq, Nk), each position a Linear over the h heads."""
         mixed = mix(rearrange(attn, 'b h i j -> b i j h'))
         return rearrange(mixed, 'b i j h -> b h i j')
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               return_attention: bool = False, key_mask: torch.Tensor | None = None):
+        b, h, nq, nk = *q.shape[:3], k.shape[-2]
+        if return_attention or b * h * nq * nk <= self.max_map_elements:
+            return super().attend(q, k, v, return_attention, key_mask)
+        rows = max(1, self.max_map_elements // (b * h * nk))
+        recompute = torch.is_grad_enabled()
+
+        def attend_rows(q_rows):
+            return self.attn_drop(self.attention_map(q_rows, k, key_mask)) @ v
+        outs = [checkpoint(attend_rows, q_rows, use_reentrant=False) if recompute else attend_rows(q_rows)
+                for q_rows in q.split(rows, dim=2)]
+        return torch.cat(outs, dim=2), None
 
     def attention_map(self, q: torch.Tensor, k: torch.Tensor,
                       key_mask: torch.Tensor | None = None) -> torch.Tensor:
