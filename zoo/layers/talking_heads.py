@@ -22,7 +22,7 @@ class TalkingHeadsAttention(Attention):
     in backward instead of kept: the memory of one chunk instead of the whole map, for the price
     of a second forward of the attention. Results equal the one-piece computation.
     """
-    max_map_elements = 2 ** 24
+    max_map_elements = 2 ** 22  # 16 MiB of float32 per chunk: reused by the allocator, not mapped anew
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False,
                  qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0,
