@@ -27,6 +27,7 @@ Backbones are randomly initialised (speed does not depend on the weights). Targe
 boxes per image.
 """
 import argparse
+import ctypes
 import json
 import statistics
 import subprocess
@@ -98,7 +99,8 @@ def detector_timings(config: str, size, batch_size: int, steps: int, device) -> 
 
 def step_peak_memory_mib(model, optim, data, device) -> float:
     """Peak memory of one training step beyond what is held before it, in MiB (CUDA: allocator
-    peak; CPU: growth of the resident-set high-water mark, reset through /proc/self/clear_refs)."""
+    peak; CPU: growth of the resident-set high-water mark, reset through /proc/self/clear_refs,
+    over the resident set after the freed heap is returned to the system)."""
     if device.type == 'cuda':
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -106,6 +108,9 @@ def step_peak_memory_mib(model, optim, data, device) -> float:
         model.train_step(dict(data), optim)
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
+    # glibc keeps freed heap blocks resident: without a trim, memory the warm-up step freed
+    # would count in the baseline and hide part of this step's peak
+    ctypes.CDLL('libc.so.6').malloc_trim(0)
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')
     base = _rss_kib('VmRSS')
