@@ -118,29 +118,37 @@ def step_peak_memory_mib(model, optim, data, device) -> float:
     return (_rss_kib('VmHWM') - base) / 1024
 
 
-def scaling_point(config: str, size, steps: int, device) -> dict:
-    """One detector at one input size: training-step and inference time, step peak memory."""
+def _warm_detector(config: str, size, device, options: dict | None = None):
+    """``config`` built with random weights (and ``options``), its optimiser, one batch of
+    ``size``, and one training step taken, so the optimiser state exists before measuring."""
     cfg = Config.fromfile(config)
-    cfg.merge_from_dict({'model.detector.backbone.pretrained': False})
+    cfg.merge_from_dict({'model.detector.backbone.pretrained': False, **(options or {})})
     model = MODELS.build(cfg.model).to(device)
     optim = build_optim_wrapper(model, cfg.optim_wrapper)
     data = _batch(1, size, device)
     model.train()
-    model.train_step(dict(data), optim)  # warm-up: optimiser state exists before measuring
-    memory = step_peak_memory_mib(model, optim, data, device)
-    train = []
+    model.train_step(dict(data), optim)
+    return model, optim, data
+
+
+def _median_seconds(fn, steps: int) -> float:
+    spent = []
     for _ in range(steps):
         start = time.perf_counter()
-        model.train_step(dict(data), optim)
-        train.append(time.perf_counter() - start)
+        fn()
+        spent.append(time.perf_counter() - start)
+    return statistics.median(spent)
+
+
+def scaling_point(config: str, size, steps: int, device) -> dict:
+    """One detector at one input size: training-step and inference time, step peak memory."""
+    model, optim, data = _warm_detector(config, size, device)
+    memory = step_peak_memory_mib(model, optim, data, device)
+    step_s = _median_seconds(lambda: model.train_step(dict(data), optim), steps)
     model.eval()
     with torch.inference_mode():
-        infer = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            model.val_step(dict(data))
-            infer.append(time.perf_counter() - start)
-    return dict(step_s=statistics.median(train), infer_s=statistics.median(infer), memory_mib=memory)
+        infer_s = _median_seconds(lambda: model.val_step(dict(data)), steps)
+    return dict(step_s=step_s, infer_s=infer_s, memory_mib=memory)
 
 
 def scaling_in_subprocess(config: str, size, steps: int, device: str) -> dict:
@@ -186,35 +194,20 @@ def step_point(config: str, variant: str, size, steps: int, device) -> dict:
     """One config in one variant at one size, batch 1: step time, step peak memory, the
     backbone's forward + backward time, and the FLOPs of a step."""
     from torch.utils.flop_counter import FlopCounterMode
-    cfg = Config.fromfile(config)
-    options = {'model.detector.backbone.pretrained': False}
-    is_resnet = cfg.model.detector.backbone.name == 'resnet50'
-    if variant != 'shipped' and is_resnet:
+    if variant != 'shipped' and Config.fromfile(config).model.detector.backbone.name == 'resnet50':
         raise ValueError(f'variant {variant!r} is for zoo backbones, not {config}')
-    cfg.merge_from_dict({**options, **VARIANTS[variant]})
-    model = MODELS.build(cfg.model).to(device)
-    optim = build_optim_wrapper(model, cfg.optim_wrapper)
-    data = _batch(1, size, device)
-    model.train()
-    model.train_step(dict(data), optim)  # warm-up: optimiser state exists before measuring
+    model, optim, data = _warm_detector(config, size, device, VARIANTS[variant])
     memory = step_peak_memory_mib(model, optim, data, device)
-    train = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        model.train_step(dict(data), optim)
-        train.append(time.perf_counter() - start)
+    step_s = _median_seconds(lambda: model.train_step(dict(data), optim), steps)
     backbone, images = model.net.backbone, data['inputs']
-    spent = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        sum(m.float().square().mean() for m in backbone(images)).backward()
-        spent.append(time.perf_counter() - start)
+    backbone_s = _median_seconds(
+        lambda: sum(m.float().square().mean() for m in backbone(images)).backward(), steps)
     optim.zero_grad()
     fix = {torch.ops.aten.convolution_backward: _grouped_conv_backward_flop}
     with FlopCounterMode(display=False, custom_mapping=fix) as counter:
         model.train_step(dict(data), optim)
-    return dict(step_s=statistics.median(train), memory_mib=memory,
-                backbone_s=statistics.median(spent), gflop=counter.get_total_flops() / 1e9)
+    return dict(step_s=step_s, memory_mib=memory, backbone_s=backbone_s,
+                gflop=counter.get_total_flops() / 1e9)
 
 
 def step_in_subprocess(config: str, variant: str, size, steps: int, device: str) -> dict:
