@@ -52,20 +52,17 @@ def peer_builder(name: str):
     return None
 
 
-def build(name: str, impl: str, device, dtype, cast: bool = True):
-    """The model in eval mode on ``device``; its weights in ``dtype`` when ``cast``, else float32."""
+def build(name: str, impl: str, device, dtype, cast: bool = True, explicit_attention: bool = False):
+    """The model in eval mode on ``device``; its weights in ``dtype`` when ``cast``, else float32.
+    ``explicit_attention``: the zoo's attention through q k^T, softmax, @ v (three ops) instead of
+    F.scaled_dot_product_attention (on a CPU in bfloat16 the explicit path's matmuls run on
+    oneDNN's bfloat16 kernels, while the fused kernel is about as slow as in float32)."""
     model = zoo.create_model(name) if impl == 'zoo' else peer_builder(name)()
-    if impl == 'zoo' and EXPLICIT_ATTENTION:
+    if impl == 'zoo' and explicit_attention:
         for m in model.modules():
             if hasattr(m, 'fused'):
                 m.fused = False
     return model.eval().to(device=device, dtype=dtype if cast else torch.float32)
-
-
-# --explicit-attention: the zoo's attention through q k^T, softmax, @ v (three ops) instead of
-# F.scaled_dot_product_attention (on a CPU in bfloat16 the explicit path's matmuls run on
-# oneDNN's bfloat16 kernels, while the fused kernel is about as slow as in float32).
-EXPLICIT_ATTENTION = False
 
 
 def forward_fn(model, x, dtype, cast: bool):
@@ -109,7 +106,7 @@ def throughput(name: str, args, device, dtype) -> dict:
     for i in impls:
         for d in precisions:
             cast = args.cast or d == torch.float32
-            model = build(name, i, device, d, cast=cast)
+            model = build(name, i, device, d, cast=cast, explicit_attention=args.explicit_attention)
             x = input_for(name, args.batch_size, args.img_size, device, d if cast else torch.float32)
             fns[i if d == dtype else f'{i}_fp32'] = forward_fn(model, x, d, cast)
     keys = list(fns)
@@ -135,7 +132,7 @@ def _rss_kib(field: str) -> int:
 @torch.inference_mode()
 def peak_memory_mib(name: str, impl: str, args, device, dtype) -> float:
     """Peak memory of one forward beyond what model and input already hold, in MiB."""
-    model = build(name, impl, device, dtype, cast=args.cast)
+    model = build(name, impl, device, dtype, cast=args.cast, explicit_attention=args.explicit_attention)
     x = input_for(name, args.batch_size, args.img_size, device, dtype if args.cast else torch.float32)
     forward = forward_fn(model, x, dtype, args.cast)
     if device.type == 'cuda':
@@ -204,8 +201,6 @@ def main(argv=None):
     p.add_argument('--child-memory', nargs=2, metavar=('NAME', 'IMPL'), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    global EXPLICIT_ATTENTION
-    EXPLICIT_ATTENTION = args.explicit_attention
 
     if args.child_memory:
         print(peak_memory_mib(*args.child_memory, args, device, dtype))

@@ -33,9 +33,7 @@ def fashion_mnist_batch(n: int, img_size: int, root: str = FASHION_MNIST_ROOT):
     """(images (n, 3, img_size, img_size) float32, labels (n,)) from the test split."""
     transform = deit_test_transforms(img_size, crop_pct=1.0, mean=MEAN, std=STD)
     ds = FashionMNIST(root, split='test', transform=transform, subset=n, fallback=None)
-    items = [ds[i] for i in range(len(ds))]
-    images = [it['inputs'] if isinstance(it, dict) else it[0] for it in items]
-    labels = [it['data_samples']['labels'] if isinstance(it, dict) else it[1] for it in items]
+    images, labels = zip(*(ds[i][:2] for i in range(len(ds))))  # items: (image, label, index)
     return torch.stack(images), torch.as_tensor(labels)
 
 

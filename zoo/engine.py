@@ -173,7 +173,8 @@ class AutocastOptimWrapper(OptimWrapper):
 class _AutocastLoopMixin:
     """Runs each evaluation iteration under autocast on the model's device."""
 
-    def _init_autocast(self, dtype):
+    def __init__(self, runner, dataloader, evaluator, dtype: str | None = None, **kwargs):
+        super().__init__(runner, dataloader, evaluator, **kwargs)
         self.amp_dtype = dtype
 
     def run_iter(self, idx, data_batch):
@@ -187,18 +188,10 @@ class AutocastValLoop(_AutocastLoopMixin, ValLoop):
     bfloat16 on a CPU, float16 on a GPU). mmengine's own ``fp16=True`` uses float16 on CUDA and
     cannot choose bfloat16 there."""
 
-    def __init__(self, runner, dataloader, evaluator, dtype: str | None = None, **kwargs):
-        super().__init__(runner, dataloader, evaluator, **kwargs)
-        self._init_autocast(dtype)
-
 
 @LOOPS.register_module()
 class AutocastTestLoop(_AutocastLoopMixin, TestLoop):
     """mmengine's TestLoop under autocast (``test.py --amp``); ``dtype`` as AutocastValLoop."""
-
-    def __init__(self, runner, dataloader, evaluator, dtype: str | None = None, **kwargs):
-        super().__init__(runner, dataloader, evaluator, **kwargs)
-        self._init_autocast(dtype)
 
 
 def use_amp(cfg: Config, dtype: str | None = None, device_type: str | None = None) -> Config:

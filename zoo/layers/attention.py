@@ -12,6 +12,12 @@ def mask_keys(logits: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tens
     return logits.masked_fill(~key_mask[:, None, None, :], float('-inf'))
 
 
+def zero_masked_keys(attn: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    """A map (B, h, Nq, Nk) changed after its softmax (head mixing, norms) with zero weight at
+    the keys ``key_mask`` (B, Nk) marks False: the change's biases would otherwise give them some."""
+    return attn if key_mask is None else attn * key_mask[:, None, None, :]
+
+
 class Attention(nn.Module):
     """Multi-head self-attention.
 

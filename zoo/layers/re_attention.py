@@ -3,7 +3,7 @@ heads-to-heads transform so deep layers stop producing the same map."""
 import torch
 from torch import nn
 
-from .attention import Attention
+from .attention import Attention, zero_masked_keys
 
 
 class ReAttention(Attention):
@@ -35,5 +35,4 @@ class ReAttention(Attention):
         (``key_mask`` (B, Nk) False) get zero weight in the re-generated map as well: the head
         mixing's bias and the norm would otherwise give them some."""
         attn = self.map_drop(super().attention_map(q, k, key_mask))
-        attn = self.head_norm(self.head_mix(attn)) * self.map_scale
-        return attn if key_mask is None else attn * key_mask[:, None, None, :]
+        return zero_masked_keys(self.head_norm(self.head_mix(attn)) * self.map_scale, key_mask)

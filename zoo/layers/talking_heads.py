@@ -4,7 +4,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import Attention, mask_keys
+from .attention import Attention, mask_keys, zero_masked_keys
 
 
 class TalkingHeadsAttention(Attention):
@@ -60,5 +60,5 @@ class TalkingHeadsAttention(Attention):
         second, whose bias would otherwise give them weight."""
         # Scale q before the product, as the official code does, so fp32 results match it exactly.
         logits = self._mix_heads(self.proj_l, (q * self.scale) @ k.transpose(-2, -1))
-        attn = self._mix_heads(self.proj_w, mask_keys(logits, key_mask).softmax(dim=-1))
-        return attn if key_mask is None else attn * key_mask[:, None, None, :]
+        return zero_masked_keys(
+            self._mix_heads(self.proj_w, mask_keys(logits, key_mask).softmax(dim=-1)), key_mask)

@@ -174,20 +174,23 @@ class TokenBackbone(nn.Module):
         keep_global = {i % len(blocks) for i in global_blocks}
         for i, block in enumerate(blocks):
             block.window_size = 0 if i in keep_global else int(window_size)
-        self.window_size, self.global_blocks = int(window_size), tuple(sorted(keep_global))
+
+    def stem_and_blocks(self, num_blocks: int) -> list[nn.Module]:
+        """The modules that run before block ``num_blocks``: the stem and the first blocks (a
+        family with more in that span, PEGs or staged embeddings, adds them)."""
+        return [getattr(self, n) for n in self.stem_modules] + self.window_blocks[:num_blocks]
 
     def freeze_blocks(self, num_blocks: int) -> list[nn.Module]:
-        """Freeze the stem (``stem_modules``, the position table and prefix tokens) and the first
-        ``num_blocks`` blocks, as DETR freezes ResNet-50's stem and first stage: they get no
-        gradient, so backward stops above them and keeps none of their activations. Returns
-        the frozen modules (a detector keeps them in eval mode: no batch-norm statistics
-        change, no dropout)."""
-        blocks = self.window_blocks
-        if not 0 <= num_blocks <= len(blocks):
-            raise ValueError(f'frozen_blocks must be between 0 and the depth {len(blocks)}, got {num_blocks}')
+        """Freeze :meth:`stem_and_blocks` and the position table and prefix tokens, as DETR
+        freezes ResNet-50's stem and first stage: they get no gradient, so backward stops above
+        them and keeps none of their activations. Returns the frozen modules (a detector keeps
+        them in eval mode: no batch-norm statistics change, no dropout)."""
+        depth = len(self.window_blocks)
+        if not 0 <= num_blocks <= depth:
+            raise ValueError(f'frozen_blocks must be between 0 and the depth {depth}, got {num_blocks}')
         if num_blocks == 0:
             return []
-        frozen = [getattr(self, n) for n in self.stem_modules] + blocks[:num_blocks]
+        frozen = self.stem_and_blocks(num_blocks)
         for module in frozen:
             module.requires_grad_(False)
         for name in self.token_params:
@@ -204,7 +207,6 @@ class TokenBackbone(nn.Module):
         for module in self.modules():
             if isinstance(module, Block):
                 module.grad_checkpointing = enable
-        self.grad_checkpointing = enable
 
     @torch.no_grad()
     def get_attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:

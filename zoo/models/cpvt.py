@@ -56,13 +56,10 @@ class CPVT(VisionTransformer):
         self.pos_block = nn.ModuleList([
             PositionalEncodingGenerator(self.embed_dim) for _ in positions])
 
-    def freeze_blocks(self, num_blocks: int) -> list[nn.Module]:
-        """As :meth:`TokenBackbone.freeze_blocks`, with the PEGs that follow a frozen block."""
-        frozen = super().freeze_blocks(num_blocks)
+    def stem_and_blocks(self, num_blocks: int) -> list[nn.Module]:
+        """The stem, the first blocks and the PEGs that follow them."""
         pegs = [peg for i, peg in zip(self.peg_positions, self.pos_block) if i < num_blocks]
-        for peg in pegs:
-            peg.requires_grad_(False)
-        return frozen + pegs
+        return super().stem_and_blocks(num_blocks) + pegs
 
     def no_weight_decay(self) -> set[str]:
         # As Twins (the official PEG code) does: no decay on the class token and the PEG weights.

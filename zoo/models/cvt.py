@@ -137,22 +137,22 @@ class ConvolutionalVisionTransformer(TokenBackbone):
         outs, _ = self.run_stages(x)
         return [stage.to_map(tokens, grid) for stage, (tokens, grid) in zip(self.stages, outs)]
 
-    def freeze_blocks(self, num_blocks: int) -> list[nn.Module]:
-        """Freeze the first ``num_blocks`` blocks counted across the stages, with the token
-        embedding of every stage they reach (1 freezes stage 1, stride 4, as DETR freezes
-        ResNet-50's first stage)."""
-        total = sum(len(stage.blocks) for stage in self.stages)
-        if not 0 <= num_blocks <= total:
-            raise ValueError(f'frozen_blocks must be between 0 and the depth {total}, got {num_blocks}')
-        frozen, left = [], num_blocks
+    @property
+    def window_blocks(self) -> list[Block]:
+        """Every stage's blocks in order (``freeze_blocks`` counts across the stages)."""
+        return [block for stage in self.stages for block in stage.blocks]
+
+    def stem_and_blocks(self, num_blocks: int) -> list[nn.Module]:
+        """The first ``num_blocks`` blocks counted across the stages, with the token embedding
+        of every stage they reach (1: stage 1, stride 4, as DETR freezes ResNet-50's first
+        stage)."""
+        modules, left = [], num_blocks
         for stage in self.stages:
             if left <= 0:
                 break
-            frozen += [stage.patch_embed, *stage.blocks[:left]]
+            modules += [stage.patch_embed, *stage.blocks[:left]]
             left -= len(stage.blocks)
-        for module in frozen:
-            module.requires_grad_(False)
-        return frozen
+        return modules
 
     def set_window_attention(self, window_size: int = 14, global_blocks=4) -> None:
         raise ValueError('CvT has no window attention: its keys and values are already taken on '
