@@ -61,11 +61,30 @@ def _batch(batch_size, size, device):
                 data_samples=targets)
 
 
-def detector_timings(config: str, size, batch_size: int, steps: int, device) -> dict:
+def _warm_detector(config: str, size, device, options: dict | None = None, batch_size: int = 1):
+    """``config`` built with random weights (and ``options``), its optimiser, one batch of
+    ``size``, and one training step taken, so the optimiser state exists before measuring."""
     cfg = Config.fromfile(config)
-    cfg.merge_from_dict({'model.detector.backbone.pretrained': False})
+    cfg.merge_from_dict({'model.detector.backbone.pretrained': False, **(options or {})})
     model = MODELS.build(cfg.model).to(device)
     optim = build_optim_wrapper(model, cfg.optim_wrapper)
+    data = _batch(batch_size, size, device)
+    model.train()
+    model.train_step(dict(data), optim)
+    return model, optim, data
+
+
+def _median_seconds(fn, steps: int) -> float:
+    spent = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        spent.append(time.perf_counter() - start)
+    return statistics.median(spent)
+
+
+def detector_timings(config: str, size, batch_size: int, steps: int, device) -> dict:
+    model, optim, data = _warm_detector(config, size, device, batch_size=batch_size)
     matcher, spent = model.criterion.matcher, []
     plain = matcher.forward
 
@@ -75,9 +94,6 @@ def detector_timings(config: str, size, batch_size: int, steps: int, device) -> 
         spent.append(time.perf_counter() - start)
         return out
     matcher.forward = timed
-    data = _batch(batch_size, size, device)
-    model.train()
-    model.train_step(dict(data), optim)  # warm-up
     step_times, matcher_share = [], []
     for _ in range(steps):
         spent.clear()
@@ -88,13 +104,9 @@ def detector_timings(config: str, size, batch_size: int, steps: int, device) -> 
     model.eval()
     with torch.inference_mode():
         model.val_step(dict(data))
-        infer = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            model.val_step(dict(data))
-            infer.append(time.perf_counter() - start)
+        infer_s = _median_seconds(lambda: model.val_step(dict(data)), steps)
     return dict(step_s=statistics.median(step_times), matcher_share=statistics.median(matcher_share),
-                images_per_s=batch_size / statistics.median(infer))
+                images_per_s=batch_size / infer_s)
 
 
 def step_peak_memory_mib(model, optim, data, device) -> float:
@@ -116,28 +128,6 @@ def step_peak_memory_mib(model, optim, data, device) -> float:
     base = _rss_kib('VmRSS')
     model.train_step(dict(data), optim)
     return (_rss_kib('VmHWM') - base) / 1024
-
-
-def _warm_detector(config: str, size, device, options: dict | None = None):
-    """``config`` built with random weights (and ``options``), its optimiser, one batch of
-    ``size``, and one training step taken, so the optimiser state exists before measuring."""
-    cfg = Config.fromfile(config)
-    cfg.merge_from_dict({'model.detector.backbone.pretrained': False, **(options or {})})
-    model = MODELS.build(cfg.model).to(device)
-    optim = build_optim_wrapper(model, cfg.optim_wrapper)
-    data = _batch(1, size, device)
-    model.train()
-    model.train_step(dict(data), optim)
-    return model, optim, data
-
-
-def _median_seconds(fn, steps: int) -> float:
-    spent = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        spent.append(time.perf_counter() - start)
-    return statistics.median(spent)
 
 
 def scaling_point(config: str, size, steps: int, device) -> dict:
