@@ -16,7 +16,7 @@ from mmengine.config import DictAction
 import classification.engine  # noqa: F401  (registers the classifier, datasets and metric)
 import detection.engine  # noqa: F401
 from detection.data.folder import add_data_arguments, apply_data_arguments
-from zoo.engine import Runner, load_config, use_amp_evaluation
+from zoo.engine import Runner, add_runtime_arguments, apply_runtime_arguments, load_config, use_amp_evaluation
 
 
 def main(argv=None):
@@ -30,6 +30,7 @@ def main(argv=None):
     p.add_argument('--amp-dtype', choices=['auto', 'bfloat16', 'float16'], default='auto')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
     add_data_arguments(p)
+    add_runtime_arguments(p)
     p.add_argument('--launcher', choices=['none', 'pytorch'], default='none')
     p.add_argument('--local-rank', '--local_rank', type=int, default=0)
     args = p.parse_args(argv)
@@ -38,6 +39,7 @@ def main(argv=None):
         raise SystemExit(f'checkpoint {args.checkpoint} not found')
     cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
     apply_data_arguments(cfg, args)
+    apply_runtime_arguments(cfg, args)
     cfg.load_from = args.checkpoint
     if args.amp:
         use_amp_evaluation(cfg, None if args.amp_dtype == 'auto' else args.amp_dtype)

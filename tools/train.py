@@ -18,7 +18,7 @@ from mmengine.config import Config, DictAction
 import classification.engine  # noqa: F401  (registers the classifier, datasets and metric)
 import detection.engine  # noqa: F401  (registers the detectors, datasets and metric)
 from detection.data.folder import add_data_arguments, apply_data_arguments
-from zoo.engine import Runner, load_config, use_amp
+from zoo.engine import Runner, add_runtime_arguments, apply_runtime_arguments, load_config, use_amp
 
 
 def parse_args(argv=None):
@@ -36,6 +36,7 @@ def parse_args(argv=None):
                    help='stop after the last epoch that fits in MIN minutes of training (it is evaluated)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config entries: key=value')
     add_data_arguments(p)
+    add_runtime_arguments(p)
     p.add_argument('--launcher', choices=['none', 'pytorch'], default='none')
     p.add_argument('--local-rank', '--local_rank', type=int, default=0)
     args = p.parse_args(argv)
@@ -46,6 +47,7 @@ def parse_args(argv=None):
 def build_config(args) -> Config:
     cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
     apply_data_arguments(cfg, args)
+    apply_runtime_arguments(cfg, args)
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif args.resume:

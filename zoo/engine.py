@@ -34,15 +34,17 @@ from mmengine.runner import Runner as _Runner
 from mmengine.runner import TestLoop, ValLoop
 from mmengine.runner.checkpoint import CheckpointLoader
 
+from .console import quiet_console
 
-def _load_local_checkpoint(filename, map_location):
+
+def load_from_local(filename, map_location):
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'checkpoint {filename} does not exist')
     return torch.load(filename, map_location=map_location, weights_only=False)
 
 
-CheckpointLoader.register_scheme(prefixes='', loader=_load_local_checkpoint, force=True)
+CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
 
 
 def init_cpu_distributed(launcher: str) -> None:
@@ -53,7 +55,19 @@ def init_cpu_distributed(launcher: str) -> None:
 
 
 class Runner(_Runner):
-    """mmengine's Runner, able to run distributed on CPU."""
+    """mmengine's Runner, able to run distributed on CPU, with a terminal log a user reads
+    (``zoo.console``; ``cfg.verbose_console = True`` or ``--verbose`` prints everything)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.logger.info(f'full log (environment, config, every loss term): {self.logger.log_file}; '
+                         f'scalars: {osp.join(self.log_dir, "vis_data", "scalars.json")}')
+
+    def build_logger(self, log_level='INFO', log_file=None, **kwargs):
+        logger = super().build_logger(log_level=log_level, log_file=log_file, **kwargs)
+        if not self.cfg.get('verbose_console', False):
+            quiet_console(logger)
+        return logger
 
     def wrap_model(self, model_wrapper_cfg, model):
         if self.distributed and not torch.cuda.is_available() and not is_model_wrapper(model):
@@ -70,16 +84,22 @@ class Runner(_Runner):
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class QuietOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """mmengine's default constructor (paramwise_cfg, lr_mult, ...) without its log line for every
-    parameter and setting, which buries the training log under thousands of lines."""
+    parameter and setting, which buries the training log under thousands of lines, and with one
+    line for the frozen parameters where mmengine warns once per tensor."""
 
     def __call__(self, model):
         logger = MMLogger.get_current_instance()
         level = logger.level
-        logger.setLevel(logging.WARNING)
+        logger.setLevel(logging.ERROR)
         try:
-            return super().__call__(model)
+            wrapper = super().__call__(model)
         finally:
             logger.setLevel(level)
+        frozen = [p for p in model.parameters() if not p.requires_grad]
+        if frozen:
+            logger.info(f'{len(frozen)} frozen tensors ({sum(p.numel() for p in frozen):,} parameters, '
+                        'requires_grad=False) are not optimised')
+        return wrapper
 
 
 @HOOKS.register_module()
@@ -107,6 +127,58 @@ class TimeBudgetHook(Hook):
                                f'epoch takes about {per_epoch / 60:.1f}; epoch {runner.epoch + 1} is the last')
 
 
+def busy_cores(samples: int = 5, interval: float = 0.05) -> int:
+    """How many other threads are running on the CPU right now (Linux: the running count of
+    ``/proc/loadavg``, less this process, median of a few samples; 0 where it cannot be read).
+    The load averages would also count a job that ended a minute ago, such as the training run
+    that ``make demo`` evaluates next."""
+    counts = []
+    for _ in range(samples):
+        try:
+            with open('/proc/loadavg') as f:
+                counts.append(int(f.read().split()[3].split('/')[0]) - 1)
+        except (OSError, ValueError, IndexError):
+            return 0
+        time.sleep(interval)
+    return max(sorted(counts)[len(counts) // 2], 0)
+
+
+def set_threads(requested: int | None = None) -> int:
+    """PyTorch's CPU thread count for this run, with a line saying why. ``requested`` (``--threads``)
+    wins; otherwise PyTorch's default (one per core), lowered to the cores that other running jobs
+    leave free: two jobs that each use every core slow each other down far more than their share
+    (measured on 2 cores: 8-9 s per demo step against 0.12 s alone; one thread each halves that)."""
+    logger = MMLogger.get_current_instance()
+    cores = os.cpu_count() or 1
+    if requested:
+        torch.set_num_threads(requested)
+        return requested
+    busy = busy_cores() if torch.get_num_threads() > 1 else 0
+    if busy:
+        threads = max(1, min(torch.get_num_threads(), cores - busy))
+        torch.set_num_threads(threads)
+        logger.warning(f'{busy} other thread(s) are running on this machine\'s {cores} cores: this run uses '
+                       f'{threads} thread(s), and its steps will be slower than on an idle machine '
+                       '(--threads N sets the count).')
+    return torch.get_num_threads()
+
+
+def add_runtime_arguments(parser) -> None:
+    """``--threads`` and ``--verbose``, the same on train.py and test.py."""
+    parser.add_argument('--threads', type=int, metavar='N',
+                        help='CPU threads for PyTorch (default: one per core, fewer when other jobs are running)')
+    parser.add_argument('--verbose', action='store_true',
+                        help='print the environment, config, hooks and every loss term on the terminal too '
+                             '(they always go to the log file in the work dir)')
+
+
+def apply_runtime_arguments(cfg: Config, args) -> Config:
+    set_threads(args.threads)
+    if args.verbose:
+        cfg.verbose_console = True
+    return cfg
+
+
 def load_config(path: str, cfg_options: dict | None = None, launcher: str = 'none',
                 work_dir: str | None = None) -> Config:
     """A config file with command-line overrides, the launcher, and the work dir
@@ -117,6 +189,8 @@ def load_config(path: str, cfg_options: dict | None = None, launcher: str = 'non
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     cfg.launcher = launcher
+    if not torch.cuda.is_available() and cfg.get('env_cfg', {}).get('dist_cfg', {}).get('backend') == 'nccl':
+        cfg.env_cfg.dist_cfg.backend = 'gloo'  # nccl needs CUDA; torchrun on a CPU runs gloo
     cfg.work_dir = work_dir or cfg.get('work_dir') or osp.join(
         'work_dirs', osp.splitext(osp.basename(path))[0])
     return cfg
