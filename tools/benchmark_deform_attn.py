@@ -28,11 +28,11 @@ import subprocess
 import sys
 import time
 
+import _bootstrap  # noqa: F401
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from detection.ms_deform_attn import ms_deform_attn  # noqa: E402
+from detection.ms_deform_attn import ms_deform_attn
 
 HEADS, HEAD_DIM, POINTS, STRIDES = 8, 32, 4, (8, 16, 32, 64)
 
