@@ -2,6 +2,7 @@
 name them: ``model=dict(type='Detector', ...)``, ``val_evaluator=dict(type='CocoMetric')``."""
 import json
 import os
+import re
 
 import torch
 from mmengine.evaluator import BaseMetric
@@ -25,6 +26,18 @@ _DIVERGED = ('Training stops here and the last saved checkpoint is kept; resume 
              'lower learning rate, gradient clipping on (optim_wrapper.clip_grad), or without --amp.')
 
 
+# Two-layer MLPs that were nn.Sequential(Linear, ReLU, Linear) before they became zoo.layers.Mlp.
+_SEQUENTIAL_MLPS = re.compile(r'(denoising\.pos_head|dense_head\.box_head|anchor_pos)\.([02])\.')
+
+
+def upgrade_sequential_mlp_keys(state_dict, prefix, *args):
+    """Checkpoints written before these heads used the shared ``Mlp`` name their layers ``0`` and
+    ``2``; they load as ``fc1`` and ``fc2`` (same tensors)."""
+    for key in [k for k in state_dict if k.startswith(prefix) and _SEQUENTIAL_MLPS.search(k)]:
+        new = _SEQUENTIAL_MLPS.sub(lambda m: f'{m[1]}.{"fc1" if m[2] == "0" else "fc2"}.', key)
+        state_dict[new] = state_dict.pop(key)
+
+
 @MODELS.register_module()
 class Detector(BaseModel):
     """A DETR-family network with its matcher, criterion and post-processing.
@@ -43,6 +56,7 @@ class Detector(BaseModel):
         self.focal, self.top_k = focal, top_k
         self.criterion = SetCriterion(num_classes, HungarianMatcher(focal=focal, **(matcher or {})),
                                       focal=focal, **(criterion or {}))
+        self._register_load_state_dict_pre_hook(upgrade_sequential_mlp_keys)
 
     def forward(self, inputs, masks=None, data_samples=None, mode='tensor'):
         if masks is None:

@@ -282,3 +282,21 @@ def test_query_groups_are_blind_to_each_other_and_inference_runs_the_first():
                            targets) for g in range(3)]
     for name in ('loss_class', 'loss_bbox', 'loss_giou', 'd0.loss_class', 'd1.loss_bbox'):
         assert losses[name].item() == pytest.approx(sum(p[name].item() for p in per_group), rel=1e-4)
+
+
+def test_checkpoints_from_before_the_shared_mlp_still_load():
+    """Until today's refactor the position head, anchor embedding and dense box head were
+    nn.Sequential(Linear, ReLU, Linear), saved as ``.0.`` / ``.2.``: such a checkpoint loads, strict,
+    into the same tensors."""
+    detector = Detector(dict(SMALL, backbone=TinyBackbone(), denoising=dict(num_groups=2), dense_aux=True,
+                             anchor_queries=True), num_classes=3)
+    state = detector.state_dict()
+    old = {k.replace('.fc1.', '.0.').replace('.fc2.', '.2.')
+           if any(m in k for m in ('pos_head', 'box_head', 'anchor_pos')) else k: v.clone() + 1
+           for k, v in state.items()}
+    assert sum('.0.' in k for k in old) >= 4
+    fresh = Detector(dict(SMALL, backbone=TinyBackbone(), denoising=dict(num_groups=2), dense_aux=True,
+                          anchor_queries=True), num_classes=3)
+    fresh.load_state_dict(old, strict=True)
+    for key, value in fresh.state_dict().items():
+        torch.testing.assert_close(value, state[key] + 1)

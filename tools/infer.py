@@ -7,7 +7,9 @@
 ``--amp`` runs the detector under autocast (bfloat16 on a CPU, float16 on a GPU).
 
 ``--val N`` draws the first N images of the config's validation set in one grid, predictions
-in colour and ground truth in white.
+in colour and ground truth in white. Small images are drawn enlarged (the longer side at least
+384 px per grid tile, 512 px per picture) so the labels stay legible; ``--score-thr`` (default
+0.5) chooses which predictions are drawn.
 """
 import argparse
 import contextlib
@@ -18,11 +20,11 @@ import _bootstrap  # noqa: F401
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.registry import DATASETS, MODELS
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from torchvision.io import decode_image
 from torchvision.ops import box_convert
 from torchvision.transforms.v2 import functional as TF
-from torchvision.utils import draw_bounding_boxes, make_grid
+from torchvision.utils import make_grid
 
 import detection.engine  # noqa: F401
 from detection.data import transforms as recipes
@@ -45,17 +47,41 @@ def load_detector(cfg: Config, checkpoint: str):
     return model.eval(), list(classes)
 
 
+def canvas_scale(height: int, width: int, min_side: int = 512) -> int:
+    """The whole-number factor that brings the longer side to at least ``min_side`` pixels: a
+    96 px image is drawn at 6x, so its labels are legible and its boxes do not hide the object."""
+    return max(1, -(-min_side // max(height, width)))
+
+
 def draw(image_uint8: torch.Tensor, pred: dict, classes: list[str], score_thr: float,
-         gt_boxes: torch.Tensor | None = None) -> torch.Tensor:
+         gt_boxes: torch.Tensor | None = None, min_side: int = 512) -> torch.Tensor:
+    """The image (3, H, W) uint8 enlarged to ``canvas_scale`` with the predictions scoring at
+    least ``score_thr`` (boxes xyxy in image pixels, in their class colour, labelled "class score"
+    in white on that colour) and the ground truth in white. Returns (3, kH, kW) uint8."""
+    h, w = image_uint8.shape[-2:]
+    k = canvas_scale(h, w, min_side)
+    img = Image.fromarray(image_uint8.permute(1, 2, 0).numpy())
+    if k > 1:
+        img = img.resize((w * k, h * k), Image.NEAREST if max(h, w) < 256 else Image.BILINEAR)
+    canvas = ImageDraw.Draw(img)
+    side = max(img.size)
+    font = ImageFont.load_default(size=max(12, side // 36))
+    line = max(2, side // 256)
+    for box in [] if gt_boxes is None else (gt_boxes * k).tolist():
+        canvas.rectangle(box, outline='white', width=max(1, line // 2))
     keep = pred['scores'] >= score_thr
-    labels = [f'{classes[int(l)]} {s:.2f}' for l, s in zip(pred['labels'][keep], pred['scores'][keep])]
-    colors = [COLORS[int(l) % len(COLORS)] for l in pred['labels'][keep]]
-    out = image_uint8
-    if gt_boxes is not None and len(gt_boxes):
-        out = draw_bounding_boxes(out, gt_boxes, colors='white', width=1)
-    if keep.any():
-        out = draw_bounding_boxes(out, pred['boxes'][keep], labels=labels, colors=colors, width=2)
-    return out
+    for box, label, score in zip((pred['boxes'][keep] * k).tolist(), pred['labels'][keep].tolist(),
+                                 pred['scores'][keep].tolist()):
+        color = COLORS[label % len(COLORS)]
+        canvas.rectangle(box, outline=color, width=line)
+        text = f'{classes[label]} {score:.2f}'
+        left, top, right, bottom = canvas.textbbox((0, 0), text, font=font)
+        tw, th = right - left + 2 * line, bottom - top + 2 * line
+        x = min(max(box[0], 0), img.size[0] - tw)
+        y = box[1] - th if box[1] - th >= 0 else box[1]  # above the box, or inside it at the top
+        canvas.rectangle([x, y, x + tw, y + th], fill=color)
+        canvas.text((x + line - left, y + line - top), text, fill='white', font=font)
+    return TF.pil_to_tensor(img)
 
 
 def save(img: torch.Tensor, path: str) -> None:
@@ -71,19 +97,13 @@ def visualize_val(cfg, model, classes, n: int, out: str, score_thr: float) -> st
     for i in range(min(n, len(ds))):
         batch = collate_detection([ds[i]])
         (pred,) = model(batch['inputs'], batch['masks'], batch['data_samples'], mode='predict')
-        image_id = ds.ids[i]
-        img = TF.pil_to_tensor(ds.load_image(image_id))
+        img = TF.pil_to_tensor(ds.load_image(ds.ids[i]))
         h, w = img.shape[-2:]
-        gt = batch['data_samples'][0]['boxes']
-        gt = box_convert(gt, 'cxcywh', 'xyxy') * torch.tensor([w, h, w, h])
-        zoom = max(1, 256 // max(h, w))  # small images are enlarged so labels stay legible
-        if zoom > 1:
-            img = TF.resize(img, [h * zoom, w * zoom], interpolation=TF.InterpolationMode.NEAREST)
-            gt, pred = gt * zoom, dict(pred, boxes=pred['boxes'] * zoom)
-        tiles.append(draw(img, pred, classes, score_thr, gt))
+        gt = box_convert(batch['data_samples'][0]['boxes'], 'cxcywh', 'xyxy') * torch.tensor([w, h, w, h])
+        tiles.append(draw(img, pred, classes, score_thr, gt, min_side=384))
     size = max(max(t.shape[-2:]) for t in tiles)
     tiles = [torch.nn.functional.pad(t, (0, size - t.shape[2], 0, size - t.shape[1])) for t in tiles]
-    save(make_grid(tiles, nrow=min(4, len(tiles)), padding=4), out)
+    save(make_grid(tiles, nrow=min(4, len(tiles)), padding=6), out)
     return out
 
 
@@ -96,7 +116,8 @@ def main(argv=None):
     p.add_argument('--val', type=int, help='draw the first N validation images in one grid')
     p.add_argument('--out', default='work_dirs/predictions.png', help='the grid picture (--val)')
     p.add_argument('--out-dir', default='work_dirs/vis', help='one picture per input image')
-    p.add_argument('--score-thr', type=float, default=0.5)
+    p.add_argument('--score-thr', type=float, default=0.5,
+                   help='draw predictions scoring at least this (default 0.5; lower it to see what an early model almost finds)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
     p.add_argument('--amp', action='store_true', help='autocast: bfloat16 on a CPU, float16 on a GPU')
     p.add_argument('--amp-dtype', choices=['auto', 'bfloat16', 'float16'], default='auto')
