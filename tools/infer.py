@@ -8,8 +8,9 @@
 
 ``--val N`` draws the first N images of the config's validation set in one grid, predictions
 in colour and ground truth in white. Small images are drawn enlarged (the longer side at least
-384 px per grid tile, 512 px per picture) so the labels stay legible; ``--score-thr`` (default
-0.5) chooses which predictions are drawn.
+384 px per grid tile, 512 px per picture) so the labels stay legible; ``--score-thr`` chooses
+which predictions are drawn (default 0.5 for DETR's softmax scores, 0.3 for Deformable DETR's
+sigmoid scores).
 """
 import argparse
 import contextlib
@@ -116,8 +117,9 @@ def main(argv=None):
     p.add_argument('--val', type=int, help='draw the first N validation images in one grid')
     p.add_argument('--out', default='work_dirs/predictions.png', help='the grid picture (--val)')
     p.add_argument('--out-dir', default='work_dirs/vis', help='one picture per input image')
-    p.add_argument('--score-thr', type=float, default=0.5,
-                   help='draw predictions scoring at least this (default 0.5; lower it to see what an early model almost finds)')
+    p.add_argument('--score-thr', type=float,
+                   help='draw predictions scoring at least this (default: 0.5 for DETR\'s softmax scores, 0.3 for '
+                        'the sigmoid (focal-loss) scores of Deformable DETR, which run lower for the same box)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
     p.add_argument('--amp', action='store_true', help='autocast: bfloat16 on a CPU, float16 on a GPU')
     p.add_argument('--amp-dtype', choices=['auto', 'bfloat16', 'float16'], default='auto')
@@ -127,6 +129,8 @@ def main(argv=None):
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     apply_data_arguments(cfg, args)
+    if args.score_thr is None:
+        args.score_thr = 0.3 if cfg.model.get('focal') else 0.5
     model, classes = load_detector(cfg, args.checkpoint)
     with (autocast_for(model, None if args.amp_dtype == 'auto' else args.amp_dtype) if args.amp
           else contextlib.nullcontext()):
