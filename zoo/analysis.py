@@ -11,6 +11,7 @@ Plotting functions import matplotlib when called; the numbers need only torch.
 """
 import itertools
 import math
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -468,7 +469,8 @@ def plot_feature_depths(results: dict[str, list[LayerFeatures]], out: str, title
 def _save(fig, out: str) -> str:
     import os
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(out, dpi=80)
     _pyplot().close(fig)
     return out
@@ -512,10 +514,10 @@ def plot_rollouts(panels: list[tuple[str, torch.Tensor, torch.Tensor]], out: str
     """One column per model: (title, image (H, W, 3) in [0, 1], rollout (h, w)), the image above and
     the rollout up-sampled onto it below."""
     plt = _pyplot()
-    fig, axes = plt.subplots(2, len(panels), figsize=(2.2 * len(panels), 4.6), squeeze=False)
+    fig, axes = plt.subplots(2, len(panels), figsize=(2.2 * len(panels), 5.0), squeeze=False)
     for col, (name, image, rollout) in enumerate(panels):
         axes[0, col].imshow(image.numpy())
-        axes[0, col].set_title(name, fontsize=7)
+        axes[0, col].set_title(textwrap.fill(name, 30), fontsize=7)
         axes[1, col].imshow(image.numpy())
         axes[1, col].imshow(_upsample(rollout, tuple(image.shape[:2])).numpy(), cmap='inferno', alpha=0.65)
         for ax in axes[:, col]:
