@@ -11,7 +11,7 @@ Sub-commands:
              ``resnet50``, any registered zoo model), with the dead / extreme channel fractions
              of every layer printed and written as CSV (``--csv``; zoo.analysis.channel_fractions
              defines them)
-  attention  one model's attention of a token (``--token cls`` or ``--pixel Y X``) per block
+  attention  one model's attention of a token (the class token, or ``--pixel Y X``) per block
              and head, up-sampled onto the image
   rollout    attention rollout of the class token (each family's own form), one column per model
   detection  a DETR or Deformable DETR config (and checkpoint): per kept detection its box and
