@@ -124,13 +124,13 @@ class MSDeformAttn(nn.Module):
             nn.init.xavier_uniform_(proj.weight)
             nn.init.zeros_(proj.bias)
 
-    def forward(self, query, reference_points, value, spatial_shapes, level_start_index,
-                padding_mask=None):
+    def sampling(self, query: torch.Tensor, reference_points: torch.Tensor,
+                 spatial_shapes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where and how much each query looks: query (N, Lq, C), reference_points (N, Lq, L, 2|4)
+        as in :meth:`forward`, spatial_shapes (L, 2) -> sampling_locations (N, Lq, M, L, P, 2)
+        as (x, y) in [0, 1] of each level's extent and attention_weights (N, Lq, M, L, P) (a
+        softmax over each head's L * P samples): the arguments :func:`ms_deform_attn` gets."""
         m, l, p = self.num_heads, self.num_levels, self.num_points
-        value = self.value_proj(value)
-        if padding_mask is not None:
-            value = value.masked_fill(padding_mask[..., None], 0.0)
-        value = rearrange(value, 'n s (m d) -> n s m d', m=m)
         offsets = rearrange(self.sampling_offsets(query), 'n q (m l p xy) -> n q m l p xy',
                             m=m, l=l, p=p)
         weights = rearrange(self.attention_weights(query), 'n q (m lp) -> n q m lp', m=m)
@@ -146,5 +146,14 @@ class MSDeformAttn(nn.Module):
         else:
             raise ValueError('reference_points must end in 2 (points) or 4 (boxes), got '
                              f'{tuple(reference_points.shape)}')
+        return locations, weights
+
+    def forward(self, query, reference_points, value, spatial_shapes, level_start_index,
+                padding_mask=None):
+        value = self.value_proj(value)
+        if padding_mask is not None:
+            value = value.masked_fill(padding_mask[..., None], 0.0)
+        value = rearrange(value, 'n s (m d) -> n s m d', m=self.num_heads)
+        locations, weights = self.sampling(query, reference_points, spatial_shapes)
         return self.output_proj(ms_deform_attn(value, spatial_shapes, level_start_index,
                                                locations, weights))
