@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import os
 import os.path as osp
-import re
 
 import _bootstrap  # noqa: F401
 import torch
@@ -38,21 +37,14 @@ from zoo.pretrained import read_checkpoint
 COLORS = ['#e6194b', '#3cb44b', '#4363d8', '#f58231', '#911eb4', '#42d4f4', '#f032e6', '#bfef45']
 
 
-# Checkpoints written before the denoising position head, the anchor embedding and the dense box
-# head became zoo Mlps (commit f473960, same parameters) name their two Linears by Sequential index.
-_SEQUENTIAL_MLP = re.compile(r'^(net\.(?:denoising\.pos_head|dense_head\.box_head|anchor_pos))\.([02])\.')
-
-
 def load_detector(cfg: Config, checkpoint: str):
     """The config's detector with the checkpoint's weights, and the class names the checkpoint
     was trained with (mmengine stores the dataset's metainfo in it). A checkpoint of another
     detector raises a ValueError that names the disagreeing keys."""
     model = MODELS.build(cfg.model)
     state = read_checkpoint(checkpoint)
-    weights = {_SEQUENTIAL_MLP.sub(lambda m: f'{m[1]}.fc{int(m[2]) // 2 + 1}.', k): v
-               for k, v in state.get('state_dict', state).items()}
-    try:
-        model.load_state_dict(weights)
+    try:  # checkpoints from before the shared Mlp load through Detector's upgrade hook
+        model.load_state_dict(state.get('state_dict', state))
     except RuntimeError as e:
         raise ValueError(f'{checkpoint} is not a checkpoint of this config\'s detector: {str(e)[:600]} '
                          '... Pass the checkpoint trained with this config, or the config it was '

@@ -7,7 +7,8 @@ A command is a line of a fenced ``bash`` block or an inline code span that start
 ``python tools/``, ``torchrun`` or ``make``. Every one is checked without running it: a ``make``
 target exists in the Makefile; a tool exists, the configs it names exist, and its own argument
 parser accepts the arguments (flags, choices, types, positional counts). ``--run`` then runs
-``SMOKE`` (the README's own-data walk-through, ``make models``' table and a curves picture) with
+``SMOKE`` (the README's own-data walk-through, ``make models``' table, a curves picture and an
+attention figure) with
 tiny settings appended, in a fresh ``git clone`` of this checkout that uses this checkout's
 ``.venv`` through ``PATH``, as ``source .venv/bin/activate`` would.
 """
@@ -41,6 +42,7 @@ SMOKE = [
      '--data path/to/mine --img-size 256 --val 8', ''),
     ('python tools/analyze.py', ' --models deit_tiny_patch16_224,t2t_vit_7'),
     ('python tools/plot_curves.py work_dirs/detr_t2t_shapes --out work_dirs/curves.png', ''),
+    ('python tools/visualize.py attention --model vit_tiny_patch16_224 --pixel 30 40 --out docs/vis_attention.png', ''),
 ]
 SMOKE_SUBSTITUTIONS = {'path/to/mine': 'data/shapes_hard', 'epoch_32.pth': 'epoch_1.pth'}
 
@@ -152,8 +154,10 @@ def check(command: str) -> str | None:
     try:
         with contextlib.redirect_stderr(err):
             parser.parse_args(args)
-    except SystemExit:
-        return f'arguments refused: {err.getvalue().strip().splitlines()[-1]}'
+    except SystemExit as e:
+        if e.code in (0, None):  # --help
+            return None
+        return f'arguments refused: {(err.getvalue().strip().splitlines() or [str(e.code)])[-1]}'
     return None
 
 
