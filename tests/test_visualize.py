@@ -275,3 +275,23 @@ def test_tool_makes_every_figure(tmp_path, capsys):
         assert 1000 < (tmp_path / name).stat().st_size < 300_000
     table = (tmp_path / 'f.csv').read_text().splitlines()
     assert len(table) == 1 + 16 + 7 and table[16].startswith('resnet50,layer4.2,16,2048,')
+
+
+# The smallest variant of every family, at 64 px (positions resampled), for the per-family run.
+FAMILY_VARIANTS = ['vit_tiny_patch16_224', 'deit_tiny_distilled_patch16_224', 'deepvit_s', 'cait_xxs24_224',
+                   'cpvt_ti', 'cvt_13', 'ceit_t', 't2t_vit_7']
+
+
+@pytest.mark.parametrize('name', FAMILY_VARIANTS)
+def test_every_family_gives_features_token_attention_and_rollout(name):
+    model = zoo.create_model(name, img_size=64, num_classes=0).eval()
+    x = torch.randn(1, 3, 64, 64)
+    layers = za.feature_layers(model)
+    records = za.feature_maps_by_depth(model, x, num_channels=4)
+    assert len(records) == len(layers) and sum(r.channels is not None for r in records) == min(4, len(layers))
+    assert all(0 <= r.dead[0] <= 1 and 0 <= r.extreme[0] <= 1 for r in records)
+    rows = za.token_attention(model, x, (40, 20))
+    # (re-attention and talking heads mix heads after the softmax: their maps may be negative)
+    assert rows and all(torch.isfinite(r.attn).all() and r.attn.abs().sum() > 0 for r in rows)
+    rollout = za.attention_rollout(model, x)
+    assert rollout.dim() == 3 and rollout.shape[0] == 1 and torch.isfinite(rollout).all() and rollout.abs().sum() > 0
