@@ -240,6 +240,42 @@ def test_layer_decay_groups_and_no_weight_decay():
     assert len(lr_of) == len(params)
 
 
+def _effective_lrs(tmp_path, config: str, world_size: int, batch_size: int,
+                   **overrides) -> tuple[list, str]:
+    """The parameter groups' lr after the Runner's scaling (before warm-up) for ``world_size``
+    processes of ``batch_size`` images, and what the Runner logged about it."""
+    from zoo.engine import Runner
+    cfg = Config.fromfile(os.path.join(CONFIGS, config))
+    cfg.merge_from_dict({'model.backbone': dict(TINY_DEIT, depth=1), 'work_dir': str(tmp_path),
+                         'train_dataloader.batch_size': batch_size, **overrides})
+    cfg.experiment_name = f'lr_{config[:-3]}_{world_size}x{batch_size}_{len(os.listdir(tmp_path))}'
+    runner = Runner.from_cfg(cfg)
+    runner._world_size = world_size  # as torchrun with world_size processes would set it
+    records = _Records()
+    runner.logger.addHandler(records)
+    try:
+        wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
+        runner.scale_lr(wrapper, runner.auto_scale_lr)
+    finally:
+        runner.logger.removeHandler(records)
+    return ([g['lr'] for g in wrapper.optimizer.param_groups],
+            '\n'.join(records.messages))
+
+
+def test_lr_is_scaled_by_the_total_batch_as_deit_and_logged(tmp_path):
+    # DeiT: lr 5e-4 x total batch / 512, i.e. 1e-3 at 8 processes x 128 and 1.25e-4 at 1 x 128.
+    for world, batch, lr in ((8, 128, 1e-3), (1, 128, 1.25e-4), (2, 64, 1.25e-4)):
+        lrs, log = _effective_lrs(tmp_path, 'deit_tiny_imagenet.py', world, batch)
+        assert max(lrs) == pytest.approx(lr), (world, batch)
+        assert f'effective lr {lr:.4g}' in log and f'{world} process(es) x batch {batch}' in log
+    # The fine-tuning config: DeiT's 5e-6 for 512 in total.
+    lrs, _ = _effective_lrs(tmp_path, 'deit_base_384_finetune_imagenet.py', 4, 64,
+                            **{'model.backbone.pretrained': False})
+    assert max(lrs) == pytest.approx(5e-6 * 256 / 512)
+    lrs, log = _effective_lrs(tmp_path, 'deit_tiny_imagenet.py', 1, 128, **{'auto_scale_lr.enable': False})
+    assert max(lrs) == pytest.approx(5e-4) and 'not scaled' in log
+
+
 # --- distillation -------------------------------------------------------------------------------
 
 def test_distillation_loss_hard_and_soft():

@@ -15,3 +15,6 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=500),
     dict(type='MultiStepLR', milestones=[40], gamma=0.1, by_epoch=True),
 ]
+# lr 2e-4 for the paper's total batch of 32, scaled linearly for other totals and logged (the
+# Runner); auto_scale_lr.enable=False keeps the configured rate at any batch.
+auto_scale_lr = dict(enable=True, base_batch_size=32)
