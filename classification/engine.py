@@ -36,7 +36,7 @@ class Classifier(BaseModel):
     pretrained checkpoint at another resolution has its position table resampled; one with
     another class count loads without its classifier, with a warning (:func:`zoo.create_model`).
     distillation: ``dict(teacher=dict(name, checkpoint, **overrides), kind='hard' | 'soft',
-    alpha=0.5, tau=1.0)``; the teacher is built on the first training step, so evaluating a
+    alpha=0.5, tau=1.0, soft_reduction='elements' | 'batch')`` (:class:`DistillationLoss`); the teacher is built on the first training step, so evaluating a
     distilled student needs no teacher. ``grad_checkpointing=True`` recomputes each block's
     activations in backward (``model.set_grad_checkpointing``: less memory, same gradients).
 

@@ -287,10 +287,17 @@ def test_distillation_loss_hard_and_soft():
         t = teacher(x)
     hard = DistillationLoss(teacher, 'hard', alpha=0.5)(x, (cls, dist), base)
     torch.testing.assert_close(hard['loss_distill'], 0.5 * torch.nn.functional.cross_entropy(dist, t.argmax(1)))
+    # Soft, by hand: DeiT sums KL(p_t || p_s) * tau^2 over the 4 images and 3 classes and divides
+    # by 4 * 3 (the default); 'batch' divides by the 4 images only.
     soft = DistillationLoss(teacher, 'soft', alpha=0.5, tau=2.0)(x, (cls, dist), base)
-    p_t = (t / 2).softmax(1)
-    kl = (p_t * (p_t.log() - (dist / 2).log_softmax(1))).sum(1).mean() * 4
-    torch.testing.assert_close(soft['loss_distill'], 0.5 * kl)
+    p_t, p_s = (t / 2).softmax(1), (dist / 2).softmax(1)
+    kl_sum = sum(float(p_t[i, k] * (p_t[i, k] / p_s[i, k]).log()) for i in range(4) for k in range(3))
+    torch.testing.assert_close(soft['loss_distill'], torch.tensor(0.5 * kl_sum * 2 * 2 / (4 * 3)))
+    per_image = DistillationLoss(teacher, 'soft', alpha=0.5, tau=2.0, soft_reduction='batch')
+    torch.testing.assert_close(per_image(x, (cls, dist), base)['loss_distill'],
+                               torch.tensor(0.5 * kl_sum * 2 * 2 / 4))
+    with pytest.raises(ValueError, match="soft_reduction must be 'elements'"):
+        DistillationLoss(teacher, 'soft', soft_reduction='mean')
     # The teacher stays out of the student's parameters and state dict.
     assert not list(DistillationLoss(teacher).parameters())
 
