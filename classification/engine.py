@@ -36,8 +36,9 @@ class Classifier(BaseModel):
     pretrained checkpoint at another resolution has its position table resampled; one with
     another class count loads without its classifier, with a warning (:func:`zoo.create_model`).
     distillation: ``dict(teacher=dict(name, checkpoint, **overrides), kind='hard' | 'soft',
-    alpha=0.5, tau=1.0, soft_reduction='elements' | 'batch')`` (:class:`DistillationLoss`); the teacher is built on the first training step, so evaluating a
-    distilled student needs no teacher. ``grad_checkpointing=True`` recomputes each block's
+    alpha=0.5, tau=1.0, soft_reduction='elements' | 'batch')`` (:class:`DistillationLoss`);
+    the teacher is built on the first training step, so evaluating a distilled student needs
+    no teacher. ``grad_checkpointing=True`` recomputes each block's
     activations in backward (``model.set_grad_checkpointing``: less memory, same gradients).
 
     forward(inputs (B, C, H, W), data_samples=dict(labels (B,), indices (B,), targets (B, K) |
