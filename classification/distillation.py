@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import zoo
+from zoo.factory import weights_overrides
 from zoo.pretrained import (classifier_mismatch, convert_checkpoint, read_checkpoint,
                             unwrap_state_dict)
 
@@ -26,7 +27,8 @@ def build_network(name: str, num_classes: int, pretrained=False, **overrides) ->
 
     For a zoo model ``pretrained`` is False, True (released weights) or a checkpoint path: an
     official / timm one or one tools/train.py wrote; at another resolution its position table is
-    resampled, with another class count its classifier is left out (a warning)."""
+    resampled, with another class count its classifier is left out (a warning); the model is
+    built as weights are loaded (:func:`zoo.factory.weights_overrides`: T2T-ViT's scale)."""
     if name.startswith(TORCHVISION_PREFIX):
         import torchvision
         weights = None if pretrained in (False, None) else pretrained
@@ -39,7 +41,8 @@ def build_network(name: str, num_classes: int, pretrained=False, **overrides) ->
         return zoo.create_model(name, pretrained=pretrained, num_classes=num_classes, **overrides)
     # A local checkpoint, possibly a Classifier's (keys under backbone.): loaded as create_model
     # loads one, position table resampled and classifier dropped on another class count.
-    model = zoo.create_model(name, num_classes=num_classes, **overrides)
+    model = zoo.create_model(name, **weights_overrides(name, dict(num_classes=num_classes,
+                                                                  **overrides)))
     sd = convert_checkpoint(model, classifier_state_dict(os.fspath(pretrained)))
     reset = classifier_mismatch(model, sd)
     if reset:
