@@ -2,6 +2,7 @@
 the layer-decay optimiser constructor, registered so configs can name them:
 ``model=dict(type='Classifier', ...)``, ``val_evaluator=dict(type='Accuracy')``,
 ``dataset=dict(type='FashionMNIST', ...)``, ``collate_fn=dict(type='classification_collate')``,
+``sampler=dict(type='RepeatAugSampler')``,
 ``optim_wrapper=dict(constructor='LayerDecayOptimWrapperConstructor', ...)``.
 """
 import re
@@ -11,7 +12,8 @@ import torch.nn.functional as F
 from mmengine.evaluator import BaseMetric
 from mmengine.model import BaseModel
 from mmengine.optim import DefaultOptimWrapperConstructor
-from mmengine.registry import DATASETS, FUNCTIONS, METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.registry import (DATA_SAMPLERS, DATASETS, FUNCTIONS, METRICS, MODELS,
+                               OPTIM_WRAPPER_CONSTRUCTORS)
 from torch import nn
 
 import zoo.engine  # noqa: F401  (checkpoint loading fix, CPU torchrun)
@@ -19,6 +21,7 @@ import zoo.engine  # noqa: F401  (checkpoint loading fix, CPU torchrun)
 from . import transforms as recipes
 from .data import FashionMNIST, ImageFolderDataset
 from .distillation import DistillationLoss, build_network, build_teacher
+from .samplers import RepeatAugSampler
 from .transforms import classification_collate
 
 _DIVERGED = ('Training stops here and the last saved checkpoint is kept; resume from it with a '
@@ -229,3 +232,4 @@ def build_transform(transform):
 
 
 FUNCTIONS.register_module(name='classification_collate', module=classification_collate)
+DATA_SAMPLERS.register_module(name='RepeatAugSampler', module=RepeatAugSampler)

@@ -198,6 +198,36 @@ def test_deit_train_transforms_and_mixing_collate():
     assert evaluation['data_samples']['labels'].tolist() == [0, 1, 2, 3] * 2
 
 
+def test_repeat_aug_sampler_index_pattern_and_per_process_split():
+    from classification import RepeatAugSampler
+    data = list(range(5))
+    # Unshuffled: 0 0 0 1 1 1 ... 4 4 4 padded from the start to 16, dealt round the 2 processes,
+    # so the copies of an image go to different processes.
+    ranks = [list(RepeatAugSampler(data, shuffle=False, selected_round=0, seed=0, rank=r, world_size=2))
+             for r in (0, 1)]
+    assert ranks == [[0, 0, 1, 2, 2, 3, 4, 4], [0, 1, 1, 2, 3, 3, 4, 0]]
+    # Shuffled: every process draws the same permutation for an epoch, a new one per set_epoch.
+    data = list(range(600))
+    epochs = []
+    for epoch in (0, 1):
+        shares = []
+        for r in range(2):
+            sampler = RepeatAugSampler(data, seed=7, rank=r, world_size=2)
+            sampler.set_epoch(epoch)
+            shares.append(list(sampler))
+        # DeiT's epoch length: floor(600 // 256 * 256 / 2) = 256 indices per process.
+        assert [len(x) for x in shares] == [256, 256] and len(sampler) == 256
+        merged = [i for pair in zip(*shares) for i in pair]  # the global order, 512 long
+        assert all(merged[3 * j] == merged[3 * j + 1] == merged[3 * j + 2] for j in range(170))
+        assert len(set(merged)) == 171  # 170 images x 3, then the first copies of the 171st
+        epochs.append(merged)
+    assert epochs[0] != epochs[1]
+    for world, length in ((1, 512), (4, 128), (8, 64)):
+        assert len(RepeatAugSampler(data, seed=0, rank=0, world_size=world)) == length
+    with pytest.raises(ValueError, match='selected_round=0'):
+        RepeatAugSampler(list(range(100)), seed=0, rank=0, world_size=1)
+
+
 def test_accuracy_top1_top5_counts_each_sample_once():
     metric = Accuracy(topk=(1, 5))
     scores = torch.eye(6)[[0, 1, 2, 3]] * 0.5 + torch.linspace(0, 0.1, 6)  # argmax: 0, 1, 2, 3
@@ -448,6 +478,52 @@ def test_every_family_trains_through_its_config(config, tmp_path, monkeypatch):
     assert 'backbone.head.weight' in changed and len(changed) > len(before) // 2
     metrics = runner.val_loop.run()
     assert 0 <= metrics['accuracy/top1'] <= 100 and metrics['accuracy/top5'] >= metrics['accuracy/top1']
+
+
+IMAGENET_CONFIGS = ['deit_tiny_imagenet.py', 'deit_tiny_distilled_imagenet.py',
+                    'deit_base_384_finetune_imagenet.py']
+
+
+@pytest.mark.parametrize('config', IMAGENET_CONFIGS)
+def test_imagenet_configs_train_end_to_end_on_a_tiny_folder(config, tmp_path, monkeypatch):
+    """The ImageNet recipes (repeated augmentation, timm's RandAugment, mixup, EMA, distillation,
+    lr scaling) on 3 class folders of 4 images, a tiny model at 28 px, one epoch."""
+    from zoo.engine import Runner
+    monkeypatch.setattr(Config, 'pretty_text', property(_plain_pretty_text))
+    for split in ('train', 'val'):
+        _image_folder(tmp_path / 'imagenet' / split, per_class=4, size=36)
+    cfg = Config.fromfile(os.path.join(CONFIGS, config))
+    assert cfg.train_dataloader.sampler.type == 'RepeatAugSampler'
+    loader = dict(batch_size=4, num_workers=0, persistent_workers=False, pin_memory=False)
+    tiny = {k: v for k, v in TINY_DEIT.items() if k != 'name'} | dict(depth=1)
+    teacher = Classifier(dict(TINY_DEIT, depth=1), num_classes=3)
+    torch.save({'state_dict': teacher.state_dict()}, tmp_path / 'teacher.pth')
+    cfg.merge_from_dict({
+        'model.num_classes': 3,
+        'model.backbone': dict(tiny, pretrained=False),  # the config's own family
+        'train_dataloader': dict(loader, sampler=dict(selected_round=0), dataset=dict(
+            root=str(tmp_path / 'imagenet' / 'train'), num_classes=3,
+            transform=dict(img_size=28)), collate_fn=dict(num_classes=3)),
+        'val_dataloader': dict(loader, dataset=dict(
+            root=str(tmp_path / 'imagenet' / 'val'), num_classes=3,
+            transform=dict(img_size=28))),
+        'train_cfg.max_epochs': 1,
+        'default_hooks.logger.interval': 1,
+        'work_dir': str(tmp_path / 'work'),
+        'visualizer.vis_backends': [dict(type='LocalVisBackend')],
+    })
+    if 'distillation' in cfg.model:
+        cfg.model.distillation.teacher = dict(
+            name='deit_tiny_patch16_224', checkpoint=str(tmp_path / 'teacher.pth'), **tiny)
+    cfg.test_dataloader = cfg.val_dataloader
+    cfg.experiment_name = f'{config[:-3]}_{os.getpid()}_{tmp_path.name}'
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    assert runner.model.backbone.model_name == cfg.model.backbone.name
+    # 12 images x 3 repeats = 36 indices in 9 batches of 4.
+    assert runner.iter == 9 and os.path.isfile(tmp_path / 'work' / 'epoch_1.pth')
+    metrics = runner.val_loop.run()
+    assert 0 <= metrics['accuracy/top1'] <= 100
 
 
 def test_every_classification_config_parses_and_names_registered_types():
