@@ -228,6 +228,45 @@ def test_repeat_aug_sampler_index_pattern_and_per_process_split():
         RepeatAugSampler(list(range(100)), seed=0, rank=0, world_size=1)
 
 
+def test_timm_rand_augment_op_set_and_magnitude_distribution():
+    """DeiT's rand-m9-mstd0.5-inc1: 2 ops from timm's 15 'increasing' ops, each applied with
+    probability 0.5 at a magnitude ~ N(9, 0.5) clipped to [0, 10]."""
+    from classification.transforms import TimmRandAugment, build_rand_augment
+    cfg = Config.fromfile(os.path.join(CONFIGS, '_base_', 'datasets', 'imagenet.py'))
+    ra = build_rand_augment(cfg.train_pipeline.rand_augment)
+    assert isinstance(ra, TimmRandAugment) and (ra.num_ops, ra.prob) == (2, 0.5)
+    assert ra.fill == [124, 116, 104] and ra.interpolation.value == 'bicubic'  # DeiT's img_mean
+    torch.manual_seed(0)
+    draws = [ra.sample() for _ in range(20000)]
+    ops = [name for d in draws for name, _ in d]
+    levels = torch.tensor([m for d in draws for _, m in d])
+    assert set(ops) == set(TimmRandAugment.OPS) == {
+        'AutoContrast', 'Equalize', 'Invert', 'Rotate', 'PosterizeIncreasing',
+        'SolarizeIncreasing', 'SolarizeAdd', 'ColorIncreasing', 'ContrastIncreasing',
+        'BrightnessIncreasing', 'SharpnessIncreasing', 'ShearX', 'ShearY', 'TranslateXRel',
+        'TranslateYRel'}
+    assert len(ops) / 40000 == pytest.approx(0.5, abs=0.01)  # each op applied with p 0.5
+    counts = torch.tensor([ops.count(name) for name in TimmRandAugment.OPS], dtype=torch.float)
+    assert (counts / len(ops) - 1 / 15).abs().max() < 0.01  # uniform over the 15
+    assert levels.min() >= 0 and levels.max() == 10.0
+    assert levels.mean().item() == pytest.approx(9.0, abs=0.02)
+    assert levels.std().item() == pytest.approx(0.49, abs=0.02)  # 0.5, its tail above 10 clipped
+    assert (levels == 10.0).float().mean().item() == pytest.approx(0.0228, abs=0.005)  # P(z > 2)
+    # timm's level -> argument at magnitude 9 (random signs where it has them).
+    args = {name: {ra.op_argument(name, 9.0) for _ in range(50)} for name in ra.OPS}
+    assert args['Rotate'] == {27.0, -27.0} and args['ShearX'] == {0.27, -0.27}
+    assert {round(a, 6) for a in args['TranslateYRel']} == {0.405, -0.405}
+    assert args['PosterizeIncreasing'] == {1} and args['SolarizeIncreasing'] == {26}
+    assert args['SolarizeAdd'] == {99} and args['ColorIncreasing'] == {1.81, 1 - 0.81}
+    assert args['Equalize'] == {None}
+    image = torch.randint(0, 256, (3, 20, 24), dtype=torch.uint8)
+    for name in ra.OPS:
+        out = ra.apply(name, ra.op_argument(name, 9.0), image)
+        assert out.shape == image.shape and out.dtype == torch.uint8, name
+    with pytest.raises(ValueError, match='increasing op set'):
+        build_rand_augment('rand-m9-mstd0.5')
+
+
 def test_accuracy_top1_top5_counts_each_sample_once():
     metric = Accuracy(topk=(1, 5))
     scores = torch.eye(6)[[0, 1, 2, 3]] * 0.5 + torch.linspace(0, 0.1, 6)  # argmax: 0, 1, 2, 3

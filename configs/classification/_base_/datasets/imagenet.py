@@ -4,7 +4,7 @@ data_root = 'data/imagenet/'
 num_classes = 1000
 img_size = 224
 train_pipeline = dict(type='deit_train_transforms', img_size=img_size, scale=(0.08, 1.0),
-                      rand_augment=dict(num_ops=2, magnitude=9), re_prob=0.25)
+                      rand_augment='rand-m9-mstd0.5-inc1', re_prob=0.25)  # timm's, as DeiT
 test_pipeline = dict(type='deit_test_transforms', img_size=img_size, crop_pct=0.875)
 train_dataloader = dict(
     batch_size=128, num_workers=8, persistent_workers=True, pin_memory=True,
