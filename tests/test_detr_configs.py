@@ -35,6 +35,17 @@ def test_backbone_swap_is_one_line():
     assert cfg.model.detector.num_queries == 100 and cfg.model.detector.hidden_dim == 256
 
 
+def test_official_detr_schedule_ships_and_every_config_names_its_schedule():
+    official = Config.fromfile(os.path.join(ROOT, 'configs', '_base_', 'schedules', 'detr_300e.py'))
+    assert official.train_cfg.max_epochs == 300
+    assert official.param_scheduler[-1].milestones == [200]
+    short = Config.fromfile(os.path.join(ROOT, 'configs', '_base_', 'schedules', 'detr_150e.py'))
+    assert short.train_cfg.max_epochs == 150 and short.param_scheduler[-1].milestones == [100]
+    for path in glob.glob(os.path.join(ROOT, 'configs', '*detr_*.py')):
+        with open(path) as f:
+            assert '# Schedule:' in f.read(), path
+
+
 @pytest.mark.parametrize('config, base_lr, base_batch', [('detr_r50.py', 1e-4, 16),
                                                          ('deformable_detr_r50.py', 2e-4, 32)])
 def test_lr_scales_with_the_total_batch(config, base_lr, base_batch):

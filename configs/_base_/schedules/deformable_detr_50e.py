@@ -1,6 +1,7 @@
 # AdamW 2e-4 (backbone 2e-5; sampling offsets and reference points 2e-5 as well, since their
 # gradients move sampling locations directly), weight decay 1e-4, gradient-norm clip 0.1,
-# 50 epochs with the lr drop at 40. A short linear warm-up for transformer backbones (ViTDet).
+# 50 epochs with the lr drop at 40, Deformable DETR's own schedule. The 500-iteration linear
+# warm-up is the project's, for transformer backbones (ViTDet); the official code has none.
 optim_wrapper = dict(
     type='OptimWrapper', constructor='QuietOptimWrapperConstructor',
     optimizer=dict(type='AdamW', lr=2e-4, weight_decay=1e-4),
