@@ -43,6 +43,10 @@ class Classifier(BaseModel):
     the teacher is built on the first training step, so evaluating a distilled student needs
     no teacher. ``grad_checkpointing=True`` recomputes each block's
     activations in backward (``model.set_grad_checkpointing``: less memory, same gradients).
+    ``heads_without_teacher``: a distilled architecture trained without ``distillation`` trains
+    its class head only, as DeiT (``'class'``: the distillation head stays at its initial
+    weights and evaluation still averages both, as in DeiT), or both heads on the labels
+    (``'both'``).
 
     forward(inputs (B, C, H, W), data_samples=dict(labels (B,), indices (B,), targets (B, K) |
     None), mode): 'loss' -> dict of losses; 'predict' -> per image dict(scores (K,) softmax,
@@ -52,7 +56,7 @@ class Classifier(BaseModel):
 
     def __init__(self, backbone: dict, num_classes: int, label_smoothing: float = 0.0,
                  distillation: dict | None = None, grad_checkpointing: bool = False,
-                 data_preprocessor=None, init_cfg=None):
+                 heads_without_teacher: str = 'class', data_preprocessor=None, init_cfg=None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         backbone = dict(backbone)
         self.num_classes, self.label_smoothing = num_classes, label_smoothing
@@ -65,6 +69,15 @@ class Classifier(BaseModel):
             self.backbone.set_grad_checkpointing(True)
         self.distillation_cfg = dict(distillation) if distillation else None
         self._distill: DistillationLoss | None = None
+        if heads_without_teacher not in ('class', 'both'):
+            raise ValueError(f"heads_without_teacher must be 'class' (DeiT) or 'both', got "
+                             f"{heads_without_teacher!r}")
+        self.heads_without_teacher = heads_without_teacher
+        head_dist = getattr(self.backbone, 'head_dist', None)
+        if distillation is None and heads_without_teacher == 'class' and head_dist is not None:
+            # DeiT without a teacher trains the class head only; frozen, the distillation head
+            # is out of the optimiser (no weight decay either) and out of DDP's gradient sync.
+            head_dist.requires_grad_(False)
 
     def distillation_loss(self) -> DistillationLoss | None:
         if self.distillation_cfg is not None and self._distill is None:
@@ -104,8 +117,10 @@ class Classifier(BaseModel):
         if distill is not None:
             losses = distill(inputs, outputs, base_loss)
         elif isinstance(outputs, (tuple, list)):
-            # A distilled architecture trained without a teacher: both heads learn the labels.
-            losses = dict(loss_cls=sum(base_loss(o) for o in outputs) / len(outputs))
+            # A distilled architecture trained without a teacher: the class head learns the
+            # labels (DeiT), or both heads do (heads_without_teacher='both').
+            heads = outputs if self.heads_without_teacher == 'both' else outputs[:1]
+            losses = dict(loss_cls=sum(base_loss(o) for o in heads) / len(heads))
         else:
             losses = dict(loss_cls=base_loss(outputs))
         if not torch.isfinite(sum(losses.values())):

@@ -345,6 +345,65 @@ def test_lr_is_scaled_by_the_total_batch_as_deit_and_logged(tmp_path):
     assert max(lrs) == pytest.approx(5e-4) and 'not scaled' in log
 
 
+def test_weight_decay_groups_as_deit_dist_token_decays():
+    """DeiT's optimiser skips 1-D parameters, biases and no_weight_decay() = {pos_embed,
+    cls_token}; its (1, 1, D) dist_token is decayed."""
+    model = Classifier(dict(TINY_DEIT, name='deit_tiny_distilled_patch16_224'), num_classes=4,
+                       heads_without_teacher='both')  # as with a teacher: both heads train
+    constructor = LayerDecayOptimWrapperConstructor(
+        dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1.0, weight_decay=0.05)))
+    decay_of = {id(p): g['weight_decay'] for g in constructor(model).optimizer.param_groups
+                for p in g['params']}
+    decay = {n: decay_of[id(p)] for n, p in model.backbone.named_parameters() if id(p) in decay_of}
+    assert decay['dist_token'] == 0.05 and decay['cls_token'] == decay['pos_embed'] == 0.0
+    assert decay['blocks.0.attn.qkv.weight'] == 0.05 and decay['blocks.0.attn.qkv.bias'] == 0.0
+    assert decay['norm.weight'] == 0.0 and decay['head_dist.weight'] == 0.05
+    assert model.backbone.no_weight_decay() == {'pos_embed', 'cls_token'}
+
+
+@pytest.mark.parametrize('name, tiny', [
+    ('deit_tiny_distilled_patch16_224', {}), ('vit_tiny_patch16_224', {}),
+    ('cait_xxs24_224', dict(depth_token_only=1)), ('deepvit_s', dict(num_reattention_blocks=1)),
+    ('ceit_t', dict(img_size=32, patch_size=None)), ('cpvt_ti', {}),
+    ('cvt_13', dict(embed_dims=(16, 32, 32), depths=(1, 1, 1), num_heads=(1, 2, 2), embed_dim=None,
+                    depth=None, patch_size=None))])
+def test_no_dropout_before_the_head_as_the_official_models(name, tiny):
+    overrides = {k: v for k, v in {**TINY_DEIT, 'depth': 1, **tiny}.items()
+                 if k != 'name' and v is not None}
+    model = zoo.create_model(name, num_classes=5, drop_rate=0.5, **overrides).train()
+    tokens = model.forward_features(torch.randn(2, 3, *(2 * [overrides['img_size']])))
+    with torch.no_grad():
+        first, second = model.forward_head(tokens), model.forward_head(tokens)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)  # train mode, drop_rate 0.5
+
+
+def test_ceit_leff_has_no_dropout_and_cvt_head_bias_is_pytorchs_default():
+    from zoo.layers.leff import LocallyEnhancedFeedForward
+    leff = LocallyEnhancedFeedForward(8, 16, drop=0.5).train()
+    x = torch.randn(2, 1 + 9, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(leff(x, (3, 3)), leff(x, (3, 3)), rtol=0, atol=0)
+    cvt = zoo.create_model('cvt_13', embed_dims=(16, 32, 48), depths=(1, 1, 1), num_heads=(1, 2, 2))
+    bias = cvt.head.bias
+    assert bias.abs().max() <= 48 ** -0.5 and bias.std() > 0.3 * 48 ** -0.5  # U(+-1/sqrt(48))
+
+
+def test_distilled_model_without_teacher_trains_the_class_head_only_as_deit():
+    batch = classification_collate([(torch.randn(3, 28, 28), i % 4, i) for i in range(4)],
+                                   num_classes=4)
+    name = 'deit_tiny_distilled_patch16_224'
+    deit = Classifier(dict(TINY_DEIT, name=name), num_classes=4)
+    both = Classifier(dict(TINY_DEIT, name=name), num_classes=4, heads_without_teacher='both')
+    for model in (deit, both):
+        sum(model(batch['inputs'], batch['data_samples'], mode='loss').values()).backward()
+        assert model.backbone.head.weight.grad.abs().sum() > 0
+    assert deit.backbone.head_dist.weight.grad is None
+    assert not deit.backbone.head_dist.weight.requires_grad
+    assert both.backbone.head_dist.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="heads_without_teacher must be 'class'"):
+        Classifier(dict(TINY_DEIT), num_classes=4, heads_without_teacher='dist')
+
+
 # --- distillation -------------------------------------------------------------------------------
 
 def test_distillation_loss_hard_and_soft():
