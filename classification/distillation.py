@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import zoo
+from zoo.factory import weights_overrides
 from zoo.pretrained import (classifier_mismatch, convert_checkpoint, read_checkpoint,
                             unwrap_state_dict)
 
@@ -26,7 +27,8 @@ def build_network(name: str, num_classes: int, pretrained=False, **overrides) ->
 
     For a zoo model ``pretrained`` is False, True (released weights) or a checkpoint path: an
     official / timm one or one tools/train.py wrote; at another resolution its position table is
-    resampled, with another class count its classifier is left out (a warning)."""
+    resampled, with another class count its classifier is left out (a warning); the model is
+    built as weights are loaded (:func:`zoo.factory.weights_overrides`: T2T-ViT's scale)."""
     if name.startswith(TORCHVISION_PREFIX):
         import torchvision
         weights = None if pretrained in (False, None) else pretrained
@@ -39,7 +41,8 @@ def build_network(name: str, num_classes: int, pretrained=False, **overrides) ->
         return zoo.create_model(name, pretrained=pretrained, num_classes=num_classes, **overrides)
     # A local checkpoint, possibly a Classifier's (keys under backbone.): loaded as create_model
     # loads one, position table resampled and classifier dropped on another class count.
-    model = zoo.create_model(name, num_classes=num_classes, **overrides)
+    model = zoo.create_model(name, **weights_overrides(name, dict(num_classes=num_classes,
+                                                                  **overrides)))
     sd = convert_checkpoint(model, classifier_state_dict(os.fspath(pretrained)))
     reset = classifier_mismatch(model, sd)
     if reset:
@@ -94,22 +97,28 @@ class DistillationLoss(nn.Module):
     """DeiT's loss: the base loss on the class head, plus the distillation head against the
     teacher's outputs on the same (augmented, mixed) inputs.
 
-    kind 'soft': KL(softmax(teacher / tau) || softmax(dist / tau)) * tau^2, averaged over the
-    batch (DeiT's code divides the summed KL by B * K instead, weakening it K-fold);
+    kind 'soft': KL(softmax(teacher / tau) || softmax(dist / tau)) * tau^2, summed over the batch
+    and the classes and divided by ``soft_reduction``'s count: 'elements' (default) B * K, as
+    DeiT's code (``reduction='sum'`` ... ``/ outputs.numel()``); 'batch' B, the KL per image, a
+    K times stronger term.
     'hard': cross-entropy of the distillation head against the teacher's argmax.
     loss = (1 - alpha) * base + alpha * distillation (DeiT: alpha 0.5, tau 1 and, for hard
     distillation, the two terms weighted equally as here).
     """
 
     def __init__(self, teacher: nn.Module, kind: str = 'hard', alpha: float = 0.5,
-                 tau: float = 1.0):
+                 tau: float = 1.0, soft_reduction: str = 'elements'):
         super().__init__()
         if kind not in ('soft', 'hard'):
             raise ValueError(f"distillation kind must be 'soft' or 'hard', got {kind!r}")
+        if soft_reduction not in ('elements', 'batch'):
+            raise ValueError(f"soft_reduction must be 'elements' (DeiT: the summed KL over B * K) "
+                             f"or 'batch' (over B), got {soft_reduction!r}")
         # Kept out of the module tree: the teacher is not trained, not saved in the student's
         # checkpoints and not wrapped by DDP.
         self.__dict__['teacher'] = teacher
         self.kind, self.alpha, self.tau = kind, alpha, tau
+        self.soft_reduction = soft_reduction
 
     def forward(self, inputs: torch.Tensor, outputs, base_loss) -> dict[str, torch.Tensor]:
         """inputs (B, C, H, W); outputs (class logits (B, K), distillation logits (B, K)), or one
@@ -128,9 +137,11 @@ class DistillationLoss(nn.Module):
                              f'same classes')
         if self.kind == 'soft':
             t = self.tau
+            count = (dist_logits.numel() if self.soft_reduction == 'elements'
+                     else dist_logits.shape[0])
             distill = F.kl_div(F.log_softmax(dist_logits / t, dim=1),
                                F.log_softmax(teacher_logits / t, dim=1),
-                               reduction='batchmean', log_target=True) * t * t
+                               reduction='sum', log_target=True) * (t * t / count)
         else:
             distill = F.cross_entropy(dist_logits, teacher_logits.argmax(dim=1))
         return dict(loss_cls=base_loss(cls_logits) * (1 - self.alpha),

@@ -2,6 +2,7 @@
 the layer-decay optimiser constructor, registered so configs can name them:
 ``model=dict(type='Classifier', ...)``, ``val_evaluator=dict(type='Accuracy')``,
 ``dataset=dict(type='FashionMNIST', ...)``, ``collate_fn=dict(type='classification_collate')``,
+``sampler=dict(type='RepeatAugSampler')``,
 ``optim_wrapper=dict(constructor='LayerDecayOptimWrapperConstructor', ...)``.
 """
 import re
@@ -11,7 +12,8 @@ import torch.nn.functional as F
 from mmengine.evaluator import BaseMetric
 from mmengine.model import BaseModel
 from mmengine.optim import DefaultOptimWrapperConstructor
-from mmengine.registry import DATASETS, FUNCTIONS, METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.registry import (DATA_SAMPLERS, DATASETS, FUNCTIONS, METRICS, MODELS,
+                               OPTIM_WRAPPER_CONSTRUCTORS)
 from torch import nn
 
 import zoo.engine  # noqa: F401  (checkpoint loading fix, CPU torchrun)
@@ -19,6 +21,7 @@ import zoo.engine  # noqa: F401  (checkpoint loading fix, CPU torchrun)
 from . import transforms as recipes
 from .data import FashionMNIST, ImageFolderDataset
 from .distillation import DistillationLoss, build_network, build_teacher
+from .samplers import RepeatAugSampler
 from .transforms import classification_collate
 
 _DIVERGED = ('Training stops here and the last saved checkpoint is kept; resume from it with a '
@@ -36,9 +39,14 @@ class Classifier(BaseModel):
     pretrained checkpoint at another resolution has its position table resampled; one with
     another class count loads without its classifier, with a warning (:func:`zoo.create_model`).
     distillation: ``dict(teacher=dict(name, checkpoint, **overrides), kind='hard' | 'soft',
-    alpha=0.5, tau=1.0)``; the teacher is built on the first training step, so evaluating a
-    distilled student needs no teacher. ``grad_checkpointing=True`` recomputes each block's
+    alpha=0.5, tau=1.0, soft_reduction='elements' | 'batch')`` (:class:`DistillationLoss`);
+    the teacher is built on the first training step, so evaluating a distilled student needs
+    no teacher. ``grad_checkpointing=True`` recomputes each block's
     activations in backward (``model.set_grad_checkpointing``: less memory, same gradients).
+    ``heads_without_teacher``: a distilled architecture trained without ``distillation`` trains
+    its class head only, as DeiT (``'class'``: the distillation head stays at its initial
+    weights and evaluation still averages both, as in DeiT), or both heads on the labels
+    (``'both'``).
 
     forward(inputs (B, C, H, W), data_samples=dict(labels (B,), indices (B,), targets (B, K) |
     None), mode): 'loss' -> dict of losses; 'predict' -> per image dict(scores (K,) softmax,
@@ -48,7 +56,7 @@ class Classifier(BaseModel):
 
     def __init__(self, backbone: dict, num_classes: int, label_smoothing: float = 0.0,
                  distillation: dict | None = None, grad_checkpointing: bool = False,
-                 data_preprocessor=None, init_cfg=None):
+                 heads_without_teacher: str = 'class', data_preprocessor=None, init_cfg=None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         backbone = dict(backbone)
         self.num_classes, self.label_smoothing = num_classes, label_smoothing
@@ -61,6 +69,15 @@ class Classifier(BaseModel):
             self.backbone.set_grad_checkpointing(True)
         self.distillation_cfg = dict(distillation) if distillation else None
         self._distill: DistillationLoss | None = None
+        if heads_without_teacher not in ('class', 'both'):
+            raise ValueError(f"heads_without_teacher must be 'class' (DeiT) or 'both', got "
+                             f"{heads_without_teacher!r}")
+        self.heads_without_teacher = heads_without_teacher
+        head_dist = getattr(self.backbone, 'head_dist', None)
+        if distillation is None and heads_without_teacher == 'class' and head_dist is not None:
+            # DeiT without a teacher trains the class head only; frozen, the distillation head
+            # is out of the optimiser (no weight decay either) and out of DDP's gradient sync.
+            head_dist.requires_grad_(False)
 
     def distillation_loss(self) -> DistillationLoss | None:
         if self.distillation_cfg is not None and self._distill is None:
@@ -100,8 +117,10 @@ class Classifier(BaseModel):
         if distill is not None:
             losses = distill(inputs, outputs, base_loss)
         elif isinstance(outputs, (tuple, list)):
-            # A distilled architecture trained without a teacher: both heads learn the labels.
-            losses = dict(loss_cls=sum(base_loss(o) for o in outputs) / len(outputs))
+            # A distilled architecture trained without a teacher: the class head learns the
+            # labels (DeiT), or both heads do (heads_without_teacher='both').
+            heads = outputs if self.heads_without_teacher == 'both' else outputs[:1]
+            losses = dict(loss_cls=sum(base_loss(o) for o in heads) / len(heads))
         else:
             losses = dict(loss_cls=base_loss(outputs))
         if not torch.isfinite(sum(losses.values())):
@@ -228,3 +247,4 @@ def build_transform(transform):
 
 
 FUNCTIONS.register_module(name='classification_collate', module=classification_collate)
+DATA_SAMPLERS.register_module(name='RepeatAugSampler', module=RepeatAugSampler)

@@ -1,5 +1,6 @@
 _base_ = ['./_base_/models/deformable_detr.py', './_base_/datasets/coco_detection.py',
           './_base_/schedules/deformable_detr_50e.py', './_base_/default_runtime.py']
+# Schedule: Deformable DETR's own, 50 epochs (drop at 40), plus the project's 500-step warm-up.
 # ViTDet's window attention: 14x14-token windows, four evenly spaced global blocks (window_size=0:
 # global in every block). The stem and the first quarter of the blocks are frozen, as DETR freezes
 # ResNet-50's stem and first stage (frozen_blocks=0 trains them all).

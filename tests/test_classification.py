@@ -198,6 +198,75 @@ def test_deit_train_transforms_and_mixing_collate():
     assert evaluation['data_samples']['labels'].tolist() == [0, 1, 2, 3] * 2
 
 
+def test_repeat_aug_sampler_index_pattern_and_per_process_split():
+    from classification import RepeatAugSampler
+    data = list(range(5))
+    # Unshuffled: 0 0 0 1 1 1 ... 4 4 4 padded from the start to 16, dealt round the 2 processes,
+    # so the copies of an image go to different processes.
+    ranks = [list(RepeatAugSampler(data, shuffle=False, selected_round=0, seed=0, rank=r, world_size=2))
+             for r in (0, 1)]
+    assert ranks == [[0, 0, 1, 2, 2, 3, 4, 4], [0, 1, 1, 2, 3, 3, 4, 0]]
+    # Shuffled: every process draws the same permutation for an epoch, a new one per set_epoch.
+    data = list(range(600))
+    epochs = []
+    for epoch in (0, 1):
+        shares = []
+        for r in range(2):
+            sampler = RepeatAugSampler(data, seed=7, rank=r, world_size=2)
+            sampler.set_epoch(epoch)
+            shares.append(list(sampler))
+        # DeiT's epoch length: floor(600 // 256 * 256 / 2) = 256 indices per process.
+        assert [len(x) for x in shares] == [256, 256] and len(sampler) == 256
+        merged = [i for pair in zip(*shares) for i in pair]  # the global order, 512 long
+        assert all(merged[3 * j] == merged[3 * j + 1] == merged[3 * j + 2] for j in range(170))
+        assert len(set(merged)) == 171  # 170 images x 3, then the first copies of the 171st
+        epochs.append(merged)
+    assert epochs[0] != epochs[1]
+    for world, length in ((1, 512), (4, 128), (8, 64)):
+        assert len(RepeatAugSampler(data, seed=0, rank=0, world_size=world)) == length
+    with pytest.raises(ValueError, match='selected_round=0'):
+        RepeatAugSampler(list(range(100)), seed=0, rank=0, world_size=1)
+
+
+def test_timm_rand_augment_op_set_and_magnitude_distribution():
+    """DeiT's rand-m9-mstd0.5-inc1: 2 ops from timm's 15 'increasing' ops, each applied with
+    probability 0.5 at a magnitude ~ N(9, 0.5) clipped to [0, 10]."""
+    from classification.transforms import TimmRandAugment, build_rand_augment
+    cfg = Config.fromfile(os.path.join(CONFIGS, '_base_', 'datasets', 'imagenet.py'))
+    ra = build_rand_augment(cfg.train_pipeline.rand_augment)
+    assert isinstance(ra, TimmRandAugment) and (ra.num_ops, ra.prob) == (2, 0.5)
+    assert ra.fill == [124, 116, 104] and ra.interpolation.value == 'bicubic'  # DeiT's img_mean
+    torch.manual_seed(0)
+    draws = [ra.sample() for _ in range(20000)]
+    ops = [name for d in draws for name, _ in d]
+    levels = torch.tensor([m for d in draws for _, m in d])
+    assert set(ops) == set(TimmRandAugment.OPS) == {
+        'AutoContrast', 'Equalize', 'Invert', 'Rotate', 'PosterizeIncreasing',
+        'SolarizeIncreasing', 'SolarizeAdd', 'ColorIncreasing', 'ContrastIncreasing',
+        'BrightnessIncreasing', 'SharpnessIncreasing', 'ShearX', 'ShearY', 'TranslateXRel',
+        'TranslateYRel'}
+    assert len(ops) / 40000 == pytest.approx(0.5, abs=0.01)  # each op applied with p 0.5
+    counts = torch.tensor([ops.count(name) for name in TimmRandAugment.OPS], dtype=torch.float)
+    assert (counts / len(ops) - 1 / 15).abs().max() < 0.01  # uniform over the 15
+    assert levels.min() >= 0 and levels.max() == 10.0
+    assert levels.mean().item() == pytest.approx(9.0, abs=0.02)
+    assert levels.std().item() == pytest.approx(0.49, abs=0.02)  # 0.5, its tail above 10 clipped
+    assert (levels == 10.0).float().mean().item() == pytest.approx(0.0228, abs=0.005)  # P(z > 2)
+    # timm's level -> argument at magnitude 9 (random signs where it has them).
+    args = {name: {ra.op_argument(name, 9.0) for _ in range(50)} for name in ra.OPS}
+    assert args['Rotate'] == {27.0, -27.0} and args['ShearX'] == {0.27, -0.27}
+    assert {round(a, 6) for a in args['TranslateYRel']} == {0.405, -0.405}
+    assert args['PosterizeIncreasing'] == {1} and args['SolarizeIncreasing'] == {26}
+    assert args['SolarizeAdd'] == {99} and args['ColorIncreasing'] == {1.81, 1 - 0.81}
+    assert args['Equalize'] == {None}
+    image = torch.randint(0, 256, (3, 20, 24), dtype=torch.uint8)
+    for name in ra.OPS:
+        out = ra.apply(name, ra.op_argument(name, 9.0), image)
+        assert out.shape == image.shape and out.dtype == torch.uint8, name
+    with pytest.raises(ValueError, match='increasing op set'):
+        build_rand_augment('rand-m9-mstd0.5')
+
+
 def test_accuracy_top1_top5_counts_each_sample_once():
     metric = Accuracy(topk=(1, 5))
     scores = torch.eye(6)[[0, 1, 2, 3]] * 0.5 + torch.linspace(0, 0.1, 6)  # argmax: 0, 1, 2, 3
@@ -240,6 +309,101 @@ def test_layer_decay_groups_and_no_weight_decay():
     assert len(lr_of) == len(params)
 
 
+def _effective_lrs(tmp_path, config: str, world_size: int, batch_size: int,
+                   **overrides) -> tuple[list, str]:
+    """The parameter groups' lr after the Runner's scaling (before warm-up) for ``world_size``
+    processes of ``batch_size`` images, and what the Runner logged about it."""
+    from zoo.engine import Runner
+    cfg = Config.fromfile(os.path.join(CONFIGS, config))
+    cfg.merge_from_dict({'model.backbone': dict(TINY_DEIT, depth=1), 'work_dir': str(tmp_path),
+                         'train_dataloader.batch_size': batch_size, **overrides})
+    cfg.experiment_name = f'lr_{config[:-3]}_{world_size}x{batch_size}_{len(os.listdir(tmp_path))}'
+    runner = Runner.from_cfg(cfg)
+    runner._world_size = world_size  # as torchrun with world_size processes would set it
+    records = _Records()
+    runner.logger.addHandler(records)
+    try:
+        wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
+        runner.scale_lr(wrapper, runner.auto_scale_lr)
+    finally:
+        runner.logger.removeHandler(records)
+    return ([g['lr'] for g in wrapper.optimizer.param_groups],
+            '\n'.join(records.messages))
+
+
+def test_lr_is_scaled_by_the_total_batch_as_deit_and_logged(tmp_path):
+    # DeiT: lr 5e-4 x total batch / 512, i.e. 1e-3 at 8 processes x 128 and 1.25e-4 at 1 x 128.
+    for world, batch, lr in ((8, 128, 1e-3), (1, 128, 1.25e-4), (2, 64, 1.25e-4)):
+        lrs, log = _effective_lrs(tmp_path, 'deit_tiny_imagenet.py', world, batch)
+        assert max(lrs) == pytest.approx(lr), (world, batch)
+        assert f'effective lr {lr:.4g}' in log and f'{world} process(es) x batch {batch}' in log
+    # The fine-tuning config: DeiT's 5e-6 for 512 in total.
+    lrs, _ = _effective_lrs(tmp_path, 'deit_base_384_finetune_imagenet.py', 4, 64,
+                            **{'model.backbone.pretrained': False})
+    assert max(lrs) == pytest.approx(5e-6 * 256 / 512)
+    lrs, log = _effective_lrs(tmp_path, 'deit_tiny_imagenet.py', 1, 128, **{'auto_scale_lr.enable': False})
+    assert max(lrs) == pytest.approx(5e-4) and 'not scaled' in log
+
+
+def test_weight_decay_groups_as_deit_dist_token_decays():
+    """DeiT's optimiser skips 1-D parameters, biases and no_weight_decay() = {pos_embed,
+    cls_token}; its (1, 1, D) dist_token is decayed."""
+    model = Classifier(dict(TINY_DEIT, name='deit_tiny_distilled_patch16_224'), num_classes=4,
+                       heads_without_teacher='both')  # as with a teacher: both heads train
+    constructor = LayerDecayOptimWrapperConstructor(
+        dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1.0, weight_decay=0.05)))
+    decay_of = {id(p): g['weight_decay'] for g in constructor(model).optimizer.param_groups
+                for p in g['params']}
+    decay = {n: decay_of[id(p)] for n, p in model.backbone.named_parameters() if id(p) in decay_of}
+    assert decay['dist_token'] == 0.05 and decay['cls_token'] == decay['pos_embed'] == 0.0
+    assert decay['blocks.0.attn.qkv.weight'] == 0.05 and decay['blocks.0.attn.qkv.bias'] == 0.0
+    assert decay['norm.weight'] == 0.0 and decay['head_dist.weight'] == 0.05
+    assert model.backbone.no_weight_decay() == {'pos_embed', 'cls_token'}
+
+
+@pytest.mark.parametrize('name, tiny', [
+    ('deit_tiny_distilled_patch16_224', {}), ('vit_tiny_patch16_224', {}),
+    ('cait_xxs24_224', dict(depth_token_only=1)), ('deepvit_s', dict(num_reattention_blocks=1)),
+    ('ceit_t', dict(img_size=32, patch_size=None)), ('cpvt_ti', {}),
+    ('cvt_13', dict(embed_dims=(16, 32, 32), depths=(1, 1, 1), num_heads=(1, 2, 2), embed_dim=None,
+                    depth=None, patch_size=None))])
+def test_no_dropout_before_the_head_as_the_official_models(name, tiny):
+    overrides = {k: v for k, v in {**TINY_DEIT, 'depth': 1, **tiny}.items()
+                 if k != 'name' and v is not None}
+    model = zoo.create_model(name, num_classes=5, drop_rate=0.5, **overrides).train()
+    tokens = model.forward_features(torch.randn(2, 3, *(2 * [overrides['img_size']])))
+    with torch.no_grad():
+        first, second = model.forward_head(tokens), model.forward_head(tokens)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)  # train mode, drop_rate 0.5
+
+
+def test_ceit_leff_has_no_dropout_and_cvt_head_bias_is_pytorchs_default():
+    from zoo.layers.leff import LocallyEnhancedFeedForward
+    leff = LocallyEnhancedFeedForward(8, 16, drop=0.5).train()
+    x = torch.randn(2, 1 + 9, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(leff(x, (3, 3)), leff(x, (3, 3)), rtol=0, atol=0)
+    cvt = zoo.create_model('cvt_13', embed_dims=(16, 32, 48), depths=(1, 1, 1), num_heads=(1, 2, 2))
+    bias = cvt.head.bias
+    assert bias.abs().max() <= 48 ** -0.5 and bias.std() > 0.3 * 48 ** -0.5  # U(+-1/sqrt(48))
+
+
+def test_distilled_model_without_teacher_trains_the_class_head_only_as_deit():
+    batch = classification_collate([(torch.randn(3, 28, 28), i % 4, i) for i in range(4)],
+                                   num_classes=4)
+    name = 'deit_tiny_distilled_patch16_224'
+    deit = Classifier(dict(TINY_DEIT, name=name), num_classes=4)
+    both = Classifier(dict(TINY_DEIT, name=name), num_classes=4, heads_without_teacher='both')
+    for model in (deit, both):
+        sum(model(batch['inputs'], batch['data_samples'], mode='loss').values()).backward()
+        assert model.backbone.head.weight.grad.abs().sum() > 0
+    assert deit.backbone.head_dist.weight.grad is None
+    assert not deit.backbone.head_dist.weight.requires_grad
+    assert both.backbone.head_dist.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="heads_without_teacher must be 'class'"):
+        Classifier(dict(TINY_DEIT), num_classes=4, heads_without_teacher='dist')
+
+
 # --- distillation -------------------------------------------------------------------------------
 
 def test_distillation_loss_hard_and_soft():
@@ -251,10 +415,17 @@ def test_distillation_loss_hard_and_soft():
         t = teacher(x)
     hard = DistillationLoss(teacher, 'hard', alpha=0.5)(x, (cls, dist), base)
     torch.testing.assert_close(hard['loss_distill'], 0.5 * torch.nn.functional.cross_entropy(dist, t.argmax(1)))
+    # Soft, by hand: DeiT sums KL(p_t || p_s) * tau^2 over the 4 images and 3 classes and divides
+    # by 4 * 3 (the default); 'batch' divides by the 4 images only.
     soft = DistillationLoss(teacher, 'soft', alpha=0.5, tau=2.0)(x, (cls, dist), base)
-    p_t = (t / 2).softmax(1)
-    kl = (p_t * (p_t.log() - (dist / 2).log_softmax(1))).sum(1).mean() * 4
-    torch.testing.assert_close(soft['loss_distill'], 0.5 * kl)
+    p_t, p_s = (t / 2).softmax(1), (dist / 2).softmax(1)
+    kl_sum = sum(float(p_t[i, k] * (p_t[i, k] / p_s[i, k]).log()) for i in range(4) for k in range(3))
+    torch.testing.assert_close(soft['loss_distill'], torch.tensor(0.5 * kl_sum * 2 * 2 / (4 * 3)))
+    per_image = DistillationLoss(teacher, 'soft', alpha=0.5, tau=2.0, soft_reduction='batch')
+    torch.testing.assert_close(per_image(x, (cls, dist), base)['loss_distill'],
+                               torch.tensor(0.5 * kl_sum * 2 * 2 / 4))
+    with pytest.raises(ValueError, match="soft_reduction must be 'elements'"):
+        DistillationLoss(teacher, 'soft', soft_reduction='mean')
     # The teacher stays out of the student's parameters and state dict.
     assert not list(DistillationLoss(teacher).parameters())
 
@@ -405,6 +576,52 @@ def test_every_family_trains_through_its_config(config, tmp_path, monkeypatch):
     assert 'backbone.head.weight' in changed and len(changed) > len(before) // 2
     metrics = runner.val_loop.run()
     assert 0 <= metrics['accuracy/top1'] <= 100 and metrics['accuracy/top5'] >= metrics['accuracy/top1']
+
+
+IMAGENET_CONFIGS = ['deit_tiny_imagenet.py', 'deit_tiny_distilled_imagenet.py',
+                    'deit_base_384_finetune_imagenet.py']
+
+
+@pytest.mark.parametrize('config', IMAGENET_CONFIGS)
+def test_imagenet_configs_train_end_to_end_on_a_tiny_folder(config, tmp_path, monkeypatch):
+    """The ImageNet recipes (repeated augmentation, timm's RandAugment, mixup, EMA, distillation,
+    lr scaling) on 3 class folders of 4 images, a tiny model at 28 px, one epoch."""
+    from zoo.engine import Runner
+    monkeypatch.setattr(Config, 'pretty_text', property(_plain_pretty_text))
+    for split in ('train', 'val'):
+        _image_folder(tmp_path / 'imagenet' / split, per_class=4, size=36)
+    cfg = Config.fromfile(os.path.join(CONFIGS, config))
+    assert cfg.train_dataloader.sampler.type == 'RepeatAugSampler'
+    loader = dict(batch_size=4, num_workers=0, persistent_workers=False, pin_memory=False)
+    tiny = {k: v for k, v in TINY_DEIT.items() if k != 'name'} | dict(depth=1)
+    teacher = Classifier(dict(TINY_DEIT, depth=1), num_classes=3)
+    torch.save({'state_dict': teacher.state_dict()}, tmp_path / 'teacher.pth')
+    cfg.merge_from_dict({
+        'model.num_classes': 3,
+        'model.backbone': dict(tiny, pretrained=False),  # the config's own family
+        'train_dataloader': dict(loader, sampler=dict(selected_round=0), dataset=dict(
+            root=str(tmp_path / 'imagenet' / 'train'), num_classes=3,
+            transform=dict(img_size=28)), collate_fn=dict(num_classes=3)),
+        'val_dataloader': dict(loader, dataset=dict(
+            root=str(tmp_path / 'imagenet' / 'val'), num_classes=3,
+            transform=dict(img_size=28))),
+        'train_cfg.max_epochs': 1,
+        'default_hooks.logger.interval': 1,
+        'work_dir': str(tmp_path / 'work'),
+        'visualizer.vis_backends': [dict(type='LocalVisBackend')],
+    })
+    if 'distillation' in cfg.model:
+        cfg.model.distillation.teacher = dict(
+            name='deit_tiny_patch16_224', checkpoint=str(tmp_path / 'teacher.pth'), **tiny)
+    cfg.test_dataloader = cfg.val_dataloader
+    cfg.experiment_name = f'{config[:-3]}_{os.getpid()}_{tmp_path.name}'
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    assert runner.model.backbone.model_name == cfg.model.backbone.name
+    # 12 images x 3 repeats = 36 indices in 9 batches of 4.
+    assert runner.iter == 9 and os.path.isfile(tmp_path / 'work' / 'epoch_1.pth')
+    metrics = runner.val_loop.run()
+    assert 0 <= metrics['accuracy/top1'] <= 100
 
 
 def test_every_classification_config_parses_and_names_registered_types():

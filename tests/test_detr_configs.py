@@ -35,6 +35,32 @@ def test_backbone_swap_is_one_line():
     assert cfg.model.detector.num_queries == 100 and cfg.model.detector.hidden_dim == 256
 
 
+def test_official_detr_schedule_ships_and_every_config_names_its_schedule():
+    official = Config.fromfile(os.path.join(ROOT, 'configs', '_base_', 'schedules', 'detr_300e.py'))
+    assert official.train_cfg.max_epochs == 300
+    assert official.param_scheduler[-1].milestones == [200]
+    short = Config.fromfile(os.path.join(ROOT, 'configs', '_base_', 'schedules', 'detr_150e.py'))
+    assert short.train_cfg.max_epochs == 150 and short.param_scheduler[-1].milestones == [100]
+    for path in glob.glob(os.path.join(ROOT, 'configs', '*detr_*.py')):
+        with open(path) as f:
+            assert '# Schedule:' in f.read(), path
+
+
+@pytest.mark.parametrize('config, base_lr, base_batch', [('detr_r50.py', 1e-4, 16),
+                                                         ('deformable_detr_r50.py', 2e-4, 32)])
+def test_lr_scales_with_the_total_batch(config, base_lr, base_batch):
+    from zoo.engine import lr_scale_ratio
+    cfg = Config.fromfile(os.path.join(ROOT, 'configs', config))
+    assert cfg.optim_wrapper.optimizer.lr == base_lr
+    per_process = cfg.train_dataloader.batch_size
+    # The configured rate at the base total batch, linearly less on one process.
+    assert lr_scale_ratio(cfg.auto_scale_lr, per_process, base_batch // per_process) == 1.0
+    assert lr_scale_ratio(cfg.auto_scale_lr, per_process, 1) == per_process / base_batch
+    assert lr_scale_ratio(dict(cfg.auto_scale_lr, enable=False), per_process, 1) == 1.0
+    with pytest.raises(ValueError, match='base_batch_size must be a positive int'):
+        lr_scale_ratio(dict(enable=True), 2, 1)
+
+
 @pytest.fixture(scope='module')
 def tiny_batch(tmp_path_factory):
     root = make_shapes_dataset(str(tmp_path_factory.mktemp('shapes')), num_train=2, num_val=2, size=64, seed=3)

@@ -138,8 +138,8 @@ def test_official_checkpoint_loads_strictly_and_reproduces_official_logits(name,
     path = tmp_path / f'{name}.pth.tar'
     torch.save({'epoch': 300, 'state_dict': {f'module.{k}': v for k, v in official.items()},
                 'state_dict_ema': {f'module.{k}': v for k, v in ema.items()}}, path)
-    model = zoo.create_model(name, depth=1, num_classes=10, img_size=64).eval()
-    zoo.load_pretrained(model, path)  # strict by default
+    # Loading builds the model as the official builders do with pretrained: qk_scale embed_dim^-0.5.
+    model = zoo.create_model(name, pretrained=str(path), depth=1, num_classes=10, img_size=64).eval()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(model(x), torch.tensor(expected), atol=1e-4, rtol=1e-4)
     prefix = 'tokens_to_token.attention1.'
@@ -148,7 +148,30 @@ def test_official_checkpoint_loads_strictly_and_reproduces_official_logits(name,
                                official[prefix + mlp_key], rtol=0, atol=0)
     ema_model = zoo.load_pretrained(
         zoo.create_model(name, depth=1, num_classes=10, img_size=64), path, use_ema=True)
+    assert model.blocks[0].attn.scale == layout['dim'] ** -0.5
     torch.testing.assert_close(ema_model.head.bias, ema['head.bias'], rtol=0, atol=0)
+
+
+def test_attention_scale_follows_the_weights_as_in_the_official_builders(tmp_path):
+    """Official builders: qk_scale = embed_dim^-0.5 only when loading weights (the released ones
+    were trained with it); from scratch the Attention default head_dim^-0.5."""
+    from classification.distillation import build_network
+    small = dict(depth=1, num_classes=10, img_size=64)
+    scratch = zoo.create_model('t2t_vit_7', **small)  # 256 wide, 4 heads
+    assert scratch.blocks[0].attn.scale == 64 ** -0.5
+    path = str(tmp_path / 't2t_vit_7.pth')
+    torch.save(scratch.state_dict(), path)
+    assert zoo.create_model('t2t_vit_7', pretrained=path, **small).blocks[0].attn.scale == 256 ** -0.5
+    # The classification builder's local-checkpoint path builds the same way.
+    assert build_network('t2t_vit_7', 10, pretrained=path, depth=1, img_size=64) \
+        .blocks[0].attn.scale == 256 ** -0.5
+    assert build_network('t2t_vit_7', 10, depth=1, img_size=64).blocks[0].attn.scale == 64 ** -0.5
+    # An explicit qk_scale wins: a checkpoint trained here from scratch loads at its own scale.
+    assert zoo.create_model('t2t_vit_7', pretrained=path, qk_scale=None, **small) \
+        .blocks[0].attn.scale == 64 ** -0.5
+    wide = zoo.create_model('t2t_vit_14_wide', depth=1, num_classes=10, img_size=64)
+    assert wide.blocks[0].attn.scale == 64 ** -0.5  # 768 / 12 heads
+    assert zoo.get_model_info('t2t_vit_14_wide').weights_arch == dict(qk_scale=512 ** -0.5)
 
 
 def test_official_checkpoint_with_a_missing_key_is_refused():

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 from detection.coco_eval import coco_evaluate
 from detection.data.coco import collate_detection
 from detection.engine import Detector, RegisteredCocoDetection, predictions_to_coco
+import zoo
 
 
 class ColourOracle(nn.Module):
@@ -57,7 +58,9 @@ def probe_backbone(name: str):
     """A zoo backbone config, or an oracle module (not a zoo model, so not in its registry)."""
     if name in ('colour-oracle', 'colour-coords-oracle'):
         return ColourOracle(coords=name == 'colour-coords-oracle')
-    return dict(name=name, pretrained=False)
+    # At the attention scale of the released weights (T2T-ViT: embed_dim ** -0.5), which the
+    # README's figures were measured with; the official from-scratch scale is head_dim ** -0.5.
+    return dict(name=name, pretrained=False, **zoo.get_model_info(name).weights_arch)
 
 
 @torch.no_grad()

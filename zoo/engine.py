@@ -28,7 +28,7 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.logging import MMLogger
 from mmengine.model import MMDistributedDataParallel, is_model_wrapper
-from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
+from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper, OptimWrapperDict
 from mmengine.registry import HOOKS, LOOPS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS
 from mmengine.runner import Runner as _Runner
 from mmengine.runner import TestLoop, ValLoop
@@ -54,8 +54,27 @@ def init_cpu_distributed(launcher: str) -> None:
                                 world_size=int(os.environ['WORLD_SIZE']))
 
 
+def lr_scale_ratio(auto_scale_lr: dict | None, batch_size: int, world_size: int) -> float:
+    """The factor the configured lr is multiplied by: total batch (``world_size`` processes x
+    ``batch_size`` each) / ``auto_scale_lr['base_batch_size']``, the linear rule DeiT applies as
+    ``lr * total_batch / 512``; 1 where ``auto_scale_lr`` is None or has ``enable=False``.
+
+    Unlike mmengine, a ``base_batch_size`` without ``enable`` scales: mmengine's default
+    (``enable=False``) silently trains a run with another batch size or process count at the
+    rate written for the base batch."""
+    if auto_scale_lr is None or not auto_scale_lr.get('enable', True):
+        return 1.0
+    base = auto_scale_lr.get('base_batch_size')
+    if not isinstance(base, int) or base <= 0:
+        raise ValueError(f'auto_scale_lr.base_batch_size must be a positive int (the total batch '
+                         f'the configured lr is written for), got {base!r}; or set '
+                         f'auto_scale_lr.enable=False to train at the configured lr')
+    return world_size * batch_size / base
+
+
 class Runner(_Runner):
-    """mmengine's Runner, able to run distributed on CPU, with a terminal log a user reads
+    """mmengine's Runner, able to run distributed on CPU, that scales the lr with the total batch
+    (:func:`lr_scale_ratio`) and logs the lr it trains at, with a terminal log a user reads
     (``zoo.console``; ``cfg.verbose_console = True`` or ``--verbose`` prints everything)."""
 
     def __init__(self, *args, **kwargs):
@@ -74,6 +93,25 @@ class Runner(_Runner):
             return MMDistributedDataParallel(module=model, device_ids=None, broadcast_buffers=False,
                                              find_unused_parameters=self.cfg.get('find_unused_parameters', False))
         return super().wrap_model(model_wrapper_cfg, model)
+
+    def scale_lr(self, optim_wrapper, auto_scale_lr=None) -> None:
+        """Every parameter group's lr times :func:`lr_scale_ratio`, before the schedulers read
+        them; the effective rates go to the log."""
+        loader = self._train_dataloader
+        batch = loader.batch_size if hasattr(loader, 'batch_size') else loader['batch_size']
+        ratio = lr_scale_ratio(auto_scale_lr, batch, self.world_size)
+        wrappers = (list(optim_wrapper.values()) if isinstance(optim_wrapper, OptimWrapperDict)
+                    else [optim_wrapper])
+        for wrapper in wrappers:
+            for group in wrapper.optimizer.param_groups:
+                group['lr'] = group['lr'] * ratio
+        lrs = sorted({g['lr'] for w in wrappers for g in w.optimizer.param_groups}, reverse=True)
+        on = auto_scale_lr is not None and auto_scale_lr.get('enable', True)
+        how = (f'configured lr x {ratio:g} = {self.world_size} process(es) x batch {batch} / '
+               f'base_batch_size {auto_scale_lr["base_batch_size"]}' if on
+               else 'configured lr, not scaled: auto_scale_lr is off')
+        self.logger.info(f'effective lr {lrs[0]:.4g} ({how}); parameter groups at '
+                         f'{", ".join(f"{lr:.4g}" for lr in lrs)} before warm-up and decay')
 
     @classmethod
     def from_cfg(cls, cfg):

@@ -16,6 +16,9 @@ class ModelInfo:
 
     url: the officially released weights (None where none were released).
     paper: figures the paper / official README reports (params in M, gmacs, top1).
+    weights_arch: architecture settings the weights were trained with where they differ from
+      the variant's from-scratch form (T2T-ViT's qk_scale); :func:`zoo.create_model` applies
+      them whenever it loads weights (``pretrained``), under the caller's own overrides.
     """
     name: str
     url: str | None = None
@@ -24,17 +27,18 @@ class ModelInfo:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     paper: dict = field(default_factory=dict)
     source: str = ''
+    weights_arch: dict = field(default_factory=dict)
 
 
 MODEL_INFO: dict[str, ModelInfo] = {}
 
 
 def register_model(url: str | None = None, input_size=(3, 224, 224), mean=None, std=None,
-                   source: str = '', **paper) -> Callable:
+                   source: str = '', weights_arch: dict | None = None, **paper) -> Callable:
     """Decorator registering a builder ``fn(**overrides) -> nn.Module`` under its own name."""
     def wrap(fn):
         info = ModelInfo(fn.__name__, url=url, input_size=tuple(input_size), paper=paper,
-                         source=source)
+                         source=source, weights_arch=dict(weights_arch or {}))
         if mean is not None:
             info.mean = tuple(mean)
         if std is not None:

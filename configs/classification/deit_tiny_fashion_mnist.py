@@ -22,5 +22,5 @@ param_scheduler = [
     dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=0, end=max_epochs,
          convert_to_iter_based=True),
 ]
-auto_scale_lr = dict(base_batch_size=128)
+auto_scale_lr = dict(enable=True, base_batch_size=128)  # lr 2e-3 for 128 in total
 default_hooks = dict(logger=dict(interval=50))

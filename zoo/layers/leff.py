@@ -27,8 +27,7 @@ class LocallyEnhancedFeedForward(nn.Module):
         self.conv3 = nn.Conv2d(hidden_features, in_features, kernel_size=1)
         self.bn3 = nn.BatchNorm2d(in_features)
         self.act = act_layer()
-        # The official code has no dropout here; it only acts when drop > 0 is asked for.
-        self.drop = nn.Dropout(drop)
+        # ``drop`` is accepted for Mlp's signature and unused: the official LeFF has no dropout.
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         num_prefix = x.shape[1] - grid[0] * grid[1]
@@ -37,5 +36,5 @@ class LocallyEnhancedFeedForward(nn.Module):
         fmap = self.act(self.bn1(self.conv1(fmap)))
         fmap = self.act(self.bn2(self.conv2(fmap)))
         fmap = self.bn3(self.conv3(fmap))
-        tokens = self.drop(rearrange(fmap, 'b d h w -> b (h w) d'))
+        tokens = rearrange(fmap, 'b d h w -> b (h w) d')
         return torch.cat([prefix, tokens], dim=1)

@@ -129,8 +129,9 @@ class TokenBackbone(nn.Module):
         return self.norm(self.run_blocks(x, grid)[0])
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Tokens (B, P + N, D) -> logits (B, num_classes) from the class token (row 0)."""
-        x = self.head_drop(x[:, 0])
+        """Tokens (B, P + N, D) -> logits (B, num_classes) from the class token (row 0). No
+        dropout before the head in any family: the official models have none."""
+        x = x[:, 0]
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor):

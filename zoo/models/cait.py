@@ -63,7 +63,6 @@ class Cait(TokenBackbone):
                                 fused_attn=fused_attn)
             for _ in range(depth_token_only)])
         self.norm = norm_layer(embed_dim)
-        self.head_drop = nn.Dropout(drop_rate)
         self.head = classifier_head(embed_dim, num_classes)
         self.feature_info = [dict(channels=embed_dim, stride=self.patch_embed.patch_size[0],
                                   module='norm')]

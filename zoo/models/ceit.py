@@ -58,7 +58,6 @@ class CeiT(TokenBackbone):
         self.lca = LayerClassAttentionBlock(embed_dim, num_heads, **common)
         self.pos_layer_embed = nn.Parameter(torch.zeros(1, depth, embed_dim))
         self.norm = norm_layer(embed_dim)
-        self.head_drop = nn.Dropout(drop_rate)
         self.head = classifier_head(embed_dim, num_classes)
         self.feature_info = [dict(channels=embed_dim, stride=self.i2t.stride,
                                   module=f'blocks.{depth - 1}')]

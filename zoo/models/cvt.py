@@ -102,13 +102,17 @@ class ConvolutionalVisionTransformer(TokenBackbone):
             stride, chans = stride * patch_strides[s], embed_dims[s]
             self.feature_info.append(dict(channels=chans, stride=stride, module=f'stages.{s}'))
         self.norm = norm_layer(self.embed_dim)
-        self.head_drop = nn.Dropout(drop_rate)
         self.head = classifier_head(self.embed_dim, num_classes)
         self.init_weights()
 
     def init_weights(self) -> None:
         nn.init.trunc_normal_(self.stages[-1].cls_token, std=0.02)
         self.apply(init_weights_trunc_normal)
+        if isinstance(self.head, nn.Linear):
+            # The official head: weight truncated-normal(0.02), bias PyTorch's default
+            # U(-1/sqrt(fan_in), 1/sqrt(fan_in)), not the zero of the DeiT rule.
+            bound = self.head.in_features ** -0.5
+            nn.init.uniform_(self.head.bias, -bound, bound)
 
     def no_weight_decay(self) -> set[str]:
         return {n for n, _ in self.named_parameters() if n.endswith('cls_token')}

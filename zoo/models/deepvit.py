@@ -88,7 +88,6 @@ class DeepViT(TokenBackbone):
                 attn_layer=reattention if i >= first_reattention else Attention)
             for i, dpr in enumerate(drop_path_rates(drop_path_rate, depth))])
         self.norm = norm_layer(embed_dim)
-        self.head_drop = nn.Dropout(drop_rate)
         self.head = classifier_head(embed_dim, num_classes)
         self.feature_info = [dict(channels=embed_dim, stride=patch_size, module='norm')]
         self.init_weights()

@@ -109,89 +109,100 @@ _RELEASE = 'https://github.com/yitu-opensource/T2T-ViT/releases/download/main/'
 _SOURCE = 'T2T-ViT README'
 
 
-# ``qk_scale`` is the one the released weights were trained with, embed_dim ** -0.5 (the official
-# builders set it when ``pretrained=True``), rather than head_dim ** -0.5.
+# The attention scale follows the weights, as in the official builders: from scratch
+# head_dim ** -0.5 (the official Attention's default); with weights (``pretrained=True`` or a
+# checkpoint path) embed_dim ** -0.5, the scale the released weights were trained with, which the
+# official builders set only when ``pretrained`` (``weights_arch``, applied by create_model). An
+# explicit ``qk_scale`` wins either way: a checkpoint trained here from scratch loads with
+# ``qk_scale=None``; one fine-tuned from the released weights and loaded into a model built
+# without ``pretrained`` (e.g. a distillation teacher) needs the embed_dim scale passed.
 _t2t = partial(build, T2TViT)
 
 
+def _weights_scale(dim: int) -> dict:
+    return dict(weights_arch=dict(qk_scale=dim ** -0.5))
+
+
 @register_model(url=_RELEASE + '71.7_T2T_ViT_7.pth.tar', params=4.3, gmacs=1.1, top1=71.7,
-                source=_SOURCE)
+                source=_SOURCE, **_weights_scale(256))
 def t2t_vit_7(**kwargs):
     return _t2t(kwargs, tokens_type='performer', embed_dim=256, depth=7, num_heads=4,
-                mlp_ratio=2.0, qk_scale=256 ** -0.5)
+                mlp_ratio=2.0)
 
 
 @register_model(url=_RELEASE + '75.2_T2T_ViT_10.pth.tar', params=5.9, gmacs=1.5, top1=75.2,
-                source=_SOURCE)
+                source=_SOURCE, **_weights_scale(256))
 def t2t_vit_10(**kwargs):
     return _t2t(kwargs, tokens_type='performer', embed_dim=256, depth=10, num_heads=4,
-                mlp_ratio=2.0, qk_scale=256 ** -0.5)
+                mlp_ratio=2.0)
 
 
 @register_model(url=_RELEASE + '76.5_T2T_ViT_12.pth.tar', params=6.9, gmacs=1.8, top1=76.5,
-                source=_SOURCE)
+                source=_SOURCE, **_weights_scale(256))
 def t2t_vit_12(**kwargs):
     return _t2t(kwargs, tokens_type='performer', embed_dim=256, depth=12, num_heads=4,
-                mlp_ratio=2.0, qk_scale=256 ** -0.5)
+                mlp_ratio=2.0)
 
 
 @register_model(url=_RELEASE + '81.5_T2T_ViT_14.pth.tar', params=21.5, gmacs=4.8, top1=81.5,
-                source=_SOURCE)
+                source=_SOURCE, **_weights_scale(384))
 def t2t_vit_14(**kwargs):
     return _t2t(kwargs, tokens_type='performer', embed_dim=384, depth=14, num_heads=6,
-                mlp_ratio=3.0, qk_scale=384 ** -0.5)
+                mlp_ratio=3.0)
 
 
 @register_model(url=_RELEASE + '81.9_T2T_ViT_19.pth.tar', params=39.2, gmacs=8.5, top1=81.9,
-                source=_SOURCE)
+                source=_SOURCE, **_weights_scale(448))
 def t2t_vit_19(**kwargs):
     return _t2t(kwargs, tokens_type='performer', embed_dim=448, depth=19, num_heads=7,
-                mlp_ratio=3.0, qk_scale=448 ** -0.5)
+                mlp_ratio=3.0)
 
 
 @register_model(url=_RELEASE + '82.3_T2T_ViT_24.pth.tar', params=64.1, gmacs=13.8, top1=82.3,
-                source=_SOURCE)
+                source=_SOURCE, **_weights_scale(512))
 def t2t_vit_24(**kwargs):
     return _t2t(kwargs, tokens_type='performer', embed_dim=512, depth=24, num_heads=8,
-                mlp_ratio=3.0, qk_scale=512 ** -0.5)
+                mlp_ratio=3.0)
 
 
 @register_model(url=_RELEASE + '81.7_T2T_ViTt_14.pth.tar', params=21.5, gmacs=6.1, top1=81.7,
-                source=_SOURCE)
+                source=_SOURCE, **_weights_scale(384))
 def t2t_vit_t_14(**kwargs):
     return _t2t(kwargs, tokens_type='transformer', embed_dim=384, depth=14, num_heads=6,
-                mlp_ratio=3.0, qk_scale=384 ** -0.5)
+                mlp_ratio=3.0)
 
 
 @register_model(url=_RELEASE + '82.4_T2T_ViTt_19.pth.tar', params=39.2, gmacs=9.8, top1=82.4,
-                source=_SOURCE)
+                source=_SOURCE, **_weights_scale(448))
 def t2t_vit_t_19(**kwargs):
     return _t2t(kwargs, tokens_type='transformer', embed_dim=448, depth=19, num_heads=7,
-                mlp_ratio=3.0, qk_scale=448 ** -0.5)
+                mlp_ratio=3.0)
 
 
 @register_model(url=_RELEASE + '82.6_T2T_ViTt_24.pth.tar', params=64.1, gmacs=15.0, top1=82.6,
-                source=_SOURCE)
+                source=_SOURCE, **_weights_scale(512))
 def t2t_vit_t_24(**kwargs):
     return _t2t(kwargs, tokens_type='transformer', embed_dim=512, depth=24, num_heads=8,
-                mlp_ratio=3.0, qk_scale=512 ** -0.5)
+                mlp_ratio=3.0)
 
 
-@register_model(url=None, params=21.5, gmacs=4.8, top1=81.5, source='T2T-ViT paper Tab. 6')
+@register_model(url=None, params=21.5, gmacs=4.8, top1=81.5, source='T2T-ViT paper Tab. 6',
+                **_weights_scale(384))
 def t2t_vit_14_resnext(**kwargs):
     return _t2t(kwargs, tokens_type='performer', embed_dim=384, depth=14, num_heads=32,
-                mlp_ratio=3.0, qk_scale=384 ** -0.5)
+                mlp_ratio=3.0)
 
 
-@register_model(url=None, params=25.2, gmacs=5.0, top1=77.9, source='T2T-ViT paper Tab. 6')
+@register_model(url=None, params=25.2, gmacs=5.0, top1=77.9, source='T2T-ViT paper Tab. 6',
+                **_weights_scale(512))
 def t2t_vit_14_wide(**kwargs):
-    # Depth 4 and qk_scale 512 ** -0.5 (not 768 ** -0.5) as in the official builder.
+    # Depth 4, and with weights qk_scale 512 ** -0.5 (not 768 ** -0.5), as the official builder.
     return _t2t(kwargs, tokens_type='performer', embed_dim=768, depth=4, num_heads=12,
-                mlp_ratio=3.0, qk_scale=512 ** -0.5)
+                mlp_ratio=3.0)
 
 
-@register_model(url=None, params=21.9, gmacs=4.9, top1=81.6, source='T2T-ViT paper Tab. 6')
+@register_model(url=None, params=21.9, gmacs=4.9, top1=81.6, source='T2T-ViT paper Tab. 6',
+                **_weights_scale(384))
 def t2t_vit_14_se(**kwargs):
     return _t2t(kwargs, tokens_type='performer', embed_dim=384, depth=14, num_heads=6,
-                mlp_ratio=3.0, qk_scale=384 ** -0.5,
-                attn_layer=partial(SEAttention, se_reduction=16))
+                mlp_ratio=3.0, attn_layer=partial(SEAttention, se_reduction=16))

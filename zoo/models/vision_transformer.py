@@ -54,13 +54,17 @@ class VisionTransformer(TokenBackbone):
                   init_values=init_values, norm_layer=norm_layer, fused_attn=fused_attn)
             for dpr in drop_path_rates(drop_path_rate, depth)])
         self.norm = norm_layer(embed_dim)
-        self.head_drop = nn.Dropout(drop_rate)
         self.head = classifier_head(embed_dim, num_classes)
         if distilled:
             self.head_dist = classifier_head(embed_dim, num_classes)
         self.feature_info = [dict(channels=embed_dim, stride=self.patch_embed.patch_size[0],
                                   module='norm')]
         self.init_weights()
+
+    def no_weight_decay(self) -> set[str]:
+        """DeiT's: its distilled model inherits timm's ``{'pos_embed', 'cls_token'}``, and the
+        (1, 1, D) dist_token is neither 1-D nor a bias, so DeiT decays it."""
+        return super().no_weight_decay() - {'dist_token'}
 
     @property
     def prefix_tokens(self) -> list[torch.Tensor]:
@@ -70,13 +74,12 @@ class VisionTransformer(TokenBackbone):
         """Tokens (B, P + N, D) -> logits (B, num_classes); distilled models in training mode
         return (class logits, distillation logits) and in eval mode their mean."""
         if self.distilled:
-            cls, dist = self.head_drop(x[:, 0]), self.head_drop(x[:, 1])
+            cls, dist = x[:, 0], x[:, 1]
             if pre_logits:
                 return (cls + dist) / 2
             cls, dist = self.head(cls), self.head_dist(dist)
             return (cls, dist) if self.training else (cls + dist) / 2
         x = x[:, self.num_prefix_tokens:].mean(dim=1) if self.global_pool == 'avg' else x[:, 0]
-        x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
 
