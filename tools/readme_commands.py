@@ -152,7 +152,7 @@ def check(command: str) -> str | None:
     parser = tool_parser(script)
     err = io.StringIO()
     try:
-        with contextlib.redirect_stderr(err):
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             parser.parse_args(args)
     except SystemExit as e:
         if e.code in (0, None):  # --help
