@@ -2,12 +2,12 @@
 levels, sigmoid focal classification, optional box refinement and two-stage proposals."""
 import copy
 import math
-import re
 
 import torch
 from torch import nn
 
 from .backbone import build_backbone, downsample_mask
+from .checkpoints import convert_hf_deformable_detr  # noqa: F401  (its home before checkpoints.py)
 from .deformable_transformer import DeformableTransformer, refine_boxes
 from .denoising import DenoisingQueries
 from .detr import MLP, build_denoising, pack_outputs, training_denoising
@@ -93,52 +93,3 @@ class DeformableDETR(nn.Module):
         if self.two_stage:
             out['enc_outputs'] = dict(pred_logits=decoded['enc_logits'], pred_boxes=decoded['enc_boxes'])
         return out
-
-
-# Hugging Face names -> ours, applied in order on the key with its 'model.' prefix removed.
-_HF_RENAMES = [
-    (r'^backbone\.model\.', 'backbone.body.'),
-    (r'^input_proj\.', 'neck.input_proj.'),
-    (r'^query_position_embeddings\.', 'query_embed.'),
-    (r'^(level_embed|reference_points|enc_output|enc_output_norm|pos_trans|pos_trans_norm)\b', r'transformer.\1'),
-    (r'^encoder\.layers\.(\d+)\.self_attn_layer_norm\.', r'transformer.encoder.\1.norm1.'),
-    (r'^encoder\.layers\.(\d+)\.final_layer_norm\.', r'transformer.encoder.\1.norm2.'),
-    (r'^encoder\.layers\.(\d+)\.mlp\.', r'transformer.encoder.\1.ffn.'),
-    (r'^encoder\.layers\.(\d+)\.self_attn\.', r'transformer.encoder.\1.self_attn.'),
-    (r'^decoder\.layers\.(\d+)\.self_attn\.o_proj\.', r'transformer.decoder.\1.self_attn.out_proj.'),
-    (r'^decoder\.layers\.(\d+)\.self_attn_layer_norm\.', r'transformer.decoder.\1.norm1.'),
-    (r'^decoder\.layers\.(\d+)\.encoder_attn\.', r'transformer.decoder.\1.cross_attn.'),
-    (r'^decoder\.layers\.(\d+)\.encoder_attn_layer_norm\.', r'transformer.decoder.\1.norm2.'),
-    (r'^decoder\.layers\.(\d+)\.final_layer_norm\.', r'transformer.decoder.\1.norm3.'),
-    (r'^decoder\.layers\.(\d+)\.mlp\.', r'transformer.decoder.\1.ffn.'),
-]
-
-
-def convert_hf_deformable_detr(state_dict: dict) -> dict:
-    """A Hugging Face ``DeformableDetrForObjectDetection`` state dict (ResNet-50 backbone) ->
-    ``DeformableDETR``'s layout (with ``backbone=dict(name='resnet50', out_indices=(0, 1, 2))``).
-
-    The decoder's separate q/k/v projections are concatenated into nn.MultiheadAttention's
-    in-projection; the decoder's tied copies of the heads (``model.decoder.class_embed`` /
-    ``bbox_embed``) are dropped, the top-level heads kept; frozen batch-norm counters dropped.
-    """
-    out, qkv = {}, {}
-    for key, value in state_dict.items():
-        if key.startswith('model.decoder.class_embed.') or key.startswith('model.decoder.bbox_embed.'):
-            continue
-        if key.endswith('num_batches_tracked'):
-            continue
-        name = key[len('model.'):] if key.startswith('model.') else key
-        m = re.match(r'^decoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$', name)
-        if m:
-            qkv[(m[1], m[3], m[2])] = value
-            continue
-        for pattern, repl in _HF_RENAMES:
-            name, hits = re.subn(pattern, repl, name)
-            if hits:
-                break
-        out[name] = value
-    for layer, kind in sorted({(layer, kind) for layer, kind, _ in qkv}):
-        out[f'transformer.decoder.{layer}.self_attn.in_proj_{kind}'] = torch.cat(
-            [qkv[(layer, kind, p)] for p in 'qkv'])
-    return out

@@ -73,9 +73,10 @@ def encoder_reference_points(spatial_shapes: list[tuple[int, int]], valid_ratios
     """
     points = []
     for level, (h, w) in enumerate(spatial_shapes):
+        # arange, not linspace: its length may be a traced size (ONNX export)
         ys, xs = torch.meshgrid(
-            torch.linspace(0.5, h - 0.5, h, dtype=valid_ratios.dtype, device=valid_ratios.device),
-            torch.linspace(0.5, w - 0.5, w, dtype=valid_ratios.dtype, device=valid_ratios.device),
+            torch.arange(h, dtype=valid_ratios.dtype, device=valid_ratios.device) + 0.5,
+            torch.arange(w, dtype=valid_ratios.dtype, device=valid_ratios.device) + 0.5,
             indexing='ij')
         xs = xs.reshape(1, -1) / (valid_ratios[:, None, level, 0] * w)
         ys = ys.reshape(1, -1) / (valid_ratios[:, None, level, 1] * h)
@@ -89,13 +90,13 @@ def encoder_proposals(padding: torch.Tensor, spatial_shapes: list[tuple[int, int
     padding and on anchors touching the border, which are set to +inf (their sigmoid is 1)."""
     anchors, start = [], 0
     for level, (h, w) in enumerate(spatial_shapes):
-        level_pad = rearrange(padding[:, start:start + h * w], 'n (h w) -> n h w', h=h)
+        level_pad = padding[:, start:start + h * w].reshape(-1, h, w)
         valid_hw = torch.stack([(~level_pad[:, 0, :]).sum(1), (~level_pad[:, :, 0]).sum(1)], -1)
         ys, xs = torch.meshgrid(torch.arange(h, device=padding.device, dtype=torch.float32),
                                 torch.arange(w, device=padding.device, dtype=torch.float32), indexing='ij')
         centres = (torch.stack([xs, ys], -1)[None] + 0.5) / valid_hw[:, None, None, :]
         sides = torch.full_like(centres, 0.05 * 2.0 ** level)
-        anchors.append(rearrange(torch.cat([centres, sides], -1), 'n h w c -> n (h w) c'))
+        anchors.append(torch.cat([centres, sides], -1).flatten(1, 2))
         start += h * w
     anchors = torch.cat(anchors, 1)
     valid = ((anchors > 0.01) & (anchors < 0.99)).all(-1, keepdim=True) & ~padding[..., None]
@@ -161,7 +162,10 @@ class DeformableTransformer(nn.Module):
         padding = torch.cat([m.flatten(1) for m in masks], 1)
         pos = torch.cat([rearrange(p, 'n d h w -> n (h w) d') + self.level_embed[i]
                          for i, p in enumerate(pos_embeds)], 1)
-        shapes_t = torch.as_tensor(shapes, dtype=torch.long, device=src.device)
+        if torch.jit.is_tracing():  # the sizes are traced tensors: keep them so (dynamic export)
+            shapes_t = torch.stack([torch.stack([h, w]) for h, w in shapes]).long().to(src.device)
+        else:
+            shapes_t = torch.as_tensor(shapes, dtype=torch.long, device=src.device)
         starts = torch.cat([shapes_t.new_zeros(1), shapes_t.prod(1).cumsum(0)[:-1]])
         ratios = torch.stack([self.valid_ratios(m) for m in masks], 1).to(src.dtype)
         refs = encoder_reference_points(shapes, ratios)

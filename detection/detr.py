@@ -173,16 +173,16 @@ class DETR(nn.Module):
         return out
 
 
-@torch.no_grad()
-def postprocess(outputs: dict, orig_sizes: torch.Tensor, focal: bool = False,
-                top_k: int = 100) -> list[dict]:
-    """Model outputs -> per image ``scores`` (K,), ``labels`` (K,), ``boxes`` (K, 4) xyxy in pixels
-    of the original image; ``orig_sizes`` (B, 2) as (H, W).
+def detections(logits: torch.Tensor, boxes: torch.Tensor, orig_sizes: torch.Tensor, focal: bool = False,
+               top_k: int = 100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Post-processing as batched tensors (what the exported graph computes): logits (B, Q, C[+1]),
+    boxes (B, Q, 4) normalised cxcywh, orig_sizes (B, 2) as (H, W) -> scores (B, K), labels (B, K)
+    int64, boxes (B, K, 4) xyxy in pixels of the original image, best first.
 
     Softmax models (DETR) score each query by its best real class; focal models (Deformable DETR)
-    keep the top-k (query, class) pairs. At most ``top_k`` per image (COCO's maxDets).
+    keep the top-k (query, class) pairs. K = min(``top_k``, candidates) (COCO's maxDets).
     """
-    logits, boxes = outputs['pred_logits'].float(), outputs['pred_boxes'].float()
+    logits, boxes = logits.float(), boxes.float()
     b, q = logits.shape[:2]
     if focal:
         prob = logits.sigmoid().flatten(1)
@@ -197,5 +197,14 @@ def postprocess(outputs: dict, orig_sizes: torch.Tensor, focal: bool = False,
             boxes = torch.gather(boxes, 1, keep[..., None].expand(-1, -1, 4))
     h, w = orig_sizes.unbind(1)
     scale = torch.stack([w, h, w, h], 1)[:, None].to(boxes)
-    boxes = box_convert(boxes, 'cxcywh', 'xyxy') * scale
+    return scores, labels, box_convert(boxes, 'cxcywh', 'xyxy') * scale
+
+
+@torch.no_grad()
+def postprocess(outputs: dict, orig_sizes: torch.Tensor, focal: bool = False,
+                top_k: int = 100) -> list[dict]:
+    """Model outputs -> per image ``scores`` (K,), ``labels`` (K,), ``boxes`` (K, 4) xyxy in pixels
+    of the original image; ``orig_sizes`` (B, 2) as (H, W); see :func:`detections`."""
+    scores, labels, boxes = detections(outputs['pred_logits'], outputs['pred_boxes'], orig_sizes,
+                                       focal, top_k)
     return [dict(scores=s, labels=l, boxes=bx) for s, l, bx in zip(scores, labels, boxes)]

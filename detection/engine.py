@@ -3,6 +3,7 @@ name them: ``model=dict(type='Detector', ...)``, ``val_evaluator=dict(type='Coco
 import json
 import os
 import re
+from collections.abc import Mapping
 
 import torch
 from mmengine.evaluator import BaseMetric
@@ -13,6 +14,7 @@ from mmengine.registry import DATASETS, FUNCTIONS, HOOKS, METRICS, MODELS
 
 import zoo.engine  # noqa: F401  (checkpoint loading fix, optimiser constructor)
 
+from .checkpoints import LAYOUTS, to_detector_layout
 from .coco_eval import coco_evaluate
 from .criterion import SetCriterion
 from .data.coco import CocoDetection, collate_detection
@@ -38,6 +40,37 @@ def upgrade_sequential_mlp_keys(state_dict, prefix, *args):
         state_dict[new] = state_dict.pop(key)
 
 
+# What the official training scripts save next to the weights ('model').
+_OFFICIAL_TRAINING_STATE = ('model', 'optimizer', 'lr_scheduler', 'epoch', 'args')
+
+
+def load_foreign_layouts(module, state_dict, prefix, *args):
+    """The official DETR / Deformable DETR releases and Hugging Face's layouts load as they are
+    (``detection.checkpoints``): the official file's ``model`` entry is unwrapped, its training
+    state dropped, the weights renamed to ``net.*``. A converted checkpoint must then match the
+    model exactly; loaders such as mmengine's (``load_from``) load non-strictly and would
+    otherwise leave whatever did not convert at its random init with a warning."""
+    inner = state_dict.get(prefix + 'model')
+    if isinstance(inner, Mapping):
+        for key in _OFFICIAL_TRAINING_STATE:
+            state_dict.pop(prefix + key, None)
+        state_dict.update({prefix + k: v for k, v in inner.items()})
+    own = {k[len(prefix):]: state_dict.pop(k) for k in list(state_dict) if k.startswith(prefix)}
+    converted, layout = to_detector_layout(own, module.net)
+    if layout in LAYOUTS:
+        converted = {'net.' + k: v for k, v in converted.items()}
+        expected = module.state_dict()
+        missing = sorted(set(expected) - set(converted))
+        unexpected = sorted(set(converted) - set(expected))
+        misshaped = sorted(k for k in set(converted) & set(expected) if converted[k].shape != expected[k].shape)
+        if missing or unexpected or misshaped:
+            raise ValueError(f'found {LAYOUTS[layout]}, but after conversion it does not fit this config\'s '
+                             f'detector: missing {missing[:8]} ({len(missing)}), unexpected {unexpected[:8]} '
+                             f'({len(unexpected)}), other shapes {misshaped[:8]} ({len(misshaped)}). A ResNet-50 '
+                             'checkpoint needs the config\'s backbone to be resnet50 with the same sizes')
+    state_dict.update({prefix + k: v for k, v in converted.items()})
+
+
 @MODELS.register_module()
 class Detector(BaseModel):
     """A DETR-family network with its matcher, criterion and post-processing.
@@ -56,6 +89,7 @@ class Detector(BaseModel):
         self.focal, self.top_k = focal, top_k
         self.criterion = SetCriterion(num_classes, HungarianMatcher(focal=focal, **(matcher or {})),
                                       focal=focal, **(criterion or {}))
+        self._register_load_state_dict_pre_hook(load_foreign_layouts, with_module=True)
         self._register_load_state_dict_pre_hook(upgrade_sequential_mlp_keys)
 
     def forward(self, inputs, masks=None, data_samples=None, mode='tensor'):

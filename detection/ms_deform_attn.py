@@ -59,7 +59,9 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor,
     value keep sub-pixel precision on large maps (bfloat16 resolves [0, 1] to ~1/256 only),
     one level's value being upcast at a time. The result has the value's dtype.
     """
-    _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    tracing = torch.jit.is_tracing()
+    if not tracing:  # the checks read tensor values, which a traced (exported) graph cannot branch on
+        _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     n, _, m, d = value.shape
     lq = sampling_locations.shape[1]
     dtype = torch.promote_types(value.dtype, sampling_locations.dtype)
@@ -67,12 +69,13 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor,
     grids = (2 * sampling_locations - 1).to(dtype)  # grid_sample's [-1, 1], align_corners=False
     attention_weights = attention_weights.to(dtype)
     out = value.new_zeros(n * m, d, lq, dtype=acc_dtype)
-    shapes = spatial_shapes.tolist()
+    # when tracing (ONNX export) the level sizes stay tensors, so the graph keeps them dynamic
+    shapes = spatial_shapes.unbind(0) if tracing else spatial_shapes.tolist()
     # split, not slicing: its backward concatenates the level gradients once, where each slice's
     # backward would build a zero-filled gradient of the whole value (1.2x faster in the decoder)
     levels = value.split([h * w for h, w in shapes], dim=1)
     for level, ((h, w), level_value) in enumerate(zip(shapes, levels)):
-        level_value = rearrange(level_value, 'n (h w) m d -> (n m) d h w', h=h, w=w)
+        level_value = level_value.permute(0, 2, 3, 1).reshape(n * m, d, h, w)  # (N*M, D, H, W)
         # points before queries, so each point's samples are a contiguous (N*M, D, Lq) slice:
         # a multiply-add per point then streams along Lq, and no weighted copy is made
         grid = rearrange(grids[:, :, :, level], 'n q m p xy -> (n m) p q xy')
@@ -83,7 +86,7 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor,
         # zero-filled gradients that slicing would give
         for point_samples, point_weights in zip(samples.unbind(2), weights.unbind(1)):
             out.addcmul_(point_samples, point_weights[:, None])
-    return rearrange(out.to(value.dtype), '(n m) d q -> n q (m d)', n=n)
+    return out.to(value.dtype).reshape(n, m * d, lq).transpose(1, 2)  # (N, Lq, M*D)
 
 
 class MSDeformAttn(nn.Module):

@@ -109,6 +109,11 @@ def throughput(name: str, args, device, dtype) -> dict:
             model = build(name, i, device, d, cast=cast, explicit_attention=args.explicit_attention)
             x = input_for(name, args.batch_size, args.img_size, device, d if cast else torch.float32)
             fns[i if d == dtype else f'{i}_fp32'] = forward_fn(model, x, d, cast)
+    if args.compile:  # the same zoo model under torch.compile (inductor), timed in the same rounds
+        cast = args.cast or dtype == torch.float32
+        model = torch.compile(build(name, 'zoo', device, dtype, cast=cast, explicit_attention=args.explicit_attention))
+        x = input_for(name, args.batch_size, args.img_size, device, dtype if cast else torch.float32)
+        fns['zoo_compiled'] = forward_fn(model, x, dtype, cast)
     keys = list(fns)
     for _ in range(args.warmup):
         for fn in fns.values():
@@ -195,6 +200,8 @@ def main(argv=None):
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--rounds', type=int, default=7)
     p.add_argument('--iters', type=int, default=3, help='forwards per timed round')
+    p.add_argument('--compile', action='store_true',
+                   help="also time the zoo model under torch.compile (inductor) and print the gain over eager")
     p.add_argument('--no-memory', action='store_true')
     p.add_argument('--no-peer', action='store_true')
     p.add_argument('--json', help='also write the results here')
@@ -227,6 +234,8 @@ def main(argv=None):
     for name in names:
         ips = throughput(name, args, device, dtype)
         row = dict(model=name, zoo_ips=ips['zoo'], peer_ips=ips.get('peer'))
+        if args.compile:
+            row.update(compiled_ips=ips['zoo_compiled'], compile_gain=ips['zoo_compiled'] / ips['zoo'])
         if vs:
             row.update(zoo_fp32_ips=ips['zoo_fp32'], peer_fp32_ips=ips.get('peer_fp32'),
                        zoo_speedup=div(ips['zoo'], ips['zoo_fp32']),
@@ -240,6 +249,8 @@ def main(argv=None):
         if vs:
             line += (f' {fmt(row["zoo_fp32_ips"], "9.1f")} {fmt(row["zoo_speedup"], "7.2f")}x'
                      f' {fmt(row["peer_fp32_ips"], "9.1f")} {fmt(row["peer_speedup"], "7.2f")}x')
+        if args.compile:
+            line += f' compiled {row["compiled_ips"]:.1f} img/s ({row["compile_gain"]:.2f}x eager)'
         if not args.no_memory:
             mratio = div(row['zoo_mib'], row['peer_mib'])
             line += f' {fmt(row["zoo_mib"], "8.0f")} {fmt(row["peer_mib"], "8.0f")} {fmt(mratio, "8.2f")}x'

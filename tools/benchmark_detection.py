@@ -23,6 +23,17 @@ config.
 inference time and the peak memory of a training step, to show how each grows with image area
 (DETR's encoder attends over all pairs of positions; Deformable DETR's samples a fixed number).
 
+``--compile`` adds a row per config with the network under ``torch.compile`` (inductor), timed
+after its compilation, so the gain over eager can be read off.
+
+``--peer hf`` times, in one run with the same inputs and alternating rounds (median), inference and
+a training step (forward, loss, backward, AdamW step) of each config against Hugging Face
+transformers' model of the same configuration carrying the same weights (``configs/detr_r50.py``
+vs ``DetrForObjectDetection``, ``configs/deformable_detr_r50.py`` vs
+``DeformableDetrForObjectDetection``; ResNet-50 only), and prints ours / theirs:
+
+    python tools/benchmark_detection.py --peer hf --configs configs/detr_r50.py,configs/deformable_detr_r50.py --size 800 1333 --steps 5
+
 Backbones are randomly initialised (speed does not depend on the weights). Targets: 8 random
 boxes per image.
 """
@@ -83,8 +94,11 @@ def _median_seconds(fn, steps: int) -> float:
     return statistics.median(spent)
 
 
-def detector_timings(config: str, size, batch_size: int, steps: int, device) -> dict:
+def detector_timings(config: str, size, batch_size: int, steps: int, device, compile: bool = False) -> dict:
     model, optim, data = _warm_detector(config, size, device, batch_size=batch_size)
+    if compile:  # inductor; compiled by the warm-up step below, before anything is timed
+        model.net = torch.compile(model.net)
+        model.train_step(dict(data), optim)
     matcher, spent = model.criterion.matcher, []
     plain = matcher.forward
 
@@ -107,6 +121,84 @@ def detector_timings(config: str, size, batch_size: int, steps: int, device) -> 
         infer_s = _median_seconds(lambda: model.val_step(dict(data)), steps)
     return dict(step_s=statistics.median(step_times), matcher_share=statistics.median(matcher_share),
                 images_per_s=batch_size / infer_s)
+
+
+def hf_peer(model) -> torch.nn.Module:
+    """Hugging Face's model of ``model``'s configuration (a ``Detector`` with a ResNet-50 backbone),
+    random timm ResNet-50, its weights copied into ``model`` through our converter: the two run
+    the same function on the same weights."""
+    import transformers
+    from detection.checkpoints import convert_hf_deformable_detr, convert_hf_detr
+    net = model.net
+    if type(net).__name__ == 'DETR':
+        enc, dec = len(net.transformer.encoder), len(net.transformer.decoder)
+        layer = net.transformer.encoder[0]
+        cfg = transformers.DetrConfig(
+            backbone='resnet50', use_timm_backbone=True, use_pretrained_backbone=False, num_labels=net.num_classes,
+            num_queries=net.num_queries, d_model=net.input_proj.out_channels, encoder_layers=enc, decoder_layers=dec,
+            encoder_attention_heads=layer.self_attn.num_heads, decoder_attention_heads=layer.self_attn.num_heads,
+            encoder_ffn_dim=layer.ffn[0].out_features, decoder_ffn_dim=layer.ffn[0].out_features,
+            auxiliary_loss=net.aux_loss)
+        hf = transformers.DetrForObjectDetection(cfg)
+        convert = convert_hf_detr
+    else:
+        t = net.transformer
+        layer = t.encoder[0]
+        cfg = transformers.DeformableDetrConfig(
+            backbone='resnet50', use_timm_backbone=True, use_pretrained_backbone=False, num_labels=net.num_classes,
+            num_queries=t.num_proposals, d_model=t.dim, encoder_layers=len(t.encoder), decoder_layers=len(t.decoder),
+            encoder_attention_heads=layer.self_attn.num_heads, decoder_attention_heads=layer.self_attn.num_heads,
+            encoder_ffn_dim=layer.ffn.fc1.out_features, decoder_ffn_dim=layer.ffn.fc1.out_features,
+            encoder_n_points=layer.self_attn.num_points, decoder_n_points=t.decoder[0].cross_attn.num_points,
+            num_feature_levels=layer.self_attn.num_levels, with_box_refine=net.with_box_refine,
+            two_stage=net.two_stage, two_stage_num_proposals=t.num_proposals, auxiliary_loss=net.aux_loss)
+        hf = transformers.DeformableDetrForObjectDetection(cfg)
+        convert = convert_hf_deformable_detr
+    net.load_state_dict(convert(hf.state_dict()), strict=True)
+    return hf
+
+
+def peer_timings(config: str, size, steps: int, device) -> dict:
+    """Ours and Hugging Face's inference and training-step seconds (medians of alternating
+    rounds), same weights, same padded input and targets."""
+    model, optim, data = _warm_detector(config, size, device)
+    hf = hf_peer(model).to(device)
+    hf_optim = torch.optim.AdamW([p for p in hf.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4)
+    images, masks = data['inputs'], data['masks']
+    labels = [dict(class_labels=t['labels'], boxes=t['boxes']) for t in data['data_samples']]
+
+    def ours_step():
+        model.train()
+        model.train_step(dict(data), optim)
+
+    def hf_step():
+        hf.train()
+        hf_optim.zero_grad()
+        out = hf(pixel_values=images, pixel_mask=(~masks).long(), labels=labels)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(hf.parameters(), 0.1)  # the configs clip at 0.1 too
+        hf_optim.step()
+
+    def ours_infer():
+        model.eval()
+        with torch.inference_mode():
+            model.net(images, masks)
+
+    def hf_infer():
+        hf.eval()
+        with torch.inference_mode():
+            hf(pixel_values=images, pixel_mask=(~masks).long())
+
+    fns = dict(ours_infer=ours_infer, hf_infer=hf_infer, ours_step=ours_step, hf_step=hf_step)
+    for fn in fns.values():  # warm-up (HF's optimiser state, allocator)
+        fn()
+    times = {k: [] for k in fns}
+    for r in range(steps):
+        for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            start = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def step_peak_memory_mib(model, optim, data, device) -> float:
@@ -266,6 +358,8 @@ def main(argv=None):
     p.add_argument('--step-table', action='store_true',
                    help='training-step time and memory per family and variant, against the first config')
     p.add_argument('--variants', default='shipped,global,checkpointing,all-trained')
+    p.add_argument('--compile', action='store_true', help='also time each config under torch.compile (inductor)')
+    p.add_argument('--peer', choices=['hf'], help="time against Hugging Face transformers' DETR / Deformable DETR")
     p.add_argument('--child-scaling', nargs=2, help=argparse.SUPPRESS)
     p.add_argument('--child-step', nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -289,6 +383,16 @@ def main(argv=None):
               f'{args.steps} timed steps per point (median), one process per point')
         step_table(configs.split(','), args.variants.split(','), tuple(args.size), args.steps, args.device)
         return
+    if args.peer:
+        print(f'# input {args.size[0]}x{args.size[1]}, batch 1, float32, same weights and input; '
+              f'median of {args.steps} alternating rounds; ratio > 1: ours faster')
+        print(f'{"config":28s} {"infer s":>8s} {"HF infer s":>10s} {"ratio":>6s} {"step s":>7s} {"HF step s":>9s} {"ratio":>6s}')
+        for config in args.configs.split(','):
+            r = peer_timings(config, tuple(args.size), args.steps, torch.device(args.device))
+            print(f'{config.split("/")[-1]:28s} {r["ours_infer"]:8.3f} {r["hf_infer"]:10.3f} '
+                  f'{r["hf_infer"] / r["ours_infer"]:5.2f}x {r["ours_step"]:7.3f} {r["hf_step"]:9.3f} '
+                  f'{r["hf_step"] / r["ours_step"]:5.2f}x', flush=True)
+        return
     if args.scaling:
         sizes = [tuple(int(v) for v in s.split('x')) for s in args.sizes.split(',')]
         print(f'{"config":28s} {"input":>10s} {"pixels":>8s} {"train step s":>12s} {"infer s":>8s} '
@@ -302,9 +406,12 @@ def main(argv=None):
     if not args.coco_eval_only:
         print(f'{"config":28s} {"input":>10s} {"train step s":>12s} {"matcher %":>9s} {"infer img/s":>11s}')
         for config in args.configs.split(','):
-            r = detector_timings(config, tuple(args.size), args.batch_size, args.steps, torch.device(args.device))
-            print(f'{config.split("/")[-1]:28s} {args.size[0]:>4d}x{args.size[1]:<5d} {r["step_s"]:12.2f} '
-                  f'{100 * r["matcher_share"]:9.2f} {r["images_per_s"]:11.3f}', flush=True)
+            for compiled in (False, True) if args.compile else (False,):
+                r = detector_timings(config, tuple(args.size), args.batch_size, args.steps, torch.device(args.device),
+                                     compile=compiled)
+                name = config.split('/')[-1] + (' (compiled)' if compiled else '')
+                print(f'{name:28s} {args.size[0]:>4d}x{args.size[1]:<5d} {r["step_s"]:12.2f} '
+                      f'{100 * r["matcher_share"]:9.2f} {r["images_per_s"]:11.3f}', flush=True)
     ev = coco_eval_timings(args.coco_images)
     (t_slow, s_slow), (t_fast, s_fast) = ev['pycocotools'], ev['faster']
     same = max(abs(s_slow[k] - s_fast[k]) for k in s_slow)

@@ -3,6 +3,7 @@
     python tools/infer.py CONFIG CHECKPOINT img1.jpg [img2.jpg ...] --out-dir work_dirs/vis
     python tools/infer.py CONFIG CHECKPOINT --val 8 --out work_dirs/demo/predictions.png
     python tools/infer.py CONFIG CHECKPOINT --data my_coco_folder --img-size 256 --val 8
+    python tools/infer.py CONFIG model.onnx img1.jpg    # tools/export.py's graph, in onnxruntime
 
 ``--amp`` runs the detector under autocast (bfloat16 on a CPU, float16 on a GPU).
 
@@ -118,7 +119,7 @@ def visualize_val(cfg, model, classes, n: int, out: str, score_thr: float) -> st
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('config')
-    p.add_argument('checkpoint')
+    p.add_argument('checkpoint', help='the trained .pth, or a .onnx written by tools/export.py')
     p.add_argument('images', nargs='*')
     p.add_argument('--val', type=int, help='draw the first N validation images in one grid')
     p.add_argument('--out', default='work_dirs/predictions.png', help='the grid picture (--val)')
@@ -137,6 +138,14 @@ def main(argv=None):
     apply_data_arguments(cfg, args)
     if args.score_thr is None:
         args.score_thr = 0.3 if cfg.model.get('focal') else 0.5
+    if args.checkpoint.endswith('.onnx'):  # tools/export.py's graph, run in onnxruntime
+        if args.amp:
+            raise SystemExit('--amp: an exported .onnx graph runs in float32; drop --amp')
+        from detection.export import OnnxDetector
+        model = OnnxDetector(args.checkpoint)
+        classes = model.metadata.get('classes') or [str(i) for i in range(cfg.model.num_classes)]
+        run(args, cfg, model, classes)
+        return
     model, classes = load_detector(cfg, args.checkpoint)
     with (autocast_for(model, None if args.amp_dtype == 'auto' else args.amp_dtype) if args.amp
           else contextlib.nullcontext()):

@@ -22,9 +22,12 @@ def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int],
             raise ValueError(f'cannot infer a square grid from {grid_rows.shape[1]} positions; '
                              f'pass old_grid')
         old_grid = (side, side)
-    new_grid = tuple(int(s) for s in new_grid)
-    if tuple(old_grid) == new_grid:
-        return pos_embed
+    if not torch.jit.is_tracing():
+        new_grid = tuple(int(s) for s in new_grid)
+        if tuple(old_grid) == new_grid:
+            return pos_embed
+    # when tracing (ONNX export) the grid is a pair of traced sizes and is always resampled, so the
+    # graph fits every input size (resampling to the same grid is the identity)
     grid_map = rearrange(grid_rows.float(), '1 (h w) d -> 1 d h w', h=old_grid[0], w=old_grid[1])
     grid_map = F.interpolate(grid_map, size=new_grid, mode=interpolation, antialias=antialias,
                              align_corners=False if interpolation in ('bilinear', 'bicubic') else None)

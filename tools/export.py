@@ -1,0 +1,90 @@
+"""Export a whole DETR / Deformable DETR (any backbone family, refinement and two-stage too) to
+ONNX: dynamic batch and image size, raw outputs and top-k detections in pixels.
+
+    python tools/export.py configs/demo/detr_t2t_shapes.py work_dirs/demo/epoch_32.pth --out detr.onnx
+    python tools/export.py configs/deformable_detr_r50.py --out smoke.onnx   # random weights: a smoke test
+
+Graph inputs: images (B, 3, H, W) float32, normalised and padded to multiples of 32; mask (B, H, W)
+bool, True on padding; orig_sizes (B, 2) int64 (H, W of each original image). Outputs:
+pred_logits, pred_boxes (normalised cxcywh), scores, labels, boxes (xyxy, original pixels).
+``--check`` runs the written graph in onnxruntime on two other sizes and prints the largest
+difference from PyTorch. ``tools/infer.py CONFIG model.onnx images...`` draws its detections.
+"""
+import argparse
+import os
+import os.path as osp
+
+import _bootstrap  # noqa: F401
+import torch
+from mmengine.config import Config, DictAction
+
+import detection.engine  # noqa: F401  (registers Detector)
+from detection.export import OnnxDetector, export_onnx
+from infer import load_detector
+
+
+def build(config: str, checkpoint: str | None, cfg_options=None):
+    """The config's detector, eval mode, with the checkpoint's weights (random without one), and
+    its class names. An unknown config, a config that is not a detector, or a checkpoint of
+    another model: SystemExit / ValueError saying which."""
+    if not osp.isfile(config):
+        raise SystemExit(f'config {config} not found; the detector configs are configs/detr_*.py and '
+                         'configs/deformable_detr_*.py')
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if cfg.get('model', {}).get('type') != 'Detector':
+        raise SystemExit(f'{config} builds {cfg.get("model", {}).get("type")!r}, not a detector: '
+                         'tools/export.py exports DETR and Deformable DETR configs')
+    if checkpoint is None:
+        # random weights: nothing to fetch for the backbone either
+        cfg.merge_from_dict({'model.detector.backbone.pretrained': False})
+        from mmengine.registry import MODELS
+        return MODELS.build(cfg.model).eval(), [str(i) for i in range(cfg.model.num_classes)], cfg
+    if not osp.isfile(checkpoint):
+        raise SystemExit(f'checkpoint {checkpoint} not found')
+    cfg.merge_from_dict({'model.detector.backbone.pretrained': False})  # the checkpoint has them
+    model, classes = load_detector(cfg, checkpoint)
+    return model, classes, cfg
+
+
+@torch.no_grad()
+def check(model, path: str, sizes=((1, 224, 288), (3, 288, 192))) -> float:
+    """Largest |onnxruntime - PyTorch| over all outputs, on random padded batches of other sizes."""
+    session, worst = OnnxDetector(path), 0.0
+    from detection.export import ExportableDetector
+    wrapper = ExportableDetector(model).eval()
+    for b, h, w in sizes:
+        images, mask = torch.randn(b, 3, h, w), torch.zeros(b, h, w, dtype=torch.bool)
+        mask[-1, h - 32:] = True
+        orig = torch.tensor([[h - 32 * (i == b - 1), w] for i in range(b)])
+        ref = dict(zip(['pred_logits', 'pred_boxes', 'scores', 'labels', 'boxes'], wrapper(images, mask, orig)))
+        got = session.run(images, mask, orig)
+        worst = max(worst, *[float((got[k].float() - ref[k].float()).abs().max()) for k in ref])
+    return worst
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('config')
+    p.add_argument('checkpoint', nargs='?', help='trained weights (default: random, a smoke test)')
+    p.add_argument('--out', required=True, help='the .onnx file to write')
+    p.add_argument('--size', type=int, nargs=2, default=(320, 416), metavar=('H', 'W'),
+                   help='the traced batch\'s size (multiples of 32); the graph takes any size')
+    p.add_argument('--check', action='store_true', help='compare onnxruntime with PyTorch on two other sizes')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction)
+    args = p.parse_args(argv)
+    if not args.out.endswith('.onnx'):
+        raise SystemExit(f'--out {args.out}: give a .onnx file name')
+    model, classes, cfg = build(args.config, args.checkpoint, args.cfg_options)
+    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+    export_onnx(model, args.out, tuple(args.size),
+                metadata=dict(classes=classes, focal=bool(model.focal), config=osp.basename(args.config)))
+    print(args.out)
+    if args.check:
+        print(f'max |onnxruntime - PyTorch| over all outputs: {check(model, args.out):.2e}')
+    return args.out
+
+
+if __name__ == '__main__':
+    main()
