@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from ..onnx import register_onnx_symbolics
+
 
 def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int],
                        old_grid: tuple[int, int] | None = None, num_prefix_tokens: int = 1,
@@ -26,6 +28,8 @@ def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int],
         new_grid = tuple(int(s) for s in new_grid)
         if tuple(old_grid) == new_grid:
             return pos_embed
+    else:
+        register_onnx_symbolics()  # the traced graph resamples with an op the ONNX exporter lacks
     # when tracing (ONNX export) the grid is a pair of traced sizes and is always resampled, so the
     # graph fits every input size (resampling to the same grid is the identity)
     grid_map = rearrange(grid_rows.float(), '1 (h w) d -> 1 d h w', h=old_grid[0], w=old_grid[1])
