@@ -187,3 +187,31 @@ def test_faster_coco_eval_gives_identical_numbers():
     slow, fast = coco_evaluate(gt, dets), coco_evaluate(gt, dets, backend='faster')
     np.testing.assert_allclose(list(fast.values()), list(slow.values()), atol=1e-12)
     assert slow['AP'] > 0.05  # a non-trivial case
+
+
+def test_resnet_frozen_batch_norms_folded_into_their_convs():
+    """DETR-R50's frozen batch norms computed inside the convolution before them: same function
+    (float rounding), same state-dict keys, same gradients on the trained conv weights."""
+    from torchvision.models import resnet50
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from detection.backbone import ConvFoldingFrozenBN, fold_frozen_batch_norms
+    plain = resnet50(norm_layer=FrozenBatchNorm2d)
+    with torch.no_grad():
+        for m in plain.modules():
+            if isinstance(m, FrozenBatchNorm2d):  # a non-trivial affine map in every norm
+                m.weight.uniform_(0.5, 1.5), m.bias.normal_(), m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+    folded = resnet50(norm_layer=FrozenBatchNorm2d)
+    folded.load_state_dict(plain.state_dict())
+    fold_frozen_batch_norms(folded)
+    assert list(folded.state_dict()) == list(plain.state_dict())
+    assert sum(isinstance(m, ConvFoldingFrozenBN) for m in folded.modules()) == 53  # every conv
+    x = torch.randn(1, 3, 64, 96)
+    a, b = plain(x), folded(x)
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+    a.square().mean().backward()
+    b.square().mean().backward()
+    for name in ('layer4.2.conv3.weight', 'layer2.0.downsample.0.weight', 'conv1.weight'):
+        g_plain, g_folded = plain.get_parameter(name).grad, folded.get_parameter(name).grad
+        torch.testing.assert_close(g_folded, g_plain, rtol=1e-3, atol=1e-3 * g_plain.abs().max().item())

@@ -32,7 +32,7 @@ import detection.engine  # noqa: F401
 from detection.data import transforms as recipes
 from detection.data.coco import collate_detection
 from detection.data.folder import add_data_arguments, apply_data_arguments
-from zoo.engine import autocast_for
+from zoo.engine import autocast_for, without_pretrained
 from zoo.pretrained import read_checkpoint
 
 COLORS = ['#e6194b', '#3cb44b', '#4363d8', '#f58231', '#911eb4', '#42d4f4', '#f032e6', '#bfef45']
@@ -42,7 +42,7 @@ def load_detector(cfg: Config, checkpoint: str):
     """The config's detector with the checkpoint's weights, and the class names the checkpoint
     was trained with (mmengine stores the dataset's metainfo in it). A checkpoint of another
     detector raises a ValueError that names the disagreeing keys."""
-    model = MODELS.build(cfg.model)
+    model = MODELS.build(without_pretrained(cfg.model))  # the checkpoint replaces every weight
     state = read_checkpoint(checkpoint)
     try:  # checkpoints from before the shared Mlp load through Detector's upgrade hook
         model.load_state_dict(state.get('state_dict', state))

@@ -16,7 +16,8 @@ from mmengine.config import DictAction
 import classification.engine  # noqa: F401  (registers the classifier, datasets and metric)
 import detection.engine  # noqa: F401
 from detection.data.folder import add_data_arguments, apply_data_arguments
-from zoo.engine import Runner, add_runtime_arguments, apply_runtime_arguments, load_config, use_amp_evaluation
+from zoo.engine import (Runner, add_runtime_arguments, apply_runtime_arguments, load_config, use_amp_evaluation,
+                        without_pretrained)
 
 
 def main(argv=None):
@@ -41,6 +42,7 @@ def main(argv=None):
     apply_data_arguments(cfg, args)
     apply_runtime_arguments(cfg, args)
     cfg.load_from = args.checkpoint
+    cfg.model = without_pretrained(cfg.model)  # the checkpoint replaces every weight: fetch nothing
     if args.amp:
         use_amp_evaluation(cfg, None if args.amp_dtype == 'auto' else args.amp_dtype)
     if args.out:

@@ -35,6 +35,8 @@ from mmengine.runner import TestLoop, ValLoop
 from mmengine.runner.checkpoint import CheckpointLoader
 
 from .console import quiet_console
+from .registry import MODELS as MODEL_REGISTRY
+from .registry import get_model_info
 
 
 def load_from_local(filename, map_location):
@@ -215,6 +217,25 @@ def apply_runtime_arguments(cfg: Config, args) -> Config:
     if args.verbose:
         cfg.verbose_console = True
     return cfg
+
+
+def without_pretrained(model_cfg):
+    """``model_cfg`` with every ``pretrained`` (backbone) switched off, for a model whose weights a
+    checkpoint is about to replace: the ImageNet weights would be fetched (or, offline, refused)
+    only to be overwritten. The model is still built as it is with weights: the variant's
+    ``weights_arch`` (T2T-ViT's attention scale) goes into the same dict, as ``create_model``
+    would have added it."""
+    if isinstance(model_cfg, dict):
+        out = type(model_cfg)({k: without_pretrained(v) for k, v in model_cfg.items()})
+        if out.get('pretrained') and isinstance(out.get('name'), str):
+            out['pretrained'] = False
+            if out['name'] in MODEL_REGISTRY:
+                for key, value in get_model_info(out['name']).weights_arch.items():
+                    out.setdefault(key, value)
+        return out
+    if isinstance(model_cfg, (list, tuple)):
+        return type(model_cfg)(without_pretrained(v) for v in model_cfg)
+    return model_cfg
 
 
 def load_config(path: str, cfg_options: dict | None = None, launcher: str = 'none',
