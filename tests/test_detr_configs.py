@@ -134,3 +134,19 @@ def test_windows_with_padding_train_through_a_config(tiny_batch):
     check_trains_and_evaluates(os.path.join(ROOT, 'configs', 'detr_deit.py'), tiny_batch,
                                {'model.detector.backbone.window_size': 3,
                                 'model.detector.feature_stride': 16})
+
+
+def test_evaluating_a_checkpoint_fetches_no_imagenet_weights_and_keeps_their_architecture():
+    """test.py / infer.py replace every weight with the checkpoint's: the backbone is built without
+    downloading, but as it is with weights (T2T-ViT's attention scale follows them)."""
+    from zoo.engine import without_pretrained
+    from zoo.registry import get_model_info
+    cfg = Config.fromfile(os.path.join(ROOT, 'configs', 'detr_t2t.py'))
+    assert cfg.model.detector.backbone.pretrained
+    model = without_pretrained(cfg.model)
+    backbone = model.detector.backbone
+    assert backbone.pretrained is False
+    assert backbone.qk_scale == get_model_info(backbone.name).weights_arch['qk_scale']
+    assert cfg.model.detector.backbone.pretrained  # the config itself is left alone
+    r50 = without_pretrained(Config.fromfile(os.path.join(ROOT, 'configs', 'detr_r50.py')).model)
+    assert r50.detector.backbone.pretrained is False and 'qk_scale' not in r50.detector.backbone
