@@ -21,4 +21,4 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
     dict(type='MultiStepLR', milestones=[13], gamma=0.1, by_epoch=True),
 ]
-default_hooks = dict(logger=dict(interval=16), checkpoint=dict(interval=4))
+default_hooks = dict(logger=dict(interval=32), checkpoint=dict(interval=4))  # two lines an epoch

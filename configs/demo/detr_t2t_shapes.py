@@ -27,4 +27,4 @@ auto_scale_lr = dict(base_batch_size=8)
 # 32 epochs of 64 steps (about 5 minutes on 2 CPU cores) at a constant rate after a short warm-up.
 train_cfg = dict(max_epochs=32, val_interval=8)
 param_scheduler = [dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50)]
-default_hooks = dict(logger=dict(interval=16), checkpoint=dict(interval=8))
+default_hooks = dict(logger=dict(interval=32), checkpoint=dict(interval=8))  # two lines an epoch
