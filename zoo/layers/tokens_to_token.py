@@ -131,6 +131,21 @@ def _unfolded_size(size: int, unfold: nn.Unfold) -> int:
     return (size + 2 * unfold.padding - unfold.kernel_size) // unfold.stride + 1
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands a contiguous gradient on. The gradient reaching a token layer
+    from the (B, C, H, W) re-layout is a transposed view; torch.compile's generated backward
+    (torch 2.15) views it through the layer's dropout and Linear where eager reshapes, and fails
+    ("view size is not compatible"). Eager results are unchanged."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
 class TokensToToken(nn.Module):
     """(B, C, H, W) -> tokens (B, H/16 * W/16, embed_dim) and their grid (H/16, W/16).
 
@@ -168,6 +183,6 @@ class TokensToToken(nn.Module):
         x, (h, w) = self.split(x, self.soft_split0)
         for layer, unfold in ((self.attention1, self.soft_split1),
                               (self.attention2, self.soft_split2)):
-            x = rearrange(layer(x), 'b (h w) c -> b c h w', h=h, w=w)
+            x = rearrange(_ContiguousGrad.apply(layer(x)), 'b (h w) c -> b c h w', h=h, w=w)
             x, (h, w) = self.split(x, unfold)
         return self.project(x), (h, w)
