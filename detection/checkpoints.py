@@ -62,6 +62,18 @@ def detect_layout(state_dict: Mapping) -> str:
     return 'unknown'
 
 
+# The project's own earlier layout: two-layer MLPs that were nn.Sequential(Linear, ReLU, Linear)
+# before they became zoo.layers.Mlp (the denoising position head, anchor embedding, dense box head).
+_SEQUENTIAL_MLPS = re.compile(r'(denoising\.pos_head|dense_head\.box_head|anchor_pos)\.([02])\.')
+
+
+def upgrade_own_keys(state_dict: Mapping) -> dict:
+    """This project's checkpoints from before the shared ``Mlp``: those heads' layers ``0`` and
+    ``2`` load as ``fc1`` and ``fc2`` (same tensors); other keys unchanged."""
+    return {_SEQUENTIAL_MLPS.sub(lambda m: f'{m[1]}.{"fc1" if m[2] == "0" else "fc2"}.', k): v
+            for k, v in state_dict.items()}
+
+
 def _rename(state_dict: Mapping, rules: list[tuple[str, str]], drop: tuple[str, ...] = ()) -> dict:
     """Each key through the first rule (regex, replacement) that matches; keys starting with a
     ``drop`` prefix and frozen batch-norm counters are left out; other keys are kept as they are."""
@@ -222,7 +234,9 @@ def to_detector_layout(state_dict: Mapping, net) -> tuple[dict, str]:
     message naming what was found and the setting that fixes it.
     """
     layout = detect_layout(state_dict)
-    if layout in ('ours', 'unknown'):
+    if layout == 'ours':
+        return upgrade_own_keys(state_dict), layout
+    if layout == 'unknown':
         return dict(state_dict), layout
     kind = type(net).__name__
     if _NETWORK[layout] != kind:

@@ -2,7 +2,6 @@
 name them: ``model=dict(type='Detector', ...)``, ``val_evaluator=dict(type='CocoMetric')``."""
 import json
 import os
-import re
 from collections.abc import Mapping
 
 import torch
@@ -28,26 +27,14 @@ _DIVERGED = ('Training stops here and the last saved checkpoint is kept; resume 
              'lower learning rate, gradient clipping on (optim_wrapper.clip_grad), or without --amp.')
 
 
-# Two-layer MLPs that were nn.Sequential(Linear, ReLU, Linear) before they became zoo.layers.Mlp.
-_SEQUENTIAL_MLPS = re.compile(r'(denoising\.pos_head|dense_head\.box_head|anchor_pos)\.([02])\.')
-
-
-def upgrade_sequential_mlp_keys(state_dict, prefix, *args):
-    """Checkpoints written before these heads used the shared ``Mlp`` name their layers ``0`` and
-    ``2``; they load as ``fc1`` and ``fc2`` (same tensors)."""
-    for key in [k for k in state_dict if k.startswith(prefix) and _SEQUENTIAL_MLPS.search(k)]:
-        new = _SEQUENTIAL_MLPS.sub(lambda m: f'{m[1]}.{"fc1" if m[2] == "0" else "fc2"}.', key)
-        state_dict[new] = state_dict.pop(key)
-
-
 # What the official training scripts save next to the weights ('model').
 _OFFICIAL_TRAINING_STATE = ('model', 'optimizer', 'lr_scheduler', 'epoch', 'args')
 
 
 def load_foreign_layouts(module, state_dict, prefix, *args):
-    """The official DETR / Deformable DETR releases and Hugging Face's layouts load as they are
-    (``detection.checkpoints``): the official file's ``model`` entry is unwrapped, its training
-    state dropped, the weights renamed to ``net.*``. A converted checkpoint must then match the
+    """The official DETR / Deformable DETR releases, Hugging Face's layouts and this project's
+    earlier ones load as they are (``detection.checkpoints``): the official file's ``model``
+    entry is unwrapped, its training state dropped, the weights renamed to ``net.*``. A converted checkpoint must then match the
     model exactly; loaders such as mmengine's (``load_from``) load non-strictly and would
     otherwise leave whatever did not convert at its random init with a warning."""
     inner = state_dict.get(prefix + 'model')
@@ -90,7 +77,6 @@ class Detector(BaseModel):
         self.criterion = SetCriterion(num_classes, HungarianMatcher(focal=focal, **(matcher or {})),
                                       focal=focal, **(criterion or {}))
         self._register_load_state_dict_pre_hook(load_foreign_layouts, with_module=True)
-        self._register_load_state_dict_pre_hook(upgrade_sequential_mlp_keys)
 
     def forward(self, inputs, masks=None, data_samples=None, mode='tensor'):
         if masks is None:

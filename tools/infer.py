@@ -44,7 +44,7 @@ def load_detector(cfg: Config, checkpoint: str):
     detector raises a ValueError that names the disagreeing keys."""
     model = MODELS.build(without_pretrained(cfg.model))  # the checkpoint replaces every weight
     state = read_checkpoint(checkpoint)
-    try:  # checkpoints from before the shared Mlp load through Detector's upgrade hook
+    try:  # other layouts (official, Hugging Face, earlier ones) convert in Detector's load hook
         model.load_state_dict(state.get('state_dict', state))
     except RuntimeError as e:
         raise ValueError(f'{checkpoint} is not a checkpoint of this config\'s detector: {str(e)[:600]} '
