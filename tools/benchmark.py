@@ -13,7 +13,9 @@ rounds and prints the speed-up of the dtype over float32.
 
 Throughput: ours and the peer alternate round by round (so drift in machine load hits both),
 each going first in every other round, each round timing ``--iters`` forwards; the median
-round gives images/s. Peak memory: on CUDA
+round gives images/s. Both run with freed CPU memory kept for reuse (:mod:`zoo.allocator`; without
+it glibc unmaps large blocks and every forward faults them in again, slowing whichever model the
+allocation history disfavours by up to 20%); ``--default-allocator`` measures without. Peak memory: on CUDA
 ``max_memory_allocated``; on CPU the growth of the resident set during one forward, each model in
 a fresh subprocess so one implementation's freed pages cannot hide the other's.
 """
@@ -29,6 +31,7 @@ import _bootstrap  # noqa: F401
 import torch
 
 import zoo
+from zoo.allocator import reuse_freed_memory
 
 DEFAULT_MODELS = ['vit_small_patch16_224', 'deit_small_patch16_224', 'cait_xxs24_224', 'cvt_13',
                   't2t_vit_14', 't2t_vit_t_14', 'deepvit_s', 'ceit_s', 'cpvt_s']
@@ -159,7 +162,8 @@ def peak_memory_mib(name: str, impl: str, args, device, dtype) -> float:
 def memory_in_subprocess(name: str, impl: str, args) -> float | None:
     cmd = [sys.executable, __file__, '--child-memory', name, impl, '--batch-size', str(args.batch_size),
            '--device', args.device, '--dtype', args.dtype] + (['--cast'] if args.cast else []) + \
-        (['--explicit-attention'] if args.explicit_attention else [])
+        (['--explicit-attention'] if args.explicit_attention else []) + \
+        (['--default-allocator'] if args.default_allocator else [])
     if args.img_size:
         cmd += ['--img-size', *map(str, args.img_size)]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -202,12 +206,16 @@ def main(argv=None):
     p.add_argument('--iters', type=int, default=3, help='forwards per timed round')
     p.add_argument('--compile', action='store_true',
                    help="also time the zoo model under torch.compile (inductor) and print the gain over eager")
+    p.add_argument('--default-allocator', action='store_true',
+                   help="leave glibc's malloc as it is (by default freed blocks are kept for reuse: zoo.allocator)")
     p.add_argument('--no-memory', action='store_true')
     p.add_argument('--no-peer', action='store_true')
     p.add_argument('--json', help='also write the results here')
     p.add_argument('--child-memory', nargs=2, metavar=('NAME', 'IMPL'), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    allocator = 'glibc default allocator' if args.default_allocator else \
+        ('freed memory kept' if reuse_freed_memory() else 'default allocator (not glibc)')
 
     if args.child_memory:
         print(peak_memory_mib(*args.child_memory, args, device, dtype))
@@ -223,6 +231,7 @@ def main(argv=None):
     mode = args.dtype if dtype == torch.float32 else f'{args.dtype} {"cast" if args.cast else "autocast"}'
     vs = args.vs_float32 and dtype != torch.float32
     mode += '; explicit attention' if args.explicit_attention else ''
+    mode += f'; {allocator}' if device.type == 'cpu' else ''
     print(f'# {machine()}; torch {torch.__version__}; batch {args.batch_size}; {mode}; inference')
     header = f'{"model":34s} {"zoo img/s":>10s} {"peer img/s":>10s} {"ratio":>6s}' + \
         (f' {"zoo fp32":>9s} {"speed-up":>8s} {"peer fp32":>9s} {"speed-up":>8s}' if vs else '') + \

@@ -35,7 +35,9 @@ vs ``DetrForObjectDetection``, ``configs/deformable_detr_r50.py`` vs
     python tools/benchmark_detection.py --peer hf --configs configs/detr_r50.py,configs/deformable_detr_r50.py --size 800 1333 --steps 5
 
 Backbones are randomly initialised (speed does not depend on the weights). Targets: 8 random
-boxes per image.
+boxes per image. Freed memory is kept for reuse, as ``tools/train.py`` keeps it
+(:mod:`zoo.allocator`); ``--default-allocator`` measures with glibc's defaults, under which a
+DETR-R50 step at 800x1333 spends about a quarter of its time faulting pages in.
 """
 import argparse
 import ctypes
@@ -55,6 +57,7 @@ from mmengine.registry import MODELS
 import detection.engine  # noqa: F401
 from benchmark import _rss_kib, machine
 from detection import coco_evaluate
+from zoo.allocator import reuse_freed_memory
 
 
 def _batch(batch_size, size, device):
@@ -233,10 +236,13 @@ def scaling_point(config: str, size, steps: int, device) -> dict:
     return dict(step_s=step_s, infer_s=infer_s, memory_mib=memory)
 
 
+_CHILD_FLAGS: list[str] = []  # the parent's allocator choice, handed to every child process
+
+
 def scaling_in_subprocess(config: str, size, steps: int, device: str) -> dict:
     """A fresh process per point, so memory one size freed cannot hide another's peak."""
     cmd = [sys.executable, __file__, '--child-scaling', config, f'{size[0]}x{size[1]}',
-           '--steps', str(steps), '--device', device]
+           '--steps', str(steps), '--device', device] + _CHILD_FLAGS
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f'{config} at {size}: {done.stderr[-2000:]}')
@@ -294,7 +300,7 @@ def step_point(config: str, variant: str, size, steps: int, device) -> dict:
 
 def step_in_subprocess(config: str, variant: str, size, steps: int, device: str) -> dict:
     cmd = [sys.executable, __file__, '--child-step', config, variant, f'{size[0]}x{size[1]}',
-           '--steps', str(steps), '--device', device]
+           '--steps', str(steps), '--device', device] + _CHILD_FLAGS
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f'{config} ({variant}) at {size}: {done.stderr[-2000:]}')
@@ -360,9 +366,14 @@ def main(argv=None):
     p.add_argument('--variants', default='shipped,global,checkpointing,all-trained')
     p.add_argument('--compile', action='store_true', help='also time each config under torch.compile (inductor)')
     p.add_argument('--peer', choices=['hf'], help="time against Hugging Face transformers' DETR / Deformable DETR")
+    p.add_argument('--default-allocator', action='store_true',
+                   help="leave glibc's malloc as it is (by default freed blocks are kept for reuse: zoo.allocator)")
     p.add_argument('--child-scaling', nargs=2, help=argparse.SUPPRESS)
     p.add_argument('--child-step', nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if not args.default_allocator:
+        reuse_freed_memory()
+    _CHILD_FLAGS[:] = ['--default-allocator'] if args.default_allocator else []
     if args.child_step:
         config, variant, size = args.child_step
         size = tuple(int(v) for v in size.split('x'))
@@ -373,7 +384,8 @@ def main(argv=None):
         size = tuple(int(v) for v in size.split('x'))
         print(json.dumps(scaling_point(config, size, args.steps, torch.device(args.device))))
         return
-    print(f'# {machine()}; torch {torch.__version__}')
+    allocator = 'glibc default allocator' if args.default_allocator else 'freed memory kept (zoo.allocator)'
+    print(f'# {machine()}; torch {torch.__version__}; {allocator}')
     if args.step_table:
         configs = args.configs
         if configs == p.get_default('configs'):

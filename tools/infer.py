@@ -32,6 +32,7 @@ import detection.engine  # noqa: F401
 from detection.data import transforms as recipes
 from detection.data.coco import collate_detection
 from detection.data.folder import add_data_arguments, apply_data_arguments
+from zoo.allocator import reuse_freed_memory
 from zoo.engine import autocast_for, without_pretrained
 from zoo.pretrained import read_checkpoint
 
@@ -132,6 +133,7 @@ def main(argv=None):
     p.add_argument('--amp-dtype', choices=['auto', 'bfloat16', 'float16'], default='auto')
     add_data_arguments(p)
     args = p.parse_args(argv)
+    reuse_freed_memory()
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)

@@ -38,6 +38,7 @@ from detection import analysis as det
 from detection.data import transforms as recipes
 from infer import load_detector
 from zoo import analysis as za
+from zoo.allocator import reuse_freed_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = os.path.join(ROOT, 'configs/_base_/datasets/shapes_detection.py')
@@ -223,6 +224,7 @@ def parser():
 def main(argv=None):
     p = parser()
     args = p.parse_args(argv)
+    reuse_freed_memory()
     try:
         args.run(args)
     except (ValueError, FileNotFoundError) as e:

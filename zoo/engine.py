@@ -34,6 +34,7 @@ from mmengine.runner import Runner as _Runner
 from mmengine.runner import TestLoop, ValLoop
 from mmengine.runner.checkpoint import CheckpointLoader
 
+from .allocator import reuse_freed_memory
 from .console import quiet_console
 from .registry import MODELS as MODEL_REGISTRY
 from .registry import get_model_info
@@ -213,6 +214,9 @@ def add_runtime_arguments(parser) -> None:
 
 
 def apply_runtime_arguments(cfg: Config, args) -> Config:
+    """Threads, the allocator (freed memory kept for reuse: :mod:`zoo.allocator`) and the
+    console's verbosity for this run."""
+    reuse_freed_memory()
     set_threads(args.threads)
     if args.verbose:
         cfg.verbose_console = True

@@ -1,0 +1,50 @@
+"""Keep freed CPU memory in the process, so that every step does not fault its pages in again.
+
+PyTorch's CPU tensors come from the C library's ``malloc``. glibc serves large blocks (above a
+threshold that starts at 128 KiB and moves with the allocation history) with fresh ``mmap``
+pages and unmaps them when they are freed, and it gives the free top of its heap back to the
+system. A forward's activations are a few MiB to a few hundred MiB, so they are paged in anew,
+one 4 KiB fault at a time, in every forward and every training step. How often depends on the
+allocation history: the same model measured up to 20% slower or faster depending on what had
+been built before it.
+
+:func:`reuse_freed_memory` sets two glibc options (``mallopt``): no block is served by ``mmap``
+(every block comes from the heap, where a freed block is reused by the next allocation), and up
+to 1 GiB of free heap top is kept. PyTorch's CUDA caching allocator does the same for GPU memory.
+The cost: the resident set does not shrink after a peak, and heap fragmentation adds a few per
+cent to the peak (DETR at 800x1333: +3-5%). The project's tools call it at start; call it first
+in your own scripts to get the same speed. Measured on the project's CPU machine (README, "Speed"):
+
+* ViT-S/16 inference, batch 8: up to 67,000 page faults and 455-466 ms per forward without it,
+  none and 371-379 ms with it;
+* a DETR-R50 training step at 800x1333: 700,000 faults, 3.3 s without; about 1,500, 2.5 s with;
+* the demo's training step (DETR-T2T-ViT-7, 96 px, batch 8): 0.148-0.151 s without, 0.134 s with.
+"""
+import ctypes
+import ctypes.util
+import platform
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+TRIM_THRESHOLD = 1 << 30
+
+_applied = False
+
+
+def reuse_freed_memory() -> bool:
+    """Ask glibc to keep freed blocks for reuse (see the module docstring). Returns whether it
+    is in effect: False on a C library other than glibc (musl, macOS, Windows), where nothing
+    is changed. Calling it again does nothing."""
+    global _applied
+    if _applied:
+        return True
+    if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+    except OSError:
+        return False
+    # glibc still maps a block when the heap cannot grow (sbrk fails), so no allocation can fail
+    # because of M_MMAP_MAX = 0.
+    _applied = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return _applied
