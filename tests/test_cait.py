@@ -245,3 +245,23 @@ def test_onnx_export_matches_onnxruntime(tmp_path):
     y = torch.randn(3, 3, 96, 96)
     (out,) = session.run(None, {'images': y.numpy()})
     np.testing.assert_allclose(out, model(y).numpy(), atol=1e-4, rtol=0)
+
+
+def test_mix_heads_equals_a_linear_over_heads_and_a_1x1_convolution():
+    """zoo.layers.mix_heads (talking heads' proj_l / proj_w, re-attention's head_mix) against
+    the two forms the official code writes: a Linear on the heads-last map (CaiT) and a 1x1
+    Conv2d over the heads (DeepViT); forward and gradients."""
+    from zoo.layers import mix_heads
+    torch.manual_seed(0)
+    attn = torch.randn(2, 4, 5, 7, requires_grad=True)
+    linear, conv = torch.nn.Linear(4, 4), torch.nn.Conv2d(4, 4, kernel_size=1)
+    ours = mix_heads(attn, linear.weight, linear.bias)
+    reference = linear(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-6)
+    g = torch.randn_like(ours)
+    grads = torch.autograd.grad(ours, (attn, linear.weight, linear.bias), g)
+    grads_ref = torch.autograd.grad(reference, (attn, linear.weight, linear.bias), g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mix_heads(attn, conv.weight.flatten(1), conv.bias), conv(attn),
+                               rtol=1e-6, atol=1e-6)

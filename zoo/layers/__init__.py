@@ -1,5 +1,5 @@
 """The shared layer library: every backbone family builds on these, none keeps a private copy."""
-from .attention import Attention
+from .attention import Attention, mix_heads
 from .block import Block, LayerNorm6
 from .class_attention import ClassAttention, ClassAttentionBlock
 from .conv_attention import ConvProjection, ConvProjectionAttention
@@ -23,7 +23,7 @@ from .tokens_to_token import TokenAttention, TokenPerformer, TokensToToken, Toke
 from .weight_init import init_weights_trunc_normal
 
 __all__ = [
-    'Attention', 'Block', 'LayerNorm6', 'ClassAttention', 'ClassAttentionBlock', 'ConvProjection',
+    'Attention', 'mix_heads', 'Block', 'LayerNorm6', 'ClassAttention', 'ClassAttentionBlock', 'ConvProjection',
     'ConvProjectionAttention', 'ConvEmbed', 'DropPath', 'drop_path', 'drop_path_rates',
     'check_image', 'prepend_tokens', 'to_2tuple', 'ImageToTokens', 'LayerClassAttention',
     'LayerClassAttentionBlock', 'LayerScale', 'LocallyEnhancedFeedForward', 'Mlp', 'PatchEmbed',

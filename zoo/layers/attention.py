@@ -18,6 +18,21 @@ def zero_masked_keys(attn: torch.Tensor, key_mask: torch.Tensor | None) -> torch
     return attn if key_mask is None else attn * key_mask[:, None, None, :]
 
 
+def mix_heads(attn: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A learned heads-to-heads transform of an attention map (talking heads, re-attention).
+
+    attn: (B, h, Nq, Nk), weight: (g, h), bias: (g,) -> (B, g, Nq, Nk): at each (query, key),
+    out[g] = sum_h weight[g, h] * attn[h] + bias[g]. One batched product weight @ map (h, Nq*Nk)
+    per image, in the map's own layout: a Linear on the last axis would first copy the map to
+    heads-last and back (CaiT spent about a tenth of its inference on those copies), and a 1x1
+    convolution reorders it into the convolution library's blocked layout."""
+    b, h = attn.shape[:2]
+    flat = rearrange(attn, 'b h i j -> b h (i j)')
+    weight = weight.expand(b, *weight.shape)
+    mixed = torch.bmm(weight, flat) if bias is None else torch.baddbmm(bias[None, :, None], weight, flat)
+    return mixed.view(b, -1, *attn.shape[2:])
+
+
 class Attention(nn.Module):
     """Multi-head self-attention.
 

@@ -3,7 +3,7 @@ heads-to-heads transform so deep layers stop producing the same map."""
 import torch
 from torch import nn
 
-from .attention import Attention, zero_masked_keys
+from .attention import Attention, mix_heads, zero_masked_keys
 
 
 class ReAttention(Attention):
@@ -25,6 +25,8 @@ class ReAttention(Attention):
         # the head mixing in the official code, so it is applied inside attention_map.
         super().__init__(dim, num_heads, qkv_bias, qk_scale, 0.0, proj_drop, head_dim, fused=False)
         self.map_drop = nn.Dropout(attn_drop)
+        # A 1x1 convolution over the heads in the checkpoints; applied as mix_heads (same result,
+        # no reorder into the convolution library's layout).
         self.head_mix = nn.Conv2d(num_heads, num_heads, kernel_size=1)
         self.head_norm = nn.BatchNorm2d(num_heads)
         self.map_scale = self.scale if scale_map else 1.0
@@ -35,4 +37,5 @@ class ReAttention(Attention):
         (``key_mask`` (B, Nk) False) get zero weight in the re-generated map as well: the head
         mixing's bias and the norm would otherwise give them some."""
         attn = self.map_drop(super().attention_map(q, k, key_mask))
-        return zero_masked_keys(self.head_norm(self.head_mix(attn)) * self.map_scale, key_mask)
+        mixed = mix_heads(attn, self.head_mix.weight.flatten(1), self.head_mix.bias)
+        return zero_masked_keys(self.head_norm(mixed) * self.map_scale, key_mask)

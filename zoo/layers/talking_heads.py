@@ -1,10 +1,9 @@
 """Talking-heads attention (Shazeer et al., 2020) as CaiT uses it in its self-attention blocks."""
 import torch
-from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import Attention, mask_keys, zero_masked_keys
+from .attention import Attention, mask_keys, mix_heads, zero_masked_keys
 
 
 class TalkingHeadsAttention(Attention):
@@ -32,18 +31,6 @@ class TalkingHeadsAttention(Attention):
         self.proj_l = nn.Linear(num_heads, num_heads)
         self.proj_w = nn.Linear(num_heads, num_heads)
 
-    @staticmethod
-    def _mix_heads(mix: nn.Linear, attn: torch.Tensor) -> torch.Tensor:
-        """attn: (B, h, Nq, Nk) -> (B, h, Nq, Nk), at each (query, key) a Linear over the h heads.
-
-        Computed as weight (h, h) @ map (h, Nq*Nk) per image, in the map's own layout: applying
-        the Linear on a heads-last view would copy the map to (B, Nq, Nk, h) and back, and those
-        copies cost more than the mixing itself (CaiT spent about a tenth of its time on them)."""
-        b, h = attn.shape[:2]
-        mixed = torch.baddbmm(mix.bias[None, :, None], mix.weight.expand(b, h, h),
-                              rearrange(attn, 'b h i j -> b h (i j)'))
-        return mixed.view_as(attn)
-
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                return_attention: bool = False, key_mask: torch.Tensor | None = None):
         b, h, nq, nk = *q.shape[:3], k.shape[-2]
@@ -65,6 +52,6 @@ class TalkingHeadsAttention(Attention):
         first head mixing (before it, -inf would spread over every head) and to zero after the
         second, whose bias would otherwise give them weight."""
         # Scale q before the product, as the official code does, so fp32 results match it exactly.
-        logits = self._mix_heads(self.proj_l, (q * self.scale) @ k.transpose(-2, -1))
-        return zero_masked_keys(
-            self._mix_heads(self.proj_w, mask_keys(logits, key_mask).softmax(dim=-1)), key_mask)
+        logits = mix_heads((q * self.scale) @ k.transpose(-2, -1), self.proj_l.weight, self.proj_l.bias)
+        attn = mask_keys(logits, key_mask).softmax(dim=-1)
+        return zero_masked_keys(mix_heads(attn, self.proj_w.weight, self.proj_w.bias), key_mask)
