@@ -6,6 +6,8 @@ import math
 import torch
 from torch import nn
 
+from zoo.layers.linear import Linear
+
 from .backbone import build_backbone, downsample_mask
 from .checkpoints import convert_hf_deformable_detr  # noqa: F401  (its home before checkpoints.py)
 from .deformable_transformer import DeformableTransformer, refine_boxes
@@ -56,7 +58,7 @@ class DeformableDETR(nn.Module):
         boxes are refined; initialised as the official code (focal prior 0.01, zero box deltas,
         small initial sides without refinement's later layers or two-stage anchors)."""
         num_pred = dec_layers + int(self.two_stage)
-        class_head = nn.Linear(hidden_dim, num_classes)
+        class_head = Linear(hidden_dim, num_classes)
         nn.init.constant_(class_head.bias, -math.log((1 - 0.01) / 0.01))
         box_head = MLP(hidden_dim, hidden_dim, 4, 3)
         nn.init.zeros_(box_head.layers[-1].weight)

@@ -7,6 +7,7 @@ from einops import rearrange
 from torch import nn
 
 from zoo.layers.mlp import Mlp
+from zoo.layers.linear import Linear
 
 from .ms_deform_attn import MSDeformAttn
 from .position_encoding import box_position_encoding
@@ -127,12 +128,12 @@ class DeformableTransformer(nn.Module):
         self.decoder = nn.ModuleList(copy.deepcopy(dec) for _ in range(dec_layers))
         self.level_embed = nn.Parameter(torch.empty(num_levels, dim))
         if two_stage:
-            self.enc_output = nn.Linear(dim, dim)
+            self.enc_output = Linear(dim, dim)
             self.enc_output_norm = nn.LayerNorm(dim)
-            self.pos_trans = nn.Linear(2 * dim, 2 * dim)
+            self.pos_trans = Linear(2 * dim, 2 * dim)
             self.pos_trans_norm = nn.LayerNorm(2 * dim)
         else:
-            self.reference_points = nn.Linear(dim, 2)
+            self.reference_points = Linear(dim, 2)
         self.reset_parameters()
 
     def reset_parameters(self):

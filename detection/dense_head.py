@@ -13,6 +13,7 @@ from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
 from zoo.layers.mlp import Mlp
+from zoo.layers.linear import Linear
 
 from .distributed import all_reduce_mean
 
@@ -29,7 +30,7 @@ class DenseAuxHead(nn.Module):
                  weight_class: float = 2.0, weight_bbox: float = 5.0, weight_giou: float = 2.0,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0):
         super().__init__()
-        self.class_head = nn.Linear(hidden_dim, num_classes)
+        self.class_head = Linear(hidden_dim, num_classes)
         # focal prior 0.01: logit(0.01) = -4.5951 to 3 decimals, the value the README's runs used
         nn.init.constant_(self.class_head.bias, -4.595)
         self.box_head = Mlp(hidden_dim, hidden_dim, 4, act_layer=nn.ReLU)

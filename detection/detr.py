@@ -6,6 +6,7 @@ from torch import nn
 from torchvision.ops import box_convert
 
 from zoo.layers.mlp import Mlp
+from zoo.layers.linear import Linear
 
 from .backbone import build_backbone, downsample_mask
 from .dense_head import DenseAuxHead
@@ -20,7 +21,7 @@ class MLP(nn.Module):
     def __init__(self, in_dim: int, hidden: int, out_dim: int, num_layers: int):
         super().__init__()
         dims = [in_dim] + [hidden] * (num_layers - 1) + [out_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.layers = nn.ModuleList(Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
 
     def forward(self, x):
         for i, layer in enumerate(self.layers):
@@ -118,7 +119,7 @@ class DETR(nn.Module):
         self.transformer = Transformer(hidden_dim, num_heads, enc_layers, dec_layers, ffn_dim, dropout)
         self.num_queries, self.anchor_queries, self.query_groups = num_queries, anchor_queries, query_groups
         total = num_queries * query_groups  # the groups beyond the first exist in training only
-        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.class_embed = Linear(hidden_dim, num_classes + 1)
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
         if anchor_queries:
             # centres spread uniformly over the image, sides drawn around 0.5 (logit N(0, 1))

@@ -5,10 +5,12 @@ import copy
 import torch
 from torch import nn
 
+from zoo.layers.linear import Linear
+
 
 def _ffn(dim: int, hidden: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
-                         nn.Linear(hidden, dim))
+    return nn.Sequential(Linear(dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                         Linear(hidden, dim))
 
 
 class EncoderLayer(nn.Module):

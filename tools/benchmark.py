@@ -15,7 +15,9 @@ Throughput: ours and the peer alternate round by round (so drift in machine load
 each going first in every other round, each round timing ``--iters`` forwards; the median
 round gives images/s. Both run with freed CPU memory kept for reuse (:mod:`zoo.allocator`; without
 it glibc unmaps large blocks and every forward faults them in again, slowing whichever model the
-allocation history disfavours by up to 20%); ``--default-allocator`` measures without. Peak memory: on CUDA
+allocation history disfavours by up to 20%); ``--default-allocator`` measures without. The zoo's float32 linears run on oneDNN
+(:mod:`zoo.layers.linear`; twice MKL's rate on an AMD CPU); ``--no-onednn`` measures them on
+``torch.mm``, as timm's run. Peak memory: on CUDA
 ``max_memory_allocated``; on CPU the growth of the resident set during one forward, each model in
 a fresh subprocess so one implementation's freed pages cannot hide the other's.
 """
@@ -32,6 +34,8 @@ import torch
 
 import zoo
 from zoo.allocator import reuse_freed_memory
+from zoo.layers import set_onednn_linear
+from zoo.layers.linear import onednn_linear_active
 
 DEFAULT_MODELS = ['vit_small_patch16_224', 'deit_small_patch16_224', 'cait_xxs24_224', 'cvt_13',
                   't2t_vit_14', 't2t_vit_t_14', 'deepvit_s', 'ceit_s', 'cpvt_s']
@@ -163,7 +167,7 @@ def memory_in_subprocess(name: str, impl: str, args) -> float | None:
     cmd = [sys.executable, __file__, '--child-memory', name, impl, '--batch-size', str(args.batch_size),
            '--device', args.device, '--dtype', args.dtype] + (['--cast'] if args.cast else []) + \
         (['--explicit-attention'] if args.explicit_attention else []) + \
-        (['--default-allocator'] if args.default_allocator else [])
+        (['--default-allocator'] if args.default_allocator else []) + (['--no-onednn'] if args.no_onednn else [])
     if args.img_size:
         cmd += ['--img-size', *map(str, args.img_size)]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -208,12 +212,17 @@ def main(argv=None):
                    help="also time the zoo model under torch.compile (inductor) and print the gain over eager")
     p.add_argument('--default-allocator', action='store_true',
                    help="leave glibc's malloc as it is (by default freed blocks are kept for reuse: zoo.allocator)")
+    p.add_argument('--no-onednn', action='store_true',
+                   help="zoo models: float32 linears through torch's own matmul (MKL) instead of oneDNN "
+                        '(zoo.layers.linear)')
     p.add_argument('--no-memory', action='store_true')
     p.add_argument('--no-peer', action='store_true')
     p.add_argument('--json', help='also write the results here')
     p.add_argument('--child-memory', nargs=2, metavar=('NAME', 'IMPL'), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    if args.no_onednn:
+        set_onednn_linear(False)
     allocator = 'glibc default allocator' if args.default_allocator else \
         ('freed memory kept' if reuse_freed_memory() else 'default allocator (not glibc)')
 
@@ -231,7 +240,8 @@ def main(argv=None):
     mode = args.dtype if dtype == torch.float32 else f'{args.dtype} {"cast" if args.cast else "autocast"}'
     vs = args.vs_float32 and dtype != torch.float32
     mode += '; explicit attention' if args.explicit_attention else ''
-    mode += f'; {allocator}' if device.type == 'cpu' else ''
+    if device.type == 'cpu':
+        mode += f'; {allocator}; zoo float32 linears on {"oneDNN" if onednn_linear_active() else "torch.mm"}'
     print(f'# {machine()}; torch {torch.__version__}; batch {args.batch_size}; {mode}; inference')
     header = f'{"model":34s} {"zoo img/s":>10s} {"peer img/s":>10s} {"ratio":>6s}' + \
         (f' {"zoo fp32":>9s} {"speed-up":>8s} {"peer fp32":>9s} {"speed-up":>8s}' if vs else '') + \

@@ -17,7 +17,7 @@ in your own scripts to get the same speed. Measured on the project's CPU machine
 
 * ViT-S/16 inference, batch 8: up to 67,000 page faults and 455-466 ms per forward without it,
   none and 371-379 ms with it;
-* a DETR-R50 training step at 800x1333: 700,000 faults, 3.3 s without; about 1,500, 2.5 s with;
+* a DETR-R50 training step at 800x1333: 700,000 faults, 3.3 s without; 1,400-6,000, 2.5 s with;
 * the demo's training step (DETR-T2T-ViT-7, 96 px, batch 8): 0.148-0.151 s without, 0.134 s with.
 """
 import ctypes

@@ -9,6 +9,7 @@ from .helpers import check_image, prepend_tokens, to_2tuple
 from .image_to_tokens import ImageToTokens
 from .layer_class_attention import LayerClassAttention, LayerClassAttentionBlock
 from .layer_scale import LayerScale
+from .linear import Linear, set_onednn_linear
 from .leff import LocallyEnhancedFeedForward
 from .mlp import Mlp
 from .patch_embed import PatchEmbed
@@ -26,7 +27,7 @@ __all__ = [
     'Attention', 'mix_heads', 'Block', 'LayerNorm6', 'ClassAttention', 'ClassAttentionBlock', 'ConvProjection',
     'ConvProjectionAttention', 'ConvEmbed', 'DropPath', 'drop_path', 'drop_path_rates',
     'check_image', 'prepend_tokens', 'to_2tuple', 'ImageToTokens', 'LayerClassAttention',
-    'LayerClassAttentionBlock', 'LayerScale', 'LocallyEnhancedFeedForward', 'Mlp', 'PatchEmbed',
+    'LayerClassAttentionBlock', 'LayerScale', 'Linear', 'set_onednn_linear', 'LocallyEnhancedFeedForward', 'Mlp', 'PatchEmbed',
     'PositionalEncodingGenerator', 'resample_pos_embed', 'sincos_2d_pos_embed',
     'sinusoid_pos_embed', 'QuickGELU', 'ReAttention', 'ScaledResidualBlock', 'SEAttention',
     'SqueezeExcite', 'TalkingHeadsAttention', 'TokenAttention', 'TokenPerformer',

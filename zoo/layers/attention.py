@@ -4,6 +4,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .linear import Linear
+
 
 def mask_keys(logits: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
     """logits (B, h, Nq, Nk) with -inf at the keys ``key_mask`` (B, Nk) marks False."""
@@ -57,9 +59,9 @@ class Attention(nn.Module):
         self.scale = qk_scale if qk_scale is not None else head_dim ** -0.5
         self.fused = fused
         inner_dim = num_heads * head_dim
-        self.qkv = nn.Linear(dim, 3 * inner_dim, bias=qkv_bias)
+        self.qkv = Linear(dim, 3 * inner_dim, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(inner_dim, dim)
+        self.proj = Linear(inner_dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def attention_map(self, q: torch.Tensor, k: torch.Tensor,

@@ -1,10 +1,10 @@
 """Class attention (CaiT): the class token alone attends to the frozen patch tokens."""
 import torch
 from einops import rearrange
-from torch import nn
 
 from .attention import Attention
 from .block import Block
+from .linear import Linear
 
 
 class ClassAttention(Attention):
@@ -23,9 +23,9 @@ class ClassAttention(Attention):
                          attn_drop=attn_drop, proj_drop=proj_drop, head_dim=head_dim, fused=fused)
         del self.qkv
         inner_dim = self.num_heads * self.head_dim
-        self.q = nn.Linear(dim, inner_dim, bias=qkv_bias)
-        self.k = nn.Linear(dim, inner_dim, bias=qkv_bias)
-        self.v = nn.Linear(dim, inner_dim, bias=qkv_bias)
+        self.q = Linear(dim, inner_dim, bias=qkv_bias)
+        self.k = Linear(dim, inner_dim, bias=qkv_bias)
+        self.v = Linear(dim, inner_dim, bias=qkv_bias)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         split = 'b n (h d) -> b h n d'

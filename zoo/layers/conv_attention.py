@@ -3,11 +3,11 @@ depthwise convolution before their linear projections; k and v on a coarser grid
 from collections import OrderedDict
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from .attention import Attention
+from .linear import linear
 
 
 class ConvProjection(nn.Sequential):
@@ -60,7 +60,7 @@ class ConvProjectionAttention(Attention):
     def forward(self, x: torch.Tensor, grid: tuple[int, int], return_attention: bool = False):
         weights = self.qkv.weight.chunk(3)
         biases = self.qkv.bias.chunk(3) if self.qkv.bias is not None else (None,) * 3
-        q, k, v = [rearrange(F.linear(t, wt, bs), 'b n (h d) -> b h n d', h=self.num_heads)
+        q, k, v = [rearrange(linear(t, wt, bs), 'b n (h d) -> b h n d', h=self.num_heads)
                    for t, wt, bs in zip(self.project_inputs(x, grid), weights, biases)]
         out, attn = self.attend(q, k, v, return_attention)
         out = self.proj_drop(self.proj(rearrange(out, 'b h n d -> b n (h d)')))

@@ -2,6 +2,8 @@
 import torch
 from torch import nn
 
+from .linear import Linear
+
 
 class Mlp(nn.Module):
     """Two-layer MLP: (..., D) -> fc1 -> act -> drop -> fc2 -> drop -> (..., D_out)."""
@@ -12,10 +14,10 @@ class Mlp(nn.Module):
         super().__init__()
         hidden_features = hidden_features or in_features
         out_features = out_features or in_features
-        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
+        self.fc1 = Linear(in_features, hidden_features, bias=bias)
         self.act = act_layer()
         self.drop1 = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden_features, out_features, bias=bias)
+        self.fc2 = Linear(hidden_features, out_features, bias=bias)
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:

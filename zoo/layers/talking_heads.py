@@ -1,9 +1,9 @@
 """Talking-heads attention (Shazeer et al., 2020) as CaiT uses it in its self-attention blocks."""
 import torch
-from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import Attention, mask_keys, mix_heads, zero_masked_keys
+from .linear import Linear
 
 
 class TalkingHeadsAttention(Attention):
@@ -28,8 +28,8 @@ class TalkingHeadsAttention(Attention):
                  head_dim: int | None = None, fused: bool = False):
         super().__init__(dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
                          attn_drop=attn_drop, proj_drop=proj_drop, head_dim=head_dim, fused=False)
-        self.proj_l = nn.Linear(num_heads, num_heads)
-        self.proj_w = nn.Linear(num_heads, num_heads)
+        self.proj_l = Linear(num_heads, num_heads)
+        self.proj_w = Linear(num_heads, num_heads)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                return_attention: bool = False, key_mask: torch.Tensor | None = None):

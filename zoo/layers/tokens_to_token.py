@@ -12,6 +12,7 @@ from torch import nn
 
 from .attention import Attention
 from .drop import DropPath
+from .linear import Linear
 from .mlp import Mlp
 
 
@@ -32,7 +33,7 @@ class TokenAttention(Attention):
                          qk_scale=qk_scale if qk_scale is not None else dim ** -0.5,
                          attn_drop=attn_drop, proj_drop=proj_drop,
                          head_dim=out_dim // num_heads, fused=fused)
-        self.proj = nn.Linear(out_dim, out_dim)
+        self.proj = Linear(out_dim, out_dim)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         q, k, v = rearrange(self.qkv(x), 'b n (three h d) -> three b h n d',
@@ -87,8 +88,8 @@ class TokenPerformer(nn.Module):
         self.epsilon = epsilon
         self.num_features = int(out_dim * kernel_ratio)
         self.norm1 = norm_layer(dim)
-        self.kqv = nn.Linear(dim, 3 * out_dim)
-        self.proj = nn.Linear(out_dim, out_dim)
+        self.kqv = Linear(dim, 3 * out_dim)
+        self.proj = Linear(out_dim, out_dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.norm2 = norm_layer(out_dim)
         # The official MLP drops out after its output only, hence no dropout inside Mlp.
@@ -171,7 +172,7 @@ class TokensToToken(nn.Module):
                 for d in dims)
         else:
             raise ValueError(f"tokens_type must be 'performer' or 'transformer', got {tokens_type!r}")
-        self.project = nn.Linear(token_dim * 3 * 3, embed_dim)
+        self.project = Linear(token_dim * 3 * 3, embed_dim)
 
     @staticmethod
     def split(x: torch.Tensor, unfold: nn.Unfold) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -21,11 +21,12 @@ from torch import nn
 
 from ..layers import Block, init_weights_trunc_normal, prepend_tokens, resample_pos_embed
 from ..layers.window import global_block_indices
+from ..layers.linear import Linear
 
 
 def classifier_head(dim: int, num_classes: int) -> nn.Module:
     """(B, dim) -> (B, num_classes) Linear, or the identity for ``num_classes == 0``."""
-    return nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+    return Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
 
 
 def apply_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, return_attention: bool = False,
