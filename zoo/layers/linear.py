@@ -19,6 +19,7 @@ import platform
 
 import torch
 import torch.nn.functional as F
+import torch.utils._python_dispatch
 from torch import nn
 
 try:
@@ -28,6 +29,8 @@ except (AttributeError, RuntimeError):  # a build without oneDNN
     _linear_pointwise, _AVAILABLE = None, False
 
 _enabled = True
+# Private in torch (2.1-2.15 have it); without it no dispatch mode is detected.
+_current_dispatch_mode = getattr(torch.utils._python_dispatch, '_get_current_dispatch_mode', lambda: None)
 
 
 def set_onednn_linear(enabled: bool) -> bool:
@@ -75,7 +78,7 @@ def _plain_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
     if torch.is_autocast_enabled('cpu') or torch.compiler.is_compiling() or torch.jit.is_tracing() \
             or torch.onnx.is_in_onnx_export():
         return True
-    return torch.utils._python_dispatch._get_current_dispatch_mode() is not None
+    return _current_dispatch_mode() is not None
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
