@@ -40,7 +40,6 @@ boxes per image. Freed memory is kept for reuse, as ``tools/train.py`` keeps it
 DETR-R50 step at 800x1333 spends about a quarter of its time faulting pages in.
 """
 import argparse
-import ctypes
 import json
 import statistics
 import subprocess
@@ -57,7 +56,7 @@ from mmengine.registry import MODELS
 import detection.engine  # noqa: F401
 from benchmark import _rss_kib, machine
 from detection import coco_evaluate
-from zoo.allocator import reuse_freed_memory
+from zoo.allocator import return_freed_memory, reuse_freed_memory
 
 
 def _batch(batch_size, size, device):
@@ -217,7 +216,7 @@ def step_peak_memory_mib(model, optim, data, device) -> float:
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     # glibc keeps freed heap blocks resident: without a trim, memory the warm-up step freed
     # would count in the baseline and hide part of this step's peak
-    ctypes.CDLL('libc.so.6').malloc_trim(0)
+    return_freed_memory()
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')
     base = _rss_kib('VmRSS')

@@ -31,6 +31,24 @@ TRIM_THRESHOLD = 1 << 30
 _applied = False
 
 
+def _glibc():
+    """The C library as a ctypes handle, or None where it is not glibc."""
+    if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+    except OSError:
+        return None
+
+
+def return_freed_memory() -> None:
+    """Hand the heap's free memory back to the system now (glibc's ``malloc_trim``), so that a
+    measurement of the resident set starts from what is in use, not from what was freed."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 def reuse_freed_memory() -> bool:
     """Ask glibc to keep freed blocks for reuse (see the module docstring). Returns whether it
     is in effect: False on a C library other than glibc (musl, macOS, Windows), where nothing
@@ -38,11 +56,8 @@ def reuse_freed_memory() -> bool:
     global _applied
     if _applied:
         return True
-    if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
-    except OSError:
+    libc = _glibc()
+    if libc is None:
         return False
     # glibc still maps a block when the heap cannot grow (sbrk fails), so no allocation can fail
     # because of M_MMAP_MAX = 0.

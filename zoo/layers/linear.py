@@ -6,8 +6,8 @@ takes its AVX2 code path. On the project's machine (AMD EPYC with AVX-512, 2 thr
 MLP product, (4200 x 384) @ (384 x 1536), runs at 181-207 GFLOP/s through ``mm`` and at
 413-481 GFLOP/s through oneDNN (its input-gradient product likewise; the weight gradient at
 about 300), in IEEE float32 both: the results differ only in summation order (relative error
-1e-6). ViT-S inference goes from 20.7 to 38.6 images/s. On Intel processors MKL is as fast as
-oneDNN, and the switch costs nothing.
+1e-6). ViT-S inference goes from 20.7 to 38.6 images/s. On Intel processors MKL takes its
+AVX-512 path and the gap should be small; that is not measured here.
 
 The oneDNN path runs only where it applies: a CPU tensor in float32 with autocast off, outside
 ``torch.compile`` (inductor picks its own kernels), tracing and ONNX export, and outside any
