@@ -23,6 +23,13 @@ config.
 inference time and the peak memory of a training step, to show how each grows with image area
 (DETR's encoder attends over all pairs of positions; Deformable DETR's samples a fixed number).
 
+``--amp bfloat16`` (or float16) runs every training step and inference under autocast, set up
+as ``train.py --amp`` / ``test.py --amp`` set it up (float16 on a GPU: mmengine's loss scaling);
+on a GPU every timing waits for the device (``torch.cuda.synchronize``), and the step table reads
+the matrix-product rates on the GPU:
+
+    python tools/benchmark_detection.py --step-table --device cuda --steps 10 --amp bfloat16
+
 ``--compile`` adds a row per config with the network under ``torch.compile`` (inductor), timed
 after its compilation, so the gain over eager can be read off.
 
@@ -57,6 +64,7 @@ import detection.engine  # noqa: F401
 from benchmark import _rss_kib, machine
 from detection import coco_evaluate
 from zoo.allocator import return_freed_memory, reuse_freed_memory
+from zoo.engine import autocast_for, use_amp
 
 
 def _batch(batch_size, size, device):
@@ -74,30 +82,46 @@ def _batch(batch_size, size, device):
                 data_samples=targets)
 
 
-def _warm_detector(config: str, size, device, options: dict | None = None, batch_size: int = 1):
+def _warm_detector(config: str, size, device, options: dict | None = None, batch_size: int = 1,
+                   amp: str | None = None):
     """``config`` built with random weights (and ``options``), its optimiser, one batch of
-    ``size``, and one training step taken, so the optimiser state exists before measuring."""
+    ``size``, and one training step taken, so the optimiser state exists before measuring.
+    ``amp`` ('bfloat16' | 'float16'): mixed-precision training as ``train.py --amp`` sets it up."""
     cfg = Config.fromfile(config)
     cfg.merge_from_dict({'model.detector.backbone.pretrained': False, **(options or {})})
+    if amp:
+        use_amp(cfg, amp, device.type)
     model = MODELS.build(cfg.model).to(device)
     optim = build_optim_wrapper(model, cfg.optim_wrapper)
     data = _batch(batch_size, size, device)
     model.train()
-    model.train_step(dict(data), optim)
+    losses = model.train_step(dict(data), optim)
+    broken = {k: float(v) for k, v in losses.items() if not torch.isfinite(torch.as_tensor(v)).all()}
+    if broken:  # a mixed-precision overflow, say: timing such a step would measure nothing useful
+        raise RuntimeError(f'{config}: non-finite losses in the first training step: {broken}')
     return model, optim, data
 
 
-def _median_seconds(fn, steps: int) -> float:
+def _sync(device) -> None:
+    """Waits for the GPU's queued work, so a wall-clock reading covers it."""
+    if torch.device(device).type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def _median_seconds(fn, steps: int, device='cpu') -> float:
     spent = []
     for _ in range(steps):
+        _sync(device)
         start = time.perf_counter()
         fn()
+        _sync(device)
         spent.append(time.perf_counter() - start)
     return statistics.median(spent)
 
 
-def detector_timings(config: str, size, batch_size: int, steps: int, device, compile: bool = False) -> dict:
-    model, optim, data = _warm_detector(config, size, device, batch_size=batch_size)
+def detector_timings(config: str, size, batch_size: int, steps: int, device, compile: bool = False,
+                     amp: str | None = None) -> dict:
+    model, optim, data = _warm_detector(config, size, device, batch_size=batch_size, amp=amp)
     if compile:  # inductor; compiled by the warm-up step below, before anything is timed
         model.net = torch.compile(model.net)
         model.train_step(dict(data), optim)
@@ -113,14 +137,16 @@ def detector_timings(config: str, size, batch_size: int, steps: int, device, com
     step_times, matcher_share = [], []
     for _ in range(steps):
         spent.clear()
+        _sync(device)
         start = time.perf_counter()
         model.train_step(dict(data), optim)
+        _sync(device)
         step_times.append(time.perf_counter() - start)
         matcher_share.append(sum(spent) / step_times[-1])
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast_for(model, amp, enabled=amp is not None):
         model.val_step(dict(data))
-        infer_s = _median_seconds(lambda: model.val_step(dict(data)), steps)
+        infer_s = _median_seconds(lambda: model.val_step(dict(data)), steps, device)
     return dict(step_s=statistics.median(step_times), matcher_share=statistics.median(matcher_share),
                 images_per_s=batch_size / infer_s)
 
@@ -224,14 +250,14 @@ def step_peak_memory_mib(model, optim, data, device) -> float:
     return (_rss_kib('VmHWM') - base) / 1024
 
 
-def scaling_point(config: str, size, steps: int, device) -> dict:
+def scaling_point(config: str, size, steps: int, device, amp: str | None = None) -> dict:
     """One detector at one input size: training-step and inference time, step peak memory."""
-    model, optim, data = _warm_detector(config, size, device)
+    model, optim, data = _warm_detector(config, size, device, amp=amp)
     memory = step_peak_memory_mib(model, optim, data, device)
-    step_s = _median_seconds(lambda: model.train_step(dict(data), optim), steps)
+    step_s = _median_seconds(lambda: model.train_step(dict(data), optim), steps, device)
     model.eval()
-    with torch.inference_mode():
-        infer_s = _median_seconds(lambda: model.val_step(dict(data)), steps)
+    with torch.inference_mode(), autocast_for(model, amp, enabled=amp is not None):
+        infer_s = _median_seconds(lambda: model.val_step(dict(data)), steps, device)
     return dict(step_s=step_s, infer_s=infer_s, memory_mib=memory)
 
 
@@ -253,18 +279,22 @@ VARIANTS = {'shipped': {}, 'global': {'model.detector.backbone.window_size': 0},
             'all-trained': {'model.detector.backbone.frozen_blocks': 0}}
 
 
-def gemm_rate_gflops(dtype: torch.dtype, n: int = 2048, repeat: int = 5, onednn: bool = False) -> float:
+def gemm_rate_gflops(dtype: torch.dtype, n: int = 2048, repeat: int = 5, onednn: bool = False,
+                     device='cpu') -> float:
     """The machine's matrix-product rate: an n-cube product in ``dtype``, best of ``repeat``;
     through ``torch.mm`` (float32: MKL on x86), or with ``onednn`` through the zoo's Linear
-    (float32: oneDNN, twice MKL's rate on the project's AMD machine; zoo.layers.linear)."""
+    (float32: oneDNN, twice MKL's rate on the project's AMD machine; zoo.layers.linear). On a
+    GPU, float32 is read as torch runs it by default (no TF32: ``allow_tf32`` off)."""
     from zoo.layers.linear import linear
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
     product = (lambda: linear(a, b)) if onednn else (lambda: a @ b)
     product()
     best = float('inf')
     for _ in range(repeat):
+        _sync(device)
         start = time.perf_counter()
         product()
+        _sync(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n ** 3 / best / 1e9
 
@@ -281,18 +311,23 @@ def _grouped_conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride
     return forward * (int(output_mask[0]) + int(output_mask[1]))
 
 
-def step_point(config: str, variant: str, size, steps: int, device) -> dict:
+def step_point(config: str, variant: str, size, steps: int, device, amp: str | None = None) -> dict:
     """One config in one variant at one size, batch 1: step time, step peak memory, the
-    backbone's forward + backward time, and the FLOPs of a step."""
+    backbone's forward + backward time, and the FLOPs of a step (``amp``: mixed precision,
+    the backbone's share timed under the same autocast)."""
     from torch.utils.flop_counter import FlopCounterMode
     if variant != 'shipped' and Config.fromfile(config).model.detector.backbone.name == 'resnet50':
         raise ValueError(f'variant {variant!r} is for zoo backbones, not {config}')
-    model, optim, data = _warm_detector(config, size, device, VARIANTS[variant])
+    model, optim, data = _warm_detector(config, size, device, VARIANTS[variant], amp=amp)
     memory = step_peak_memory_mib(model, optim, data, device)
-    step_s = _median_seconds(lambda: model.train_step(dict(data), optim), steps)
+    step_s = _median_seconds(lambda: model.train_step(dict(data), optim), steps, device)
     backbone, images = model.net.backbone, data['inputs']
-    backbone_s = _median_seconds(
-        lambda: sum(m.float().square().mean() for m in backbone(images)).backward(), steps)
+
+    def backbone_step():
+        with autocast_for(model, amp, enabled=amp is not None):
+            loss = sum(m.float().square().mean() for m in backbone(images))
+        loss.backward()
+    backbone_s = _median_seconds(backbone_step, steps, device)
     optim.zero_grad()
     fix = {torch.ops.aten.convolution_backward: _grouped_conv_backward_flop}
     with FlopCounterMode(display=False, custom_mapping=fix) as counter:
@@ -310,14 +345,29 @@ def step_in_subprocess(config: str, variant: str, size, steps: int, device: str)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def step_table(configs: list[str], variants: list[str], size, steps: int, device: str) -> None:
-    """Prints the table; the first config is the reference the ratios are taken to."""
-    mkl, bf16 = gemm_rate_gflops(torch.float32), gemm_rate_gflops(torch.bfloat16)
-    fp32 = max(mkl, gemm_rate_gflops(torch.float32, onednn=True))
-    print(f'# matrix-product rate (2048^3): float32 {fp32:.0f} GFLOP/s (torch.mm: {mkl:.0f}), '
-          f'bfloat16 {bf16:.0f} GFLOP/s; "of fp32 peak" reads against {fp32:.0f}')
+def step_table(configs: list[str], variants: list[str], size, steps: int, device: str,
+               amp: str | None = None) -> None:
+    """Prints the table; the first config is the reference the ratios are taken to. The achieved
+    rate is read against the matrix-product rate of the dtype the step's products run in."""
+    if torch.device(device).type == 'cuda':  # a 2048-cube product is too short to fill a GPU
+        n = 8192
+        fp32 = mkl = gemm_rate_gflops(torch.float32, n, device=device)
+        half = {d: gemm_rate_gflops(getattr(torch, d), n, device=device) for d in ('bfloat16', 'float16')}
+        print(f'# matrix-product rate ({n}^3, {torch.cuda.get_device_name()}): float32 {fp32:.0f} GFLOP/s '
+              f'(TF32 off, torch\'s default), bfloat16 {half["bfloat16"]:.0f}, float16 {half["float16"]:.0f}')
+    else:
+        n = 2048
+        mkl, half = gemm_rate_gflops(torch.float32), {'bfloat16': gemm_rate_gflops(torch.bfloat16)}
+        half['float16'] = gemm_rate_gflops(torch.float16) if amp == 'float16' else float('nan')
+        fp32 = max(mkl, gemm_rate_gflops(torch.float32, onednn=True))
+        print(f'# matrix-product rate ({n}^3): float32 {fp32:.0f} GFLOP/s (torch.mm: {mkl:.0f}), '
+              f'bfloat16 {half["bfloat16"]:.0f} GFLOP/s')
+    peak_name = amp or 'float32'
+    peak = half[amp] if amp else fp32
+    print(f'# steps in {"autocast " + amp if amp else "float32"}; "of peak" reads against the '
+          f'{peak_name} rate, {peak:.0f} GFLOP/s')
     print(f'| config | variant | step s | x ref | peak MiB | x ref | backbone share | GFLOP | '
-          f'GFLOP/s | of fp32 peak |')
+          f'GFLOP/s | of {peak_name} peak |')
     print('|---|---|---|---|---|---|---|---|---|---|')
     ref = None
     for config in configs:
@@ -327,10 +377,10 @@ def step_table(configs: list[str], variants: list[str], size, steps: int, device
             r = step_in_subprocess(config, variant, size, steps, device)
             ref = ref or r
             rate = r['gflop'] / r['step_s']
-            print(f'| {name} | {variant} | {r["step_s"]:.2f} | {r["step_s"] / ref["step_s"]:.2f} | '
+            print(f'| {name} | {variant} | {r["step_s"]:.3g} | {r["step_s"] / ref["step_s"]:.2f} | '
                   f'{r["memory_mib"]:.0f} | {r["memory_mib"] / ref["memory_mib"]:.2f} | '
                   f'{100 * min(1.0, r["backbone_s"] / r["step_s"]):.0f}% | {r["gflop"]:.0f} | '
-                  f'{rate:.0f} | {100 * rate / fp32:.0f}% |', flush=True)
+                  f'{rate:.0f} | {100 * rate / peak:.0f}% |', flush=True)
 
 
 def coco_eval_timings(num_images=500, seed=0) -> dict:
@@ -373,21 +423,26 @@ def main(argv=None):
     p.add_argument('--peer', choices=['hf'], help="time against Hugging Face transformers' DETR / Deformable DETR")
     p.add_argument('--default-allocator', action='store_true',
                    help="leave glibc's malloc as it is (by default freed blocks are kept for reuse: zoo.allocator)")
+    p.add_argument('--amp', choices=['bfloat16', 'float16'],
+                   help='mixed-precision training and inference, as train.py / test.py --amp set it up')
     p.add_argument('--child-scaling', nargs=2, help=argparse.SUPPRESS)
     p.add_argument('--child-step', nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.amp and args.peer:
+        p.error('--peer compares float32 models; run it without --amp')
     if not args.default_allocator:
         reuse_freed_memory()
-    _CHILD_FLAGS[:] = ['--default-allocator'] if args.default_allocator else []
+    _CHILD_FLAGS[:] = (['--default-allocator'] if args.default_allocator else []) + (
+        ['--amp', args.amp] if args.amp else [])
     if args.child_step:
         config, variant, size = args.child_step
         size = tuple(int(v) for v in size.split('x'))
-        print(json.dumps(step_point(config, variant, size, args.steps, torch.device(args.device))))
+        print(json.dumps(step_point(config, variant, size, args.steps, torch.device(args.device), args.amp)))
         return
     if args.child_scaling:
         config, size = args.child_scaling
         size = tuple(int(v) for v in size.split('x'))
-        print(json.dumps(scaling_point(config, size, args.steps, torch.device(args.device))))
+        print(json.dumps(scaling_point(config, size, args.steps, torch.device(args.device), args.amp)))
         return
     allocator = 'glibc default allocator' if args.default_allocator else 'freed memory kept (zoo.allocator)'
     print(f'# {machine()}; torch {torch.__version__}; {allocator}')
@@ -398,7 +453,8 @@ def main(argv=None):
                                ('r50', 't2t', 'deit', 'vit', 'deepvit', 'cait', 'cpvt', 'ceit', 'cvt'))
         print(f'# input {args.size[0]}x{args.size[1]} (padded to multiples of 32), batch 1, '
               f'{args.steps} timed steps per point (median), one process per point')
-        step_table(configs.split(','), args.variants.split(','), tuple(args.size), args.steps, args.device)
+        step_table(configs.split(','), args.variants.split(','), tuple(args.size), args.steps, args.device,
+                   args.amp)
         return
     if args.peer:
         print(f'# input {args.size[0]}x{args.size[1]}, batch 1, float32, same weights and input; '
@@ -425,7 +481,7 @@ def main(argv=None):
         for config in args.configs.split(','):
             for compiled in (False, True) if args.compile else (False,):
                 r = detector_timings(config, tuple(args.size), args.batch_size, args.steps, torch.device(args.device),
-                                     compile=compiled)
+                                     compile=compiled, amp=args.amp)
                 name = config.split('/')[-1] + (' (compiled)' if compiled else '')
                 print(f'{name:28s} {args.size[0]:>4d}x{args.size[1]:<5d} {r["step_s"]:12.2f} '
                       f'{100 * r["matcher_share"]:9.2f} {r["images_per_s"]:11.3f}', flush=True)

@@ -1,9 +1,10 @@
-"""bfloat16 autocast against float32 on real images: the largest logit difference and top-1
+"""bfloat16 (or float16) autocast against float32 on real images: the largest logit difference and top-1
 agreement, per model (inference, the CPU by default).
 
     python tools/bf16_check.py                                    # every family, random init
     python tools/bf16_check.py --models vit_small_patch16_224,cvt_13 --images 64
     python tools/bf16_check.py --config CONFIG --checkpoint CKPT  # a trained classifier
+    python tools/bf16_check.py --device cuda --dtype float16      # on a GPU
 
 Images: the first ``--images`` of Fashion-MNIST's test split (the Debian package
 dataset-fashion-mnist), grayscale repeated to 3 channels, resized to the model's input size and
@@ -80,12 +81,17 @@ def main(argv=None):
     p.add_argument('--batch-size', type=int, default=16)
     p.add_argument('--num-classes', type=int, default=10)
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--dtype', choices=['bfloat16', 'float16'], default='bfloat16',
+                   help='the autocast dtype (float16: GPUs)')
+    p.add_argument('--root', default=FASHION_MNIST_ROOT, help="Fashion-MNIST's folder (its t10k files)")
     p.add_argument('--json', help='also write the results here')
     args = p.parse_args(argv)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
 
     results = []
-    print(f'# bfloat16 autocast vs float32, {args.images} Fashion-MNIST test images, '
-          f'{torch.get_num_threads()} threads')
+    where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'
+    print(f'# {args.dtype} autocast vs float32, {args.images} Fashion-MNIST test images, {where}')
     print(f'{"model":28s} {"max|d|":>8s} {"scale":>8s} {"rel":>7s} {"mean|d|":>8s} {"top-1 agree":>11s} '
           f'{"acc fp32":>8s}')
     if args.config:
@@ -101,9 +107,10 @@ def main(argv=None):
     cache = {}
     for name, build, size in todo:
         if size not in cache:
-            cache[size] = fashion_mnist_batch(args.images, size)
+            cache[size] = fashion_mnist_batch(args.images, size, args.root)
         images, labels = cache[size]
-        r = compare(build(), images, args.batch_size)
+        r = compare(build().to(device), images.to(device), args.batch_size, dtype)
+        labels = labels.to(device)
         acc = (r.pop('fp32_top1') == labels).float().mean().item()
         r.update(model=name, fp32_accuracy=acc)
         results.append(r)
