@@ -9,6 +9,7 @@ from torch import nn
 from zoo.layers.mlp import Mlp
 from zoo.layers.linear import Linear
 
+from .attention import MultiheadAttention
 from .ms_deform_attn import MSDeformAttn
 from .position_encoding import box_position_encoding
 
@@ -48,7 +49,7 @@ class DeformableDecoderLayer(nn.Module):
 
     def __init__(self, dim, heads, ffn_dim, dropout, num_levels, num_points):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.self_attn = MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.cross_attn = MSDeformAttn(dim, num_levels, heads, num_points)
         self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)

@@ -7,6 +7,8 @@ from torch import nn
 
 from zoo.layers.linear import Linear
 
+from .attention import MultiheadAttention
+
 
 def _ffn(dim: int, hidden: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(Linear(dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
@@ -18,7 +20,7 @@ class EncoderLayer(nn.Module):
 
     def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.self_attn = MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.ffn = _ffn(dim, ffn_dim, dropout)
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
@@ -36,8 +38,8 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.cross_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.self_attn = MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.cross_attn = MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.ffn = _ffn(dim, ffn_dim, dropout)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.drop1, self.drop2, self.drop3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
