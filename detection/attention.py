@@ -70,9 +70,10 @@ class MultiheadAttention(nn.MultiheadAttention):
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
-        stock = (need_weights or not self.batch_first
-                 or query.shape[0] * self.num_heads * query.shape[1] * key.shape[1] < FAST_PATH_MIN_MAP or not self._qkv_same_embed_dim
-                 or self.bias_k is not None or self.add_zero_attn or is_causal
+        map_elements = query.shape[0] * self.num_heads * query.shape[1] * key.shape[1]
+        stock = (need_weights or map_elements < FAST_PATH_MIN_MAP
+                 or not self.batch_first or not self._qkv_same_embed_dim or self.bias_k is not None
+                 or self.add_zero_attn or is_causal
                  or (attn_mask is not None and (attn_mask.dtype != torch.bool or attn_mask.dim() != 2))
                  or (key_padding_mask is not None and key_padding_mask.dtype != torch.bool))
         if stock:

@@ -89,8 +89,10 @@ def input_for(name: str, batch: int, img_size, device, dtype):
     return torch.randn(batch, 3, *size, device=device, dtype=dtype)
 
 
-def sync(device):
-    if device.type == 'cuda':
+def sync(device) -> None:
+    """Waits for the GPU's queued work (``device``: a torch.device or its name), so a wall-clock
+    reading covers it."""
+    if torch.device(device).type == 'cuda':
         torch.cuda.synchronize()
 
 

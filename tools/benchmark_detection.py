@@ -62,6 +62,7 @@ from mmengine.registry import MODELS
 
 import detection.engine  # noqa: F401
 from benchmark import _rss_kib, machine
+from benchmark import sync as _sync
 from detection import coco_evaluate
 from zoo.allocator import return_freed_memory, reuse_freed_memory
 from zoo.engine import autocast_for, use_amp
@@ -100,12 +101,6 @@ def _warm_detector(config: str, size, device, options: dict | None = None, batch
     if broken:  # a mixed-precision overflow, say: timing such a step would measure nothing useful
         raise RuntimeError(f'{config}: non-finite losses in the first training step: {broken}')
     return model, optim, data
-
-
-def _sync(device) -> None:
-    """Waits for the GPU's queued work, so a wall-clock reading covers it."""
-    if torch.device(device).type == 'cuda':
-        torch.cuda.synchronize()
 
 
 def _median_seconds(fn, steps: int, device='cpu') -> float:
@@ -349,21 +344,18 @@ def step_table(configs: list[str], variants: list[str], size, steps: int, device
                amp: str | None = None) -> None:
     """Prints the table; the first config is the reference the ratios are taken to. The achieved
     rate is read against the matrix-product rate of the dtype the step's products run in."""
-    if torch.device(device).type == 'cuda':  # a 2048-cube product is too short to fill a GPU
-        n = 8192
-        fp32 = mkl = gemm_rate_gflops(torch.float32, n, device=device)
-        half = {d: gemm_rate_gflops(getattr(torch, d), n, device=device) for d in ('bfloat16', 'float16')}
-        print(f'# matrix-product rate ({n}^3, {torch.cuda.get_device_name()}): float32 {fp32:.0f} GFLOP/s '
-              f'(TF32 off, torch\'s default), bfloat16 {half["bfloat16"]:.0f}, float16 {half["float16"]:.0f}')
-    else:
-        n = 2048
-        mkl, half = gemm_rate_gflops(torch.float32), {'bfloat16': gemm_rate_gflops(torch.bfloat16)}
-        half['float16'] = gemm_rate_gflops(torch.float16) if amp == 'float16' else float('nan')
-        fp32 = max(mkl, gemm_rate_gflops(torch.float32, onednn=True))
-        print(f'# matrix-product rate ({n}^3): float32 {fp32:.0f} GFLOP/s (torch.mm: {mkl:.0f}), '
-              f'bfloat16 {half["bfloat16"]:.0f} GFLOP/s')
+    cuda = torch.device(device).type == 'cuda'
+    n = 8192 if cuda else 2048  # a 2048-cube product is too short to fill a GPU
+    dtypes = ['float32', 'bfloat16'] + (['float16'] if cuda or amp == 'float16' else [])
+    rates = {d: gemm_rate_gflops(getattr(torch, d), n, device=device) for d in dtypes}
+    where = torch.cuda.get_device_name(device) if cuda else 'CPU'
+    detail = "TF32 off, torch's default" if cuda else f'torch.mm: {rates["float32"]:.0f}'
+    if not cuda:  # the zoo's float32 linears run on oneDNN, faster than torch.mm's MKL on AMD
+        rates['float32'] = max(rates['float32'], gemm_rate_gflops(torch.float32, n, onednn=True))
+    print(f'# matrix-product rate ({n}^3, {where}), GFLOP/s: float32 {rates["float32"]:.0f} ({detail}), '
+          + ', '.join(f'{d} {rates[d]:.0f}' for d in dtypes[1:]))
     peak_name = amp or 'float32'
-    peak = half[amp] if amp else fp32
+    peak = rates[peak_name]
     print(f'# steps in {"autocast " + amp if amp else "float32"}; "of peak" reads against the '
           f'{peak_name} rate, {peak:.0f} GFLOP/s')
     print(f'| config | variant | step s | x ref | peak MiB | x ref | backbone share | GFLOP | '
