@@ -16,8 +16,8 @@ from mmengine.config import DictAction
 import classification.engine  # noqa: F401  (registers the classifier, datasets and metric)
 import detection.engine  # noqa: F401
 from detection.data.folder import add_data_arguments, apply_data_arguments
-from zoo.engine import (Runner, add_runtime_arguments, apply_runtime_arguments, load_config, use_amp_evaluation,
-                        without_pretrained)
+from zoo.engine import (Runner, add_runtime_arguments, apply_runtime_arguments, close_distributed, load_config,
+                        use_amp_evaluation, without_pretrained)
 
 
 def main(argv=None):
@@ -54,6 +54,7 @@ def main(argv=None):
     metrics = runner.test()
     if runner.rank == 0:
         print('\n'.join(f'{k:>16s} {v:.4f}' for k, v in metrics.items()))
+    close_distributed()
     return metrics
 
 

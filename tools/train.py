@@ -18,7 +18,8 @@ from mmengine.config import Config, DictAction
 import classification.engine  # noqa: F401  (registers the classifier, datasets and metric)
 import detection.engine  # noqa: F401  (registers the detectors, datasets and metric)
 from detection.data.folder import add_data_arguments, apply_data_arguments
-from zoo.engine import Runner, add_runtime_arguments, apply_runtime_arguments, load_config, use_amp
+from zoo.engine import (Runner, add_runtime_arguments, apply_runtime_arguments, close_distributed, load_config,
+                        use_amp)
 
 
 def parse_args(argv=None):
@@ -62,6 +63,7 @@ def build_config(args) -> Config:
 def main(argv=None):
     runner = Runner.from_cfg(build_config(parse_args(argv)))
     runner.train()
+    close_distributed()
     return runner
 
 

@@ -57,6 +57,18 @@ def init_cpu_distributed(launcher: str) -> None:
                                 world_size=int(os.environ['WORLD_SIZE']))
 
 
+def close_distributed() -> None:
+    """Wait for every process, then end the process group (a no-op without one).
+
+    A gloo process that leaves the interpreter with its group still open can abort in the C++
+    teardown ("terminate called without an active exception", SIGABRT) while a peer is still
+    talking to it: torchrun then reports a failed run whose work was done. The tools call this
+    last."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def lr_scale_ratio(auto_scale_lr: dict | None, batch_size: int, world_size: int) -> float:
     """The factor the configured lr is multiplied by: total batch (``world_size`` processes x
     ``batch_size`` each) / ``auto_scale_lr['base_batch_size']``, the linear rule DeiT applies as
