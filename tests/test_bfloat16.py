@@ -208,3 +208,24 @@ def test_cpu_bfloat16_inference_attends_explicitly_and_training_keeps_the_fused_
     with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
         attn(x, key_mask=key_mask)  # the map is over the limit: fused
     assert len(fused_calls) == 3
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_attention_map_without_autograd_equals_the_map_with_it(dtype):
+    """Without autograd the map is computed with the scale inside the product and the softmax
+    in place; it equals the autograd path's map (masked keys included) up to rounding."""
+    from zoo.layers import Attention
+    torch.manual_seed(0)
+    attn = Attention(32, num_heads=4)
+    q, k = torch.randn(2, 4, 9, 8, dtype=dtype), torch.randn(2, 4, 11, 8, dtype=dtype)
+    key_mask = torch.ones(2, 11, dtype=torch.bool)
+    key_mask[1, 7:] = False
+    with torch.enable_grad():
+        ref = attn.attention_map(q, k, key_mask)
+    with torch.no_grad():
+        out = attn.attention_map(q, k, key_mask)
+    assert out.dtype == dtype
+    assert torch.all(out[1, ..., 7:] == 0)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=4e-3)
+    torch.testing.assert_close(out, ref, **tol)
+    torch.testing.assert_close(out.float().sum(-1), torch.ones(2, 4, 9), rtol=0, atol=2e-2)

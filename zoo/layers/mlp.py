@@ -1,8 +1,9 @@
 """Transformer feed-forward network."""
 import torch
 from torch import nn
+from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 
-from .linear import Linear
+from .linear import Linear, linear_gelu
 
 
 class Mlp(nn.Module):
@@ -23,4 +24,15 @@ class Mlp(nn.Module):
     def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
         """``grid`` is accepted and ignored: Block hands the token grid to its mlp_layer whenever
         it hands it to the attention, and this feed-forward is per token."""
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+        if self._gelu_fusable():
+            hidden = linear_gelu(x, self.fc1.weight, self.fc1.bias)
+        else:
+            hidden = self.act(self.fc1(x))
+        return self.drop2(self.fc2(self.drop1(hidden)))
+
+    def _gelu_fusable(self) -> bool:
+        """fc1 and an exact GELU as one call (:func:`linear_gelu`, one pass in bfloat16 inference),
+        unless a hook watches either module on its own or either was replaced."""
+        return (type(self.fc1) is Linear and type(self.act) is nn.GELU and self.act.approximate == 'none'
+                and not any(m._forward_hooks or m._forward_pre_hooks for m in (self.fc1, self.act))
+                and not (_global_forward_hooks or _global_forward_pre_hooks))
