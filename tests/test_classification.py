@@ -696,7 +696,7 @@ def test_train_resume_test_and_distributed_evaluation(tmp_path, tools):
     one = test([cfg, ckpt, '--work-dir', str(tmp_path / 't1')])
     assert set(one) == {'accuracy/top1', 'accuracy/top5'}
     # Two processes on CPU (gloo), 10 images: the sampler pads to 12, each counted once.
-    out = _run(['-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29571', 'tools/test.py',
+    out = _run(['-m', 'torch.distributed.run', '--nproc_per_node=2', '--standalone', 'tools/test.py',
                 cfg, ckpt, '--work-dir', str(tmp_path / 't2'), '--launcher', 'pytorch'])
     two = {f'accuracy/{k}': float(v) for k, v in re.findall(r'accuracy/(top[15]) +(\d+\.\d+)', out)}
     assert two == {k: round(v, 4) for k, v in one.items()}

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchvision.ops import box_convert, generalized_box_iou
@@ -98,6 +99,24 @@ def test_criterion_accepts_images_without_boxes_and_weights_no_object():
     assert losses['loss_class'].item() == pytest.approx(np.log(4), rel=1e-5)
     assert losses['loss_bbox'].item() == 0
     sum(losses.values()).backward()
+
+
+def test_criterion_class_loss_on_one_process_is_exactly_cross_entropys_weighted_mean():
+    """The class loss is rescaled to the weight sum of all processes (DDP's gradient average is
+    then the whole batch's; tests/test_detection_pipeline.py runs two processes); on one process
+    the factor is exactly 1: value and gradient are F.cross_entropy's to the bit."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 4, requires_grad=True)
+    targets = [dict(labels=torch.tensor([0, 2]), boxes=torch.zeros(2, 4)),
+               dict(labels=torch.tensor([1]), boxes=torch.zeros(1, 4))]
+    indices = [(torch.tensor([3, 0]), torch.tensor([0, 1])), (torch.tensor([2]), torch.tensor([0]))]
+    criterion = SetCriterion(3, HungarianMatcher(), eos_coef=0.1)
+    ours = criterion.loss_class(logits, targets, indices, num_boxes=3.0)
+    (grad,) = torch.autograd.grad(ours, logits)
+    target_classes = torch.tensor([[2, 3, 3, 0, 3], [3, 3, 1, 3, 3]])
+    reference = F.cross_entropy(logits.transpose(1, 2), target_classes, criterion.empty_weight)
+    (reference_grad,) = torch.autograd.grad(reference, logits)
+    assert torch.equal(ours, reference) and torch.equal(grad, reference_grad)
 
 
 def test_postprocess_scales_boxes_to_original_pixels():
