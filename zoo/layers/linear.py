@@ -19,7 +19,8 @@ Inference in bfloat16 (autocast to bfloat16, or a model cast with ``.to(torch.bf
 autograd off, also runs on oneDNN: operands cast to bfloat16 as autocast casts them, one
 product with the bias, and :func:`linear_gelu` adds the MLP's exact GELU as the product's
 post-op instead of a second pass. On the ViT-S MLP product that is 845 against 765 GFLOP/s
-through ``addmm``; ViT-S inference under autocast goes from 1.73x to 1.82x float32's speed.
+through ``addmm``; with the attention map's own shortcut (``zoo.layers.attention``) ViT-S
+bfloat16 inference is 5-6% faster (README, "bfloat16 on this CPU").
 """
 import platform
 

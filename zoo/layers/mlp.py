@@ -1,7 +1,7 @@
 """Transformer feed-forward network."""
 import torch
 from torch import nn
-from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
+from torch.nn.modules import module as _module
 
 from .linear import Linear, linear_gelu
 
@@ -31,8 +31,10 @@ class Mlp(nn.Module):
         return self.drop2(self.fc2(self.drop1(hidden)))
 
     def _gelu_fusable(self) -> bool:
-        """fc1 and an exact GELU as one call (:func:`linear_gelu`, one pass in bfloat16 inference),
-        unless a hook watches either module on its own or either was replaced."""
-        return (type(self.fc1) is Linear and type(self.act) is nn.GELU and self.act.approximate == 'none'
+        """fc1 and an exact GELU as one call (:func:`linear_gelu`, one pass in bfloat16), without
+        autograd only, and unless a hook watches either module or either was replaced."""
+        return (not torch.is_grad_enabled() and type(self.fc1) is Linear and type(self.act) is nn.GELU
+                and self.act.approximate == 'none'
                 and not any(m._forward_hooks or m._forward_pre_hooks for m in (self.fc1, self.act))
-                and not (_global_forward_hooks or _global_forward_pre_hooks))
+                and not (getattr(_module, '_global_forward_hooks', None)
+                         or getattr(_module, '_global_forward_pre_hooks', None)))
