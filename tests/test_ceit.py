@@ -157,3 +157,67 @@ def test_side_not_multiple_of_stride_is_explained():
     model = zoo.create_model('ceit_t', depth=1)
     with pytest.raises(ValueError, match=r'40x32 is not a multiple of the patch stride 16x16'):
         model(torch.randn(1, 3, 40, 32))
+
+
+def _leff_with_statistics():
+    torch.manual_seed(0)
+    leff = LocallyEnhancedFeedForward(48, 192).eval()
+    for bn in (leff.bn1, leff.bn2, leff.bn3):  # running statistics and affine terms far from 0 / 1
+        bn.running_mean.normal_(0, 0.5)
+        bn.running_var.uniform_(0.3, 3.0)
+        bn.weight.data.normal_(1, 0.5)
+        bn.bias.data.normal_(0, 0.5)
+    return leff
+
+
+def _fused_calls(fn) -> int:
+    """How many fused oneDNN convolutions ``fn()`` runs (spied on at the module's call site)."""
+    from zoo.layers import leff as leff_module
+    calls, real = [], leff_module._conv_pointwise
+    leff_module._conv_pointwise = lambda *a: calls.append(1) or real(*a)
+    try:
+        fn()
+    finally:
+        leff_module._conv_pointwise = real
+    return len(calls)
+
+
+@pytest.mark.skipif(torch.ops.mkldnn._convolution_pointwise is None, reason='no oneDNN in this build')
+def test_leff_inference_folds_batch_norms_and_fuses_gelu_with_the_same_result():
+    """Inference (eval, no autograd, CPU): three oneDNN convolutions with the batch norms folded
+    in and GELU as their post-op, equal to the module's eight-step form up to float32 rounding
+    (bfloat16: within its rounding); training, autograd and hooks take the eight steps."""
+    leff, x = _leff_with_statistics(), torch.randn(2, 1 + 6 * 5, 48)
+    with torch.enable_grad():
+        reference = leff(x, (6, 5)).detach()  # autograd on: the eight steps
+    with torch.no_grad():
+        assert _fused_calls(lambda: leff(x, (6, 5))) == 3
+        fused = leff(x, (6, 5))
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert _fused_calls(lambda: leff(x, (6, 5))) == 3
+            low = leff(x, (6, 5))
+        handle = leff.bn2.register_forward_hook(lambda *a: None)
+        try:
+            assert _fused_calls(lambda: leff(x, (6, 5))) == 0
+        finally:
+            handle.remove()
+        leff.train()
+        assert _fused_calls(lambda: leff(x, (6, 5))) == 0
+    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5 * reference.abs().max().item())
+    assert torch.equal(fused[:, :1], x[:, :1])  # the class token passes unchanged
+    # bfloat16 really ran (the float32 class token promotes the concatenation back to float32)
+    assert (low - fused).abs().max() > 0
+    assert (low - reference).abs().max() <= 0.02 * reference.abs().max()
+
+
+def test_image_to_tokens_changes_only_the_layout():
+    """The stem pools channels-last (PyTorch's CPU max-pool is 6x faster there): the tokens are
+    exactly those of conv -> BN -> max-pool -> patch conv in the default layout."""
+    torch.manual_seed(0)
+    stem = zoo.create_model('ceit_t', img_size=64).i2t.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        tokens, grid = stem(x)
+        fmap = stem.proj(stem.pool(stem.bn(stem.conv(x))))
+    assert grid == (4, 4)
+    assert torch.equal(tokens, fmap.flatten(2).transpose(1, 2))
