@@ -52,3 +52,19 @@ def assert_detection_mode(model, x: torch.Tensor, fmap: torch.Tensor) -> None:
     moved = x.clone()
     moved[..., :8, :] += 1.0
     assert not torch.allclose(model.forward_feature_maps(moved)[0], fmap)
+
+
+def spy_calls(module, name: str, fn) -> list[tuple]:
+    """The positional arguments of every call ``fn()`` makes to ``module.<name>`` (a module-level
+    function, replaced by a recording wrapper for the duration of the call)."""
+    calls, real = [], getattr(module, name)
+
+    def record(*args):
+        calls.append(args)
+        return real(*args)
+    setattr(module, name, record)
+    try:
+        fn()
+    finally:
+        setattr(module, name, real)
+    return calls

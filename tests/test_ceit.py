@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import zoo
-from helpers import assert_detection_mode, count_params, deterministic_state_dict, wave_image
+from helpers import assert_detection_mode, count_params, deterministic_state_dict, spy_calls, wave_image
 from zoo.layers.layer_class_attention import LayerClassAttentionBlock
 from zoo.layers.leff import LocallyEnhancedFeedForward
 
@@ -171,15 +171,9 @@ def _leff_with_statistics():
 
 
 def _fused_calls(fn) -> int:
-    """How many fused oneDNN convolutions ``fn()`` runs (spied on at the module's call site)."""
+    """How many fused oneDNN convolutions ``fn()`` runs."""
     from zoo.layers import leff as leff_module
-    calls, real = [], leff_module._conv_pointwise
-    leff_module._conv_pointwise = lambda *a: calls.append(1) or real(*a)
-    try:
-        fn()
-    finally:
-        leff_module._conv_pointwise = real
-    return len(calls)
+    return len(spy_calls(leff_module, '_conv_pointwise', fn))
 
 
 @pytest.mark.skipif(not hasattr(torch.ops.mkldnn, '_convolution_pointwise'), reason='no oneDNN in this build')

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import zoo
+from helpers import spy_calls
 from zoo.layers import Linear, set_onednn_linear
 from zoo.layers import linear as linear_module  # the module (the package does not export the function)
 from zoo.layers.linear import linear
@@ -16,14 +17,8 @@ needs_onednn = pytest.mark.skipif(not linear_module._AVAILABLE,
 
 
 def calls_onednn(fn) -> bool:
-    """Whether ``fn()`` runs the oneDNN product (spied on at the module's one call site)."""
-    seen, product = [], linear_module._product
-    linear_module._product = lambda *a: seen.append(1) or product(*a)
-    try:
-        fn()
-    finally:
-        linear_module._product = product
-    return bool(seen)
+    """Whether ``fn()`` runs the float32 oneDNN product (its one call site)."""
+    return bool(spy_calls(linear_module, '_product', fn))
 
 
 @needs_onednn
@@ -99,18 +94,8 @@ def test_every_family_uses_it():
 
 
 def calls_bfloat16_onednn(fn) -> list:
-    """The post-ops of the bfloat16 oneDNN products ``fn()`` runs (spied on at their call site)."""
-    seen, product = [], linear_module._linear_pointwise
-    def spy(x, w, b, post, *rest):
-        if x.dtype == torch.bfloat16:
-            seen.append(post)
-        return product(x, w, b, post, *rest)
-    linear_module._linear_pointwise = spy
-    try:
-        fn()
-    finally:
-        linear_module._linear_pointwise = product
-    return seen
+    """The post-ops of the bfloat16 oneDNN products ``fn()`` runs."""
+    return [args[3] for args in spy_calls(linear_module, '_linear_pointwise', fn) if args[0].dtype == torch.bfloat16]
 
 
 @needs_onednn

@@ -3,6 +3,8 @@ import collections.abc
 
 import torch
 from einops import repeat
+from torch import nn
+from torch.nn.modules import module as _module
 
 
 def to_2tuple(x) -> tuple:
@@ -42,3 +44,11 @@ def prepend_tokens(x: torch.Tensor, *tokens: torch.Tensor) -> torch.Tensor:
     """x: (B, N, D); each token: (1, n_i, D) -> (B, sum n_i + N, D), tokens first in order."""
     b = x.shape[0]
     return torch.cat([repeat(t, '1 n d -> b n d', b=b) for t in tokens] + [x], dim=1)
+
+
+def unhooked(*modules: nn.Module) -> bool:
+    """Whether no forward hook (global, or on any of ``modules``) would see these modules' calls:
+    a fused path that skips their own forwards may run only then."""
+    if getattr(_module, '_global_forward_hooks', None) or getattr(_module, '_global_forward_pre_hooks', None):
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)

@@ -3,6 +3,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from .helpers import unhooked
 from .linear import needs_plain_ops, onednn_linear_active
 
 try:
@@ -82,7 +83,7 @@ class LocallyEnhancedFeedForward(nn.Module):
         dtype = torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else fmap.dtype
         parts = (self.conv1, self.bn1, self.conv2, self.bn2, self.conv3, self.bn3, self.act)
         if dtype not in (torch.float32, torch.bfloat16) or type(self.act) is not nn.GELU \
-                or self.act.approximate != 'none' or any(m._forward_hooks or m._forward_pre_hooks for m in parts) \
+                or self.act.approximate != 'none' or not unhooked(*parts) \
                 or not all(type(m) is nn.Conv2d for m in parts[0:6:2]) \
                 or not all(type(m) is nn.BatchNorm2d and m.affine and m.running_var is not None for m in parts[1:6:2]):
             return None

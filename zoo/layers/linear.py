@@ -85,7 +85,7 @@ def needs_plain_ops() -> bool:
 
 
 def _plain_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    if not (_AVAILABLE and _enabled) or x.device.type != 'cpu':
+    if not onednn_linear_active() or x.device.type != 'cpu':
         return True
     if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.dim() < 2 or x.numel() == 0:
         return True
@@ -94,7 +94,7 @@ def _plain_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def _bfloat16_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """A CPU product computed in bfloat16 with autograd off, where oneDNN applies."""
-    if not (_AVAILABLE and _enabled) or x.device.type != 'cpu' or torch.is_grad_enabled() \
+    if not onednn_linear_active() or x.device.type != 'cpu' or torch.is_grad_enabled() \
             or x.dim() < 2 or x.numel() == 0:
         return False
     if torch.is_autocast_enabled('cpu'):

@@ -1,8 +1,8 @@
 """Transformer feed-forward network."""
 import torch
 from torch import nn
-from torch.nn.modules import module as _module
 
+from .helpers import unhooked
 from .linear import Linear, linear_gelu
 
 
@@ -34,7 +34,4 @@ class Mlp(nn.Module):
         """fc1 and an exact GELU as one call (:func:`linear_gelu`, one pass in bfloat16), without
         autograd only, and unless a hook watches either module or either was replaced."""
         return (not torch.is_grad_enabled() and type(self.fc1) is Linear and type(self.act) is nn.GELU
-                and self.act.approximate == 'none'
-                and not any(m._forward_hooks or m._forward_pre_hooks for m in (self.fc1, self.act))
-                and not (getattr(_module, '_global_forward_hooks', None)
-                         or getattr(_module, '_global_forward_pre_hooks', None)))
+                and self.act.approximate == 'none' and unhooked(self.fc1, self.act))
