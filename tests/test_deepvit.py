@@ -3,6 +3,8 @@ models/deep_vision_transformer.py at commit 1ccb152). That code is not installab
 reference figures below were produced by running it (with timm 1.0.31) outside this repository:
 parameter counts of its ``deepvit_S`` / ``deepvit_L`` builders, and logits of a small model in
 its key layout filled with the name-keyed deterministic weights of ``_deterministic``."""
+import copy
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -12,7 +14,7 @@ import zoo
 from helpers import assert_detection_mode, count_params, deterministic_state_dict, wave_image
 from zoo.layers.attention import Attention
 from zoo.layers.block import LayerNorm6
-from zoo.layers.re_attention import ReAttention
+from zoo.layers.re_attention import ReAttention, masked_batch_norm
 from zoo.layers.scaled_residual_block import ScaledResidualBlock
 
 VARIANTS = ['deepvit_s', 'deepvit_l']
@@ -171,3 +173,131 @@ def test_side_not_multiple_of_stride_is_explained():
     model = zoo.create_model('deepvit_s', depth=1)
     with pytest.raises(ValueError, match=r'40x32 is not a multiple of the patch stride 16x16'):
         model(torch.randn(1, 3, 40, 32))
+
+
+# Batch norm on padded maps. The references restate batch norm from its definition: per channel,
+# the biased mean and variance over the entries that count normalise them; the running statistics
+# move by the momentum towards that mean and the unbiased variance.
+
+def _channel(t):
+    """A per-channel vector (C,) as (1, C, 1, 1)."""
+    return t[None, :, None, None]
+
+
+def _mixed_map_by_hand(attn: ReAttention, x, key_mask):
+    """x (B, N, D) -> the softmax map over the real keys mixed across the heads, before the norm
+    (B, h, N, N), and v (B, h, N, d)."""
+    b, n, _ = x.shape
+    q, k, v = attn.qkv(x).reshape(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+    logits = (q @ k.transpose(-2, -1) * attn.scale).masked_fill(~key_mask[:, None, None, :], -1e9)
+    mixed = torch.einsum('gh,bhij->bgij', attn.head_mix.weight[:, :, 0, 0], logits.softmax(-1))
+    return mixed + _channel(attn.head_mix.bias), v
+
+
+def _re_attention_with_statistics():
+    """ReAttention (16 wide, 4 heads of 4) in training with a non-trivial norm and running
+    statistics."""
+    attn = ReAttention(16, num_heads=4, qkv_bias=True, scale_map=True).train()
+    with torch.no_grad():
+        attn.head_norm.weight.uniform_(0.5, 1.5)
+        attn.head_norm.bias.uniform_(-0.5, 0.5)
+        attn.head_norm.running_mean.uniform_(-0.1, 0.1)
+        attn.head_norm.running_var.uniform_(0.5, 1.5)
+    return attn
+
+
+def test_re_attention_batch_norm_in_training_counts_real_query_key_pairs_only():
+    attn = _re_attention_with_statistics()
+    bn = attn.head_norm
+    mean0, var0 = bn.running_mean.clone(), bn.running_var.clone()
+    # Image padding (image 1), scattered padding (image 2), none (image 0); qkv bias on and padded
+    # tokens not zero, so counting them would show.
+    key_mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0], [1, 0, 1, 0, 0, 1]]).bool()
+    x = torch.randn(3, 6, 16) * 2
+    out, amap = attn(x, return_attention=True, key_mask=key_mask)
+    with torch.no_grad():
+        mixed, v = _mixed_map_by_hand(attn, x, key_mask)
+        pairs = key_mask[:, :, None] & key_mask[:, None, :]  # (B, N, N): real query, real key
+        entries = mixed.permute(1, 0, 2, 3)[:, pairs]  # (h, number of real pairs)
+        mean, var = entries.mean(1), entries.var(1, unbiased=False)
+        expected_map = ((mixed - _channel(mean)) / _channel(var + bn.eps).sqrt()
+                        * _channel(bn.weight) + _channel(bn.bias)) * 4 ** -0.5
+        expected_map = expected_map * key_mask[:, None, None, :]
+        expected = attn.proj((expected_map @ v).transpose(1, 2).reshape(3, 6, 16))
+    # (number of real pairs, h); a padded query's row is dropped downstream, whatever it holds
+    torch.testing.assert_close(amap.permute(0, 2, 3, 1)[pairs],
+                               expected_map.permute(0, 2, 3, 1)[pairs])
+    assert (amap.permute(0, 3, 1, 2)[~key_mask] == 0).all()  # masked keys keep zero weight
+    torch.testing.assert_close(out[key_mask], expected[key_mask])
+    torch.testing.assert_close(bn.running_mean, 0.9 * mean0 + 0.1 * mean)
+    torch.testing.assert_close(bn.running_var, 0.9 * var0 + 0.1 * entries.var(1, unbiased=True))
+    assert bn.num_batches_tracked == 1
+
+
+def test_padded_image_trains_re_attention_as_its_real_tokens_alone():
+    # One image, two of its seven tokens padding: output, running statistics and gradients are
+    # those of the same layer on the five real tokens with no padding at all.
+    padded = _re_attention_with_statistics()
+    alone = copy.deepcopy(padded)
+    key_mask = torch.tensor([[1, 1, 0, 1, 1, 1, 0]]).bool()
+    x = torch.randn(1, 7, 16) * 2
+    out = padded(x, key_mask=key_mask)[key_mask]
+    out_alone = alone(x[key_mask][None])[0]
+    torch.testing.assert_close(out, out_alone)
+    for name in ['running_mean', 'running_var', 'num_batches_tracked']:
+        torch.testing.assert_close(getattr(padded.head_norm, name), getattr(alone.head_norm, name))
+    target = torch.randn_like(out)
+    (out * target).sum().backward()
+    (out_alone * target).sum().backward()
+    for (name, p), q in zip(padded.named_parameters(), alone.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+@pytest.mark.parametrize('momentum', [0.1, None])
+def test_masked_batch_norm_is_batch_norm_of_the_valid_entries(momentum):
+    bn = torch.nn.BatchNorm2d(3, momentum=momentum)
+    reference = copy.deepcopy(bn)
+    for _ in range(2):  # the second step moves running statistics that are not the initial ones
+        x = torch.randn(2, 3, 4, 5, requires_grad=True)
+        valid = torch.rand(2, 1, 4, 5) > 0.4
+        x.data.masked_fill_(~valid, float('nan'))  # what is not valid must reach nothing
+        out = masked_batch_norm(x, valid, bn)
+        entries = x.permute(1, 0, 2, 3)[:, valid[:, 0]]  # (C, number of valid entries)
+        expected = reference(entries[None, :, :, None])[0, :, :, 0]  # a batch of those alone
+        torch.testing.assert_close(out.permute(1, 0, 2, 3)[:, valid[:, 0]], expected)
+        assert (out.permute(1, 0, 2, 3)[:, ~valid[:, 0]] == 0).all()
+        for name in ['running_mean', 'running_var', 'num_batches_tracked']:
+            torch.testing.assert_close(getattr(bn, name), getattr(reference, name))
+        target = torch.randn_like(expected)
+        (grad,) = torch.autograd.grad((expected * target).sum(), x)
+        (ours,) = torch.autograd.grad((out.permute(1, 0, 2, 3)[:, valid[:, 0]] * target).sum(), x)
+        torch.testing.assert_close(ours, grad.nan_to_num())
+        assert torch.isfinite(ours).all()
+
+
+def test_re_attention_masked_training_is_finite_and_eval_is_unchanged():
+    attn = _re_attention_with_statistics()
+    # The last window is all padding: its entries count nowhere and must not turn into NaN.
+    key_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 1, 1, 0], [0, 0, 0, 0, 0]]).bool()
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    out, amap = attn(x, return_attention=True, key_mask=key_mask)
+    assert torch.isfinite(out).all() and (amap[2] == 0).all()
+    out.square().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in attn.parameters())
+    assert torch.isfinite(attn.head_norm.running_var).all()
+    # Eval: the running statistics normalise every entry on its own, as before.
+    attn.eval()
+    with torch.no_grad():
+        out, amap = attn(x, return_attention=True, key_mask=key_mask)
+        mixed, v = _mixed_map_by_hand(attn, x, key_mask)
+        bn = attn.head_norm
+        std = _channel(bn.running_var + bn.eps).sqrt()
+        expected_map = ((mixed - _channel(bn.running_mean)) / std * _channel(bn.weight)
+                        + _channel(bn.bias)) * 4 ** -0.5
+        expected_map = expected_map * key_mask[:, None, None, :]
+    # Rows 0 and 1 as before; row 2, every key masked, is a zero map as in training.
+    torch.testing.assert_close(amap[:2], expected_map[:2])
+    assert (amap[2] == 0).all() and torch.isfinite(out).all()
+    expected = attn.proj((expected_map @ v).transpose(1, 2).reshape(3, 5, 16))
+    torch.testing.assert_close(out[:2][key_mask[:2]], expected[:2][key_mask[:2]])

@@ -7,11 +7,18 @@ from torch import nn
 from .linear import Linear, needs_plain_ops
 
 
+def softmax_key_mask(key_mask: torch.Tensor) -> torch.Tensor:
+    """``key_mask`` (B, Nk) with rows that mask every key (a window wholly on an image's
+    padding) opened up: their softmax would be 0/0 = NaN, and a NaN stays NaN through a zero
+    weight. Only padding queries read such rows, and nothing real reads those queries."""
+    return key_mask | ~key_mask.any(-1, keepdim=True)
+
+
 def mask_keys(logits: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
     """logits (B, h, Nq, Nk) with -inf at the keys ``key_mask`` (B, Nk) marks False."""
     if key_mask is None:
         return logits
-    return logits.masked_fill(~key_mask[:, None, None, :], float('-inf'))
+    return logits.masked_fill(~softmax_key_mask(key_mask)[:, None, None, :], float('-inf'))
 
 
 def zero_masked_keys(attn: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
@@ -109,7 +116,7 @@ class Attention(nn.Module):
         """q, k, v: (B, h, N, d) -> (B, h, Nq, d) and the map (B, h, Nq, Nk) or None."""
         if self.fused and not return_attention and not explicit_is_faster(q, k):
             out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=None if key_mask is None else key_mask[:, None, None, :],
+                q, k, v, attn_mask=None if key_mask is None else softmax_key_mask(key_mask)[:, None, None, :],
                 dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale)
             return out, None
         attn = self.attention_map(q, k, key_mask)
@@ -119,7 +126,7 @@ class Attention(nn.Module):
                 grid: tuple[int, int] | None = None, key_mask: torch.Tensor | None = None):
         """``grid`` is accepted and ignored so Block can hand the patch grid to a grid-aware
         feed-forward (LeFF) next to a plain attention. ``key_mask`` (B, N): False at tokens
-        that are no key (window padding)."""
+        that are no key (window or image padding)."""
         q, k, v = rearrange(self.qkv(x), 'b n (three h d) -> three b h n d',
                             three=3, h=self.num_heads).unbind(0)
         out, attn = self.attend(q, k, v, return_attention, key_mask)

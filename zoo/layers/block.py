@@ -53,36 +53,41 @@ class Block(nn.Module):
         self.grad_checkpointing = False
 
     def mix_tokens(self, x: torch.Tensor, grid: tuple[int, int] | None,
-                   return_attention: bool = False):
+                   return_attention: bool = False, valid: torch.Tensor | None = None):
         """The attention branch on normalised tokens x (B, N, D): global, or within windows
-        when ``window_size`` is set. Returns (B, N, D) and the map (B [* windows], heads, n, n)
-        or None."""
+        when ``window_size`` is set; ``valid`` (B, N), False at padded tokens, masks them as
+        keys. Returns (B, N, D) and the map (B [* windows], heads, n, n) or None."""
         kw = {} if grid is None else {'grid': grid}
         if self.window_size:
             if grid is None or x.shape[1] != grid[0] * grid[1]:
                 raise ValueError('window attention needs the patch grid and the patch tokens alone '
                                  f'(got {x.shape[1]} tokens for grid {grid}): drop the class tokens '
                                  'first, as forward_feature_maps does')
-            windows, key_mask = window_partition(x, grid, self.window_size)
+            windows, key_mask = window_partition(x, grid, self.window_size, valid)
             if key_mask is not None:
                 kw['key_mask'] = key_mask
             y = self.attn(windows, return_attention=return_attention, **kw)
             y, attn = y if return_attention else (y, None)
             return window_merge(y, grid, self.window_size), attn
+        if valid is not None:
+            kw['key_mask'] = valid
         if return_attention:
             return self.attn(x, return_attention=True, **kw)
         return self.attn(x, **kw), None
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None,
-                return_attention: bool = False):
+                return_attention: bool = False, valid: torch.Tensor | None = None):
+        """``valid`` (B, N): False at the padded tokens of a padded batch (None: none)."""
         if self.grad_checkpointing and not return_attention and torch.is_grad_enabled():
-            return checkpoint(self.residual_forward, x, grid, use_reentrant=False)
-        return self.residual_forward(x, grid, return_attention)
+            return checkpoint(self.residual_forward, x, grid, False, valid, use_reentrant=False)
+        return self.residual_forward(x, grid, return_attention, valid)
 
     def residual_forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None,
-                         return_attention: bool = False):
-        y, attn = self.mix_tokens(self.norm1(x), grid, return_attention)
+                         return_attention: bool = False, valid: torch.Tensor | None = None):
+        y, attn = self.mix_tokens(self.norm1(x), grid, return_attention, valid)
         x = x + self.drop_path1(self.ls1(y))
         kw = {} if grid is None else {'grid': grid}
+        if valid is not None and grid is not None:
+            kw['valid'] = valid
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x), **kw)))
         return (x, attn) if return_attention else x

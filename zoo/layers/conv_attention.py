@@ -48,20 +48,34 @@ class ConvProjectionAttention(Attention):
         self.conv_proj_k = ConvProjection(dim, kernel_size, stride_kv)
         self.conv_proj_v = ConvProjection(dim, kernel_size, stride_kv)
 
-    def project_inputs(self, x: torch.Tensor, grid: tuple[int, int]) -> list[torch.Tensor]:
+    def project_inputs(self, x: torch.Tensor, grid: tuple[int, int],
+                       real: torch.Tensor | None = None) -> list[torch.Tensor]:
         """(B, P + h*w, D) -> the q, k and v inputs, each (B, P + n, D) with n the tokens of
-        its strided grid."""
+        its strided grid. ``real`` (B, 1, h, w), False at an image's padding, zeroes it before
+        the convolutions (the border the image alone would give them)."""
         h, w = grid
         prefix, tokens = x[:, :self.num_prefix_tokens], x[:, self.num_prefix_tokens:]
         fmap = rearrange(tokens, 'b (h w) d -> b d h w', h=h, w=w)
+        if real is not None:
+            fmap = fmap * real.to(fmap.dtype)
         return [torch.cat([prefix, rearrange(proj(fmap), 'b d h w -> b (h w) d')], dim=1)
                 for proj in (self.conv_proj_q, self.conv_proj_k, self.conv_proj_v)]
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, int], return_attention: bool = False):
+    def forward(self, x: torch.Tensor, grid: tuple[int, int], return_attention: bool = False,
+                key_mask: torch.Tensor | None = None):
+        """``key_mask`` (B, P + h*w), False at an image's padding in a padded batch: zeroed
+        before the projections and masked as keys on the strided key / value grid, where cell
+        j is real when cell stride * j of the grid is (the cell its kernel is centred on)."""
         weights = self.qkv.weight.chunk(3)
         biases = self.qkv.bias.chunk(3) if self.qkv.bias is not None else (None,) * 3
+        real = kv_mask = None
+        if key_mask is not None:
+            p = self.num_prefix_tokens
+            real = rearrange(key_mask[:, p:], 'b (h w) -> b 1 h w', h=grid[0], w=grid[1])
+            s = self.conv_proj_k.conv.stride
+            kv_mask = torch.cat([key_mask[:, :p], real[:, 0, ::s[0], ::s[1]].flatten(1)], 1)
         q, k, v = [rearrange(linear(t, wt, bs), 'b n (h d) -> b h n d', h=self.num_heads)
-                   for t, wt, bs in zip(self.project_inputs(x, grid), weights, biases)]
-        out, attn = self.attend(q, k, v, return_attention)
+                   for t, wt, bs in zip(self.project_inputs(x, grid, real), weights, biases)]
+        out, attn = self.attend(q, k, v, return_attention, kv_mask)
         out = self.proj_drop(self.proj(rearrange(out, 'b h n d -> b n (h d)')))
         return (out, attn) if return_attention else out

@@ -21,9 +21,10 @@ class Mlp(nn.Module):
         self.fc2 = Linear(hidden_features, out_features, bias=bias)
         self.drop2 = nn.Dropout(drop)
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
-        """``grid`` is accepted and ignored: Block hands the token grid to its mlp_layer whenever
-        it hands it to the attention, and this feed-forward is per token."""
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
+        """``grid`` and ``valid`` (the padding mask) are accepted and ignored: Block hands them
+        to its mlp_layer whenever it has them, and this feed-forward is per token."""
         if self._gelu_fusable():
             hidden = linear_gelu(x, self.fc1.weight, self.fc1.bias)
         else:

@@ -24,8 +24,10 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, self.patch_size, self.patch_size, bias=bias)
         self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Returns tokens (B, h*w, D) and the grid (h, w)."""
+    def forward(self, x: torch.Tensor, padding=None) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Returns tokens (B, h*w, D) and the grid (h, w). ``padding`` (a padded batch's
+        :class:`~zoo.layers.padding.Padding`) is accepted and unused: the patches do not
+        overlap, so none mixes an image's padding into its real pixels."""
         check_image(x, self.in_chans, self.patch_size)
         x = self.proj(x)
         grid = (x.shape[-2], x.shape[-1])

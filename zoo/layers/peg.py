@@ -22,9 +22,14 @@ class PositionalEncodingGenerator(nn.Module):
         nn.init.normal_(self.proj.weight, std=math.sqrt(2.0 / (kernel_size * kernel_size)))
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: tuple[int, int],
+                valid: torch.Tensor | None = None) -> torch.Tensor:
+        """``valid`` (B, P + h*w), False at an image's padding in a padded batch: the convolution
+        reads zeros there, the zero border it would see with the image alone."""
         num_prefix = x.shape[1] - grid[0] * grid[1]
         prefix, patches = x[:, :num_prefix], x[:, num_prefix:]
         patch_map = rearrange(patches, 'b (h w) d -> b d h w', h=grid[0], w=grid[1])
-        patch_map = patch_map + self.proj(patch_map)
+        conv_in = patch_map if valid is None else patch_map * rearrange(
+            valid[:, num_prefix:], 'b (h w) -> b 1 h w', h=grid[0], w=grid[1]).to(patch_map.dtype)
+        patch_map = patch_map + self.proj(conv_in)
         return torch.cat([prefix, rearrange(patch_map, 'b d h w -> b (h w) d')], dim=1)

@@ -39,6 +39,27 @@ def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int],
     return torch.cat([prefix, grid_rows], dim=1)
 
 
+def resample_pos_embed_per_image(pos_embed: torch.Tensor, grid: tuple[int, int],
+                                 real_grids: torch.Tensor, old_grid: tuple[int, int] | None = None,
+                                 num_prefix_tokens: int = 1, **kwargs) -> torch.Tensor:
+    """Each image's table on its own real grid, for a padded batch.
+
+    pos_embed (1, P + h0*w0, D), the batch grid (h, w), real_grids (B, 2) (each image's
+    (h_i, w_i) <= (h, w)) -> (B, P + h*w, D): image i gets the table resampled to (h_i, w_i) at
+    the top-left of the grid and zeros on its padding, so its positions are those it would get
+    alone, whatever it is batched with. One resampling per distinct real grid."""
+    b = real_grids.shape[0]
+    out = pos_embed.new_zeros(b, num_prefix_tokens + grid[0] * grid[1], pos_embed.shape[-1])
+    out[:, :num_prefix_tokens] = pos_embed[:, :num_prefix_tokens]
+    patches = rearrange(out[:, num_prefix_tokens:], 'b (h w) d -> b h w d', h=grid[0], w=grid[1])
+    for gh, gw in torch.unique(real_grids, dim=0).tolist():
+        table = resample_pos_embed(pos_embed, (gh, gw), old_grid, num_prefix_tokens, **kwargs)
+        rows = ((real_grids[:, 0] == gh) & (real_grids[:, 1] == gw)).nonzero()[:, 0].tolist()
+        patches[rows, :gh, :gw] = rearrange(table[0, num_prefix_tokens:], '(h w) d -> h w d',
+                                            h=gh, w=gw)
+    return out
+
+
 def sinusoid_pos_embed(num_positions: int, dim: int) -> torch.Tensor:
     """1-D sinusoid table of "Attention is all you need": (1, num_positions, dim).
 

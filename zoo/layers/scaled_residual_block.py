@@ -19,10 +19,12 @@ class ScaledResidualBlock(Block):
         self.branch_scale = branch_scale
 
     def residual_forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None,
-                         return_attention: bool = False):
+                         return_attention: bool = False, valid: torch.Tensor | None = None):
         s = self.branch_scale
         kw = {} if grid is None else {'grid': grid}
-        y, attn = self.mix_tokens(self.norm1(x * s), grid, return_attention)
+        if valid is not None and grid is not None:
+            kw['valid'] = valid
+        y, attn = self.mix_tokens(self.norm1(x * s), grid, return_attention, valid)
         x = x + self.drop_path1(self.ls1(y)) / s
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x * s), **kw))) / s
         return (x, attn) if return_attention else x

@@ -14,6 +14,7 @@ from .attention import Attention
 from .drop import DropPath
 from .linear import Linear
 from .mlp import Mlp
+from .padding import Padding, zero_padded_tokens
 
 
 class TokenAttention(Attention):
@@ -35,10 +36,12 @@ class TokenAttention(Attention):
                          head_dim=out_dim // num_heads, fused=fused)
         self.proj = Linear(out_dim, out_dim)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
+    def forward(self, x: torch.Tensor, return_attention: bool = False,
+                key_mask: torch.Tensor | None = None):
+        """``key_mask`` (B, N): False at an image's padding, which no query attends to."""
         q, k, v = rearrange(self.qkv(x), 'b n (three h d) -> three b h n d',
                             three=3, h=self.num_heads)
-        out, attn = self.attend(q, k, v, return_attention)
+        out, attn = self.attend(q, k, v, return_attention, key_mask)
         out = self.proj_drop(self.proj(rearrange(out, 'b h n d -> b n (h d)')))
         out = rearrange(v, 'b h n d -> b n (h d)') + out
         return (out, attn) if return_attention else out
@@ -60,11 +63,13 @@ class TokenTransformer(nn.Module):
         self.mlp = Mlp(out_dim, int(out_dim * mlp_ratio), act_layer=act_layer, drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
+    def forward(self, x: torch.Tensor, return_attention: bool = False,
+                valid: torch.Tensor | None = None):
+        """``valid`` (B, N): False at an image's padding (masked as keys)."""
         if return_attention:
-            x, attn = self.attn(self.norm1(x), return_attention=True)
+            x, attn = self.attn(self.norm1(x), return_attention=True, key_mask=valid)
         else:
-            x, attn = self.attn(self.norm1(x)), None
+            x, attn = self.attn(self.norm1(x), key_mask=valid), None
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return (x, attn) if return_attention else x
 
@@ -110,21 +115,25 @@ class TokenPerformer(nn.Module):
         half_sq_norm = x.square().sum(dim=-1, keepdim=True) / 2
         return torch.exp(x @ self.w.float().t() - half_sq_norm) / math.sqrt(self.num_features)
 
-    def attend(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, N, dim) normalised -> v + proj(linear attention): (B, N, out_dim)."""
+    def attend(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, N, dim) normalised -> v + proj(linear attention): (B, N, out_dim). Padded
+        tokens (``valid`` (B, N) False) are no keys: their kernel features are zeroed, so they
+        add nothing to the context or the normaliser."""
         k, q, v = torch.split(self.kqv(x), self.out_dim, dim=-1)
         # Autocast knows real devices only; meta tensors (shape-only analysis) run without it.
         autocast_device = x.device.type if x.device.type != 'meta' else 'cpu'
         with torch.autocast(device_type=autocast_device, enabled=False):
             kp, qp = self.kernel_features(k.float()), self.kernel_features(q.float())
+            if valid is not None:
+                kp = kp * valid[..., None]
             normaliser = torch.einsum('bnm,bm->bn', qp, kp.sum(dim=1))
             context = torch.einsum('bnm,bnd->bmd', kp, v.float())
             y = torch.einsum('bnm,bmd->bnd', qp, context)
             y = y / (rearrange(normaliser, 'b n -> b n 1') + self.epsilon)
         return v + self.proj_drop(self.proj(y.to(v.dtype)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.attend(self.norm1(x))
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.attend(self.norm1(x), valid)
         return x + self.mlp_drop(self.mlp(self.norm2(x)))
 
 
@@ -180,10 +189,21 @@ class TokensToToken(nn.Module):
         grid = (_unfolded_size(x.shape[-2], unfold), _unfolded_size(x.shape[-1], unfold))
         return rearrange(unfold(x), 'b ckk l -> b l ckk'), grid
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    def forward(self, x: torch.Tensor, padding: Padding | None = None
+                ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``padding``: the images' real extents in a padded batch. Each token layer then masks
+        the padded tokens as keys, and they are zeroed before the next soft split reads them,
+        so an image's real tokens are those it would get alone."""
         x, (h, w) = self.split(x, self.soft_split0)
+        stride = self.soft_split0.stride
         for layer, unfold in ((self.attention1, self.soft_split1),
                               (self.attention2, self.soft_split2)):
-            x = rearrange(_ContiguousGrad.apply(layer(x)), 'b (h w) c -> b c h w', h=h, w=w)
+            if padding is None:
+                x = layer(x)
+            else:
+                valid = padding.token_mask(stride, (h, w))
+                x = zero_padded_tokens(layer(x, valid=valid), valid)
+            x = rearrange(_ContiguousGrad.apply(x), 'b (h w) c -> b c h w', h=h, w=w)
             x, (h, w) = self.split(x, unfold)
+            stride *= unfold.stride
         return self.project(x), (h, w)

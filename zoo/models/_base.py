@@ -20,6 +20,8 @@ from einops import rearrange
 from torch import nn
 
 from ..layers import Block, init_weights_trunc_normal, prepend_tokens, resample_pos_embed
+from ..layers.padding import Padding
+from ..layers.pos_embed import resample_pos_embed_per_image
 from ..layers.window import global_block_indices
 from ..layers.linear import Linear
 
@@ -48,6 +50,31 @@ def tokens_to_map(x: torch.Tensor, grid: tuple[int, int],
                   num_prefix_tokens: int = 0) -> torch.Tensor:
     """Tokens (B, P + h*w, D) -> the patch tokens laid out as a map (B, D, h, w)."""
     return rearrange(x[:, num_prefix_tokens:], 'b (h w) d -> b d h w', h=grid[0], w=grid[1])
+
+
+def position_table(pos_embed: torch.Tensor, grid: tuple[int, int], old_grid: tuple[int, int],
+                   num_prefix_tokens: int, padding: Padding | None = None,
+                   stride: int = 16) -> torch.Tensor:
+    """The learned table (1, P + h0*w0, D) for the token grid (h, w): resampled to the grid,
+    (1, P + h*w, D); in a padded batch (``padding``) resampled to each image's own real grid at
+    ``stride`` instead, (B, P + h*w, D), so an image's positions do not depend on its batch."""
+    if padding is None:
+        return resample_pos_embed(pos_embed, grid, old_grid, num_prefix_tokens)
+    return resample_pos_embed_per_image(pos_embed, grid, padding.grids(stride), old_grid,
+                                        num_prefix_tokens)
+
+
+def block_kwargs(grid: tuple[int, int], valid: torch.Tensor | None) -> dict:
+    """What every block of a token backbone is handed: the grid, and the padding mask when the
+    batch is padded."""
+    return {'grid': grid} if valid is None else {'grid': grid, 'valid': valid}
+
+
+def zero_padded_pixels(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Images (B, C, H, W) with the padding of ``mask`` (B, H, W) (True on padding) at zero,
+    whatever value the caller padded with: the stems then read what they read past the border
+    of an image alone."""
+    return x if mask is None else x * (~mask[:, None]).to(x.dtype)
 
 
 class TokenBackbone(nn.Module):
@@ -111,18 +138,26 @@ class TokenBackbone(nn.Module):
         """The (1, 1, D) tokens put ahead of the patches by embed."""
         return [self.cls_token]
 
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    @property
+    def patch_stride(self) -> int:
+        """The stride of the patch tokens (of the last feature map)."""
+        return self.feature_info[-1]['stride']
+
+    def embed(self, x: torch.Tensor, padding: Padding | None = None
+              ) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, C, H, W) -> tokens with position added (B, P + h*w, D), and the grid (h, w); the
-        learned position table is resampled bicubically to the input's grid."""
-        x, grid = self.patch_embed(x)
-        pos = resample_pos_embed(self.pos_embed, grid, self.patch_embed.grid_size,
-                                 self.num_prefix_tokens)
+        learned position table is resampled bicubically to the input's grid, or to each image's
+        real grid in a padded batch (``padding``)."""
+        x, grid = self.patch_embed(x) if padding is None else self.patch_embed(x, padding)
+        pos = position_table(self.pos_embed, grid, self.patch_embed.grid_size,
+                             self.num_prefix_tokens, padding, self.patch_stride)
         return self.pos_drop(prepend_tokens(x, *self.prefix_tokens) + pos), grid
 
-    def run_blocks(self, x: torch.Tensor, grid: tuple[int, int], return_attention: bool = False):
+    def run_blocks(self, x: torch.Tensor, grid: tuple[int, int], return_attention: bool = False,
+                   valid: torch.Tensor | None = None):
         """Tokens (B, P + h*w, D) through the blocks -> the tokens and the list of attention maps
-        (empty unless asked for)."""
-        return apply_blocks(self.blocks, x, return_attention, grid=grid)
+        (empty unless asked for). ``valid`` (B, P + h*w): False at padded tokens."""
+        return apply_blocks(self.blocks, x, return_attention, **block_kwargs(grid, valid))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> normalised tokens (B, P + h*w, D)."""
@@ -139,20 +174,32 @@ class TokenBackbone(nn.Module):
         """(B, C, H, W) -> logits (B, num_classes)."""
         return self.forward_head(self.forward_features(x))
 
-    def embed_patches(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    def embed_patches(self, x: torch.Tensor, padding: Padding | None = None
+                      ) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, C, H, W) -> the patch tokens alone (B, h*w, D), position added, and the grid:
         detection mode. As ViTDet does, the class / distillation tokens are dropped (their
         position rows with them): a detector reads the patches, and window attention has no
         place for a token outside the grid."""
-        x, grid = self.embed(x)
+        x, grid = self.embed(x) if padding is None else self.embed(x, padding)
         return x[:, x.shape[1] - grid[0] * grid[1]:], grid
 
-    def forward_feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward_feature_maps(self, x: torch.Tensor, mask: torch.Tensor | None = None
+                             ) -> list[torch.Tensor]:
         """(B, C, H, W) -> [(B, D, h, w)]: the normalised patch tokens laid out as a map (one
         map, at the stride of the patch embedding), in detection mode (no class tokens; window
-        attention where :meth:`set_window_attention` asked for it)."""
-        x, grid = self.embed_patches(x)
-        return [tokens_to_map(self.norm(self.run_blocks(x, grid)[0]), grid)]
+        attention where :meth:`set_window_attention` asked for it).
+
+        ``mask`` (B, H, W), True on padding: a padded batch of images of several sizes. Each
+        image's map on its real region is then the one it gets alone (padded tokens are no keys,
+        positions follow the image's own grid); the map is zero on the padding."""
+        padding = Padding.from_mask(mask)
+        if padding is None:
+            x, grid = self.embed_patches(x)
+            return [tokens_to_map(self.norm(self.run_blocks(x, grid)[0]), grid)]
+        x, grid = self.embed_patches(zero_padded_pixels(x, mask), padding)
+        valid = padding.token_mask(self.patch_stride, grid)
+        x = self.norm(self.run_blocks(x, grid, valid=valid)[0])
+        return [padding.zero(tokens_to_map(x, grid), self.patch_stride)]
 
     # -- detection-resolution switches -----------------------------------------------------------
     @property

@@ -12,12 +12,13 @@ import torch
 from einops import repeat
 from torch import nn
 
-from ..layers import Block, LayerNorm6, PatchEmbed, resample_pos_embed
+from ..layers import Block, LayerNorm6, PatchEmbed
 from ..layers.class_attention import ClassAttentionBlock
 from ..layers.talking_heads import TalkingHeadsAttention
 from ..registry import register_model
-from ._base import (TokenBackbone, build, classifier_head, rename_keys, resample_pos_embed_in,
-                    tokens_to_map)
+from ..layers.padding import Padding
+from ._base import (TokenBackbone, build, classifier_head, position_table, rename_keys,
+                    resample_pos_embed_in, tokens_to_map)
 
 
 class Cait(TokenBackbone):
@@ -68,11 +69,13 @@ class Cait(TokenBackbone):
                                   module='norm')]
         self.init_weights()
 
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(B, C, H, W) -> patch tokens with position added (B, h*w, D), and the grid (h, w)."""
+    def embed(self, x: torch.Tensor, padding: Padding | None = None
+              ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, C, H, W) -> patch tokens with position added (B, h*w, D), and the grid (h, w);
+        in a padded batch each image's table follows its own grid (:func:`position_table`)."""
         x, grid = self.patch_embed(x)
-        pos = resample_pos_embed(self.pos_embed, grid, self.patch_embed.grid_size,
-                                 num_prefix_tokens=0)
+        pos = position_table(self.pos_embed, grid, self.patch_embed.grid_size, 0, padding,
+                             self.patch_stride)
         return self.pos_drop(x + pos), grid
 
     def run_class_blocks(self, x: torch.Tensor, return_attention: bool = False):

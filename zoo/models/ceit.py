@@ -14,10 +14,11 @@ from ..layers.helpers import prepend_tokens
 from ..layers.image_to_tokens import ImageToTokens
 from ..layers.layer_class_attention import LayerClassAttentionBlock
 from ..layers.leff import LocallyEnhancedFeedForward
-from ..layers.pos_embed import resample_pos_embed
+from ..layers.padding import Padding
 from ..registry import register_model
-from ._base import (TokenBackbone, apply_blocks, build, classifier_head, rename_keys,
-                    resample_pos_embed_in, tokens_to_map)
+from ._base import (TokenBackbone, apply_blocks, block_kwargs, build, classifier_head,
+                    position_table, rename_keys, resample_pos_embed_in, tokens_to_map,
+                    zero_padded_pixels)
 
 
 class CeiT(TokenBackbone):
@@ -65,10 +66,14 @@ class CeiT(TokenBackbone):
         # official recipe: it is not one of token_params.
         self.init_weights()
 
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(B, C, H, W) -> tokens with position added (B, 1 + h*w, D), and the grid (h, w)."""
+    def embed(self, x: torch.Tensor, padding: Padding | None = None
+              ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, C, H, W) -> tokens with position added (B, 1 + h*w, D), and the grid (h, w); in a
+        padded batch each image's table follows its own grid (:func:`position_table`). The stem
+        needs no masking: what its pooling reads past a real cell lies within the image's
+        stride-16 cells, so in the zero pixels it reads alone too."""
         x, grid = self.i2t(x)
-        pos = resample_pos_embed(self.pos_embed, grid, self.i2t.grid_size, 1)
+        pos = position_table(self.pos_embed, grid, self.i2t.grid_size, 1, padding, self.i2t.stride)
         return self.pos_drop(prepend_tokens(x, self.cls_token) + pos), grid
 
     def forward_blocks(self, x: torch.Tensor, grid: tuple[int, int],
@@ -90,13 +95,21 @@ class CeiT(TokenBackbone):
         _, class_tokens = self.forward_blocks(x, grid)
         return self.norm(self.lca(class_tokens + self.pos_layer_embed))
 
-    def forward_feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward_feature_maps(self, x: torch.Tensor, mask: torch.Tensor | None = None
+                             ) -> list[torch.Tensor]:
         """(B, C, H, W) -> [(B, D, H/16, W/16)]: the last block's patch tokens as a map. The
         final norm belongs to the LCA output, so the tokens are left as the block gives them.
         Detection mode: the class token is dropped (LeFF never let it into the patches' path
-        anyway; only attention did), window attention where set."""
-        x, grid = self.embed_patches(x)
-        return [tokens_to_map(apply_blocks(self.blocks, x, grid=grid)[0], grid)]
+        anyway; only attention did), window attention where set. ``mask`` (B, H, W), True on
+        padding: as :meth:`TokenBackbone.forward_feature_maps`."""
+        padding = Padding.from_mask(mask)
+        if padding is None:
+            x, grid = self.embed_patches(x)
+            return [tokens_to_map(apply_blocks(self.blocks, x, grid=grid)[0], grid)]
+        x, grid = self.embed_patches(zero_padded_pixels(x, mask), padding)
+        valid = padding.token_mask(self.i2t.stride, grid)
+        x = apply_blocks(self.blocks, x, **block_kwargs(grid, valid))[0]
+        return [padding.zero(tokens_to_map(x, grid), self.i2t.stride)]
 
     @torch.no_grad()
     def get_attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:

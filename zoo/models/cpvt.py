@@ -17,7 +17,7 @@ from torch import nn
 from ..layers import prepend_tokens
 from ..layers.peg import PositionalEncodingGenerator
 from ..registry import register_model
-from ._base import apply_blocks, build, rename_keys
+from ._base import apply_blocks, block_kwargs, build, rename_keys
 from .vision_transformer import VisionTransformer
 
 
@@ -70,21 +70,24 @@ class CPVT(VisionTransformer):
     def prefix_tokens(self) -> list[torch.Tensor]:
         return [] if self.cls_token is None else [self.cls_token]
 
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(B, C, H, W) -> tokens (B, P + h*w, D) with no position added yet, and the grid."""
+    def embed(self, x: torch.Tensor, padding=None) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, C, H, W) -> tokens (B, P + h*w, D) with no position added yet, and the grid
+        (``padding`` changes nothing here: the PEGs take the padding mask)."""
         x, grid = self.patch_embed(x)
         return self.pos_drop(prepend_tokens(x, *self.prefix_tokens)), grid
 
-    def run_blocks(self, x: torch.Tensor, grid: tuple[int, int], return_attention: bool = False):
+    def run_blocks(self, x: torch.Tensor, grid: tuple[int, int], return_attention: bool = False,
+                   valid: torch.Tensor | None = None):
         """Tokens (B, P + h*w, D) through the blocks, each PEG right after its block.
-        Returns the tokens and the list of attention maps (empty unless asked for)."""
+        Returns the tokens and the list of attention maps (empty unless asked for).
+        ``valid`` (B, P + h*w): False at padded tokens (no keys; zeros for the PEGs)."""
         pegs = dict(zip(self.peg_positions, self.pos_block))
         maps = []
         for i, block in enumerate(self.blocks):
-            x, block_maps = apply_blocks([block], x, return_attention, grid=grid)
+            x, block_maps = apply_blocks([block], x, return_attention, **block_kwargs(grid, valid))
             maps += block_maps
             if i in pegs:
-                x = pegs[i](x, grid)
+                x = pegs[i](x, grid, valid)
         return x, maps
 
 

@@ -20,7 +20,9 @@ from ..layers.conv_attention import ConvProjectionAttention
 from ..layers.conv_embed import ConvEmbed
 from ..layers.quick_gelu import QuickGELU
 from ..registry import register_model
-from ._base import TokenBackbone, apply_blocks, build, classifier_head, rename_keys, tokens_to_map
+from ..layers.padding import Padding, prepend_valid
+from ._base import (TokenBackbone, apply_blocks, block_kwargs, build, classifier_head, rename_keys,
+                    tokens_to_map, zero_padded_pixels)
 
 
 class CvTStage(nn.Module):
@@ -49,11 +51,17 @@ class CvTStage(nn.Module):
                   norm_layer=norm_layer, attn_layer=attn_layer, fused_attn=fused_attn)
             for dpr in drop_path_rates(drop_path_rate, depth)])
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
+    def forward(self, x: torch.Tensor, return_attention: bool = False,
+                padding: Padding | None = None, stride: int = 1):
+        """``padding``: a padded batch's real extents, ``stride`` this stage's output stride;
+        the blocks then mask the padded tokens (no keys, zeros for the convolutions)."""
         x, grid = self.patch_embed(x)
         if self.cls_token is not None:
             x = prepend_tokens(x, self.cls_token)
-        x, maps = apply_blocks(self.blocks, self.pos_drop(x), return_attention, grid=grid)
+        valid = None if padding is None else prepend_valid(padding.token_mask(stride, grid),
+                                                           self.num_prefix_tokens)
+        x, maps = apply_blocks(self.blocks, self.pos_drop(x), return_attention,
+                               **block_kwargs(grid, valid))
         return x, grid, maps
 
     def to_map(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -117,15 +125,20 @@ class ConvolutionalVisionTransformer(TokenBackbone):
     def no_weight_decay(self) -> set[str]:
         return {n for n, _ in self.named_parameters() if n.endswith('cls_token')}
 
-    def run_stages(self, x: torch.Tensor, return_attention: bool = False):
-        """(B, C, H, W) -> [(tokens, grid)] per stage and the attention maps of every block."""
+    def run_stages(self, x: torch.Tensor, return_attention: bool = False,
+                   padding: Padding | None = None):
+        """(B, C, H, W) -> [(tokens, grid)] per stage and the attention maps of every block.
+        In a padded batch (``padding``) each stage's map is zeroed on the padding before the
+        next stage's overlapping embedding reads it."""
         check_image(x, self.in_chans, 1)
         outs, maps = [], []
-        for stage in self.stages:
-            tokens, grid, stage_maps = stage(x, return_attention)
+        for stage, info in zip(self.stages, self.feature_info):
+            tokens, grid, stage_maps = stage(x, return_attention, padding, info['stride'])
             outs.append((tokens, grid))
             maps += stage_maps
             x = stage.to_map(tokens, grid)
+            if padding is not None:
+                x = padding.zero(x, info['stride'])
         return outs, maps
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,12 +147,18 @@ class ConvolutionalVisionTransformer(TokenBackbone):
         outs, _ = self.run_stages(x)
         return self.norm(outs[-1][0])
 
-    def forward_feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward_feature_maps(self, x: torch.Tensor, mask: torch.Tensor | None = None
+                             ) -> list[torch.Tensor]:
         """(B, C, H, W) -> [(B, D_s, H/s, W/s)] for s = 4, 8, 16: each stage's output map (the
         patch tokens; the class token and the final norm are left out, as in the official code
-        and Hugging Face's hidden states)."""
-        outs, _ = self.run_stages(x)
-        return [stage.to_map(tokens, grid) for stage, (tokens, grid) in zip(self.stages, outs)]
+        and Hugging Face's hidden states). ``mask`` (B, H, W), True on padding: each image's
+        maps are those it gets alone, zero on the padding."""
+        padding = Padding.from_mask(mask)
+        outs, _ = self.run_stages(zero_padded_pixels(x, mask if padding else None), padding=padding)
+        maps = [stage.to_map(tokens, grid) for stage, (tokens, grid) in zip(self.stages, outs)]
+        if padding is not None:
+            maps = [padding.zero(m, info['stride']) for m, info in zip(maps, self.feature_info)]
+        return maps
 
     @property
     def window_blocks(self) -> list[Block]:

@@ -15,6 +15,7 @@ from ..layers.attention import Attention
 from ..layers.block import LayerNorm6
 from ..layers.drop import drop_path_rates
 from ..layers.helpers import check_image, to_2tuple
+from ..layers.padding import Padding
 from ..layers.re_attention import ReAttention
 from ..layers.scaled_residual_block import ScaledResidualBlock
 from ..registry import register_model
@@ -45,9 +46,15 @@ class ConvStemPatchEmbed(nn.Module):
         self.relu = nn.ReLU()
         self.proj = nn.Conv2d(stem_chans, embed_dim, patch_size // 2, stride=patch_size // 2)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    def forward(self, x: torch.Tensor, padding: Padding | None = None
+                ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``padding``: a padded batch's real extents. The 3x3 conv then reads zeros on the
+        stride-2 map's padding, as past the border of an image alone (batch norm and ReLU make
+        padded cells nonzero)."""
         check_image(x, self.in_chans, self.patch_size)
         x = self.relu(self.bn1(self.conv1(x)))
+        if padding is not None:
+            x = padding.zero(x, self.conv1.stride[0])
         x = self.proj(self.relu(self.bn2(self.conv2(x))))
         grid = (x.shape[-2], x.shape[-1])
         return rearrange(x, 'b d h w -> b (h w) d'), grid

@@ -12,11 +12,13 @@ import torch
 from torch import nn
 
 from ..layers import (Attention, Block, check_image, drop_path_rates, prepend_tokens,
-                      resample_pos_embed, sinusoid_pos_embed, to_2tuple)
+                      sinusoid_pos_embed, to_2tuple)
 from ..layers.squeeze_excite import SEAttention
 from ..layers.tokens_to_token import TokensToToken
 from ..registry import register_model
-from ._base import TokenBackbone, build, classifier_head, rename_keys, resample_pos_embed_in
+from ..layers.padding import Padding
+from ._base import (TokenBackbone, build, classifier_head, position_table, rename_keys,
+                    resample_pos_embed_in)
 
 
 class T2TViT(TokenBackbone):
@@ -67,11 +69,15 @@ class T2TViT(TokenBackbone):
         self.feature_info = [dict(channels=embed_dim, stride=self.stride, module='norm')]
         self.init_weights()
 
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(B, C, H, W) -> tokens with position added (B, 1 + h*w, D), and the grid (h, w)."""
+    def embed(self, x: torch.Tensor, padding: Padding | None = None
+              ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, C, H, W) -> tokens with position added (B, 1 + h*w, D), and the grid (h, w); in a
+        padded batch (``padding``) the soft splits mask the padding and each image's table
+        follows its own grid (:func:`position_table`)."""
         check_image(x, self.in_chans, self.stride)
-        x, grid = self.tokens_to_token(x)
-        pos = resample_pos_embed(self.pos_embed, grid, self.grid_size, self.num_prefix_tokens)
+        x, grid = self.tokens_to_token(x, padding)
+        pos = position_table(self.pos_embed, grid, self.grid_size, self.num_prefix_tokens,
+                             padding, self.stride)
         return self.pos_drop(prepend_tokens(x, self.cls_token) + pos), grid
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
