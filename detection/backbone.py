@@ -24,6 +24,8 @@ class ZooBackbone(nn.Module):
     DETR freezes ResNet-50's stem and first stage.
     """
 
+    batch_invariant = True  # an image's maps do not depend on its batch-mates (given the mask)
+
     def __init__(self, name: str, pretrained=False, out_indices=(-1,), window_size: int = 0,
                  global_blocks=4, grad_checkpointing: bool = False, frozen_blocks: int = 0,
                  **overrides):
@@ -44,8 +46,10 @@ class ZooBackbone(nn.Module):
             module.eval()
         return self
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        maps = self.body.forward_feature_maps(images)
+    def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """``mask`` (B, H, W), True on padding: each image's maps are then those it gets alone,
+        whatever it is batched with (zero on the padding)."""
+        maps = self.body.forward_feature_maps(images, mask)
         return [maps[i] for i in self.out_indices]
 
 
@@ -104,6 +108,8 @@ class ResNetBackbone(nn.Module):
         self.feature_info = [all_info[i] for i in self.out_indices]
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """No padding mask (not ``batch_invariant``): as in the official DETR, the convolutions
+        carry some of the padding into an image's border."""
         maps = list(self.body(images).values())
         return [maps[i] for i in self.out_indices]
 
@@ -115,6 +121,14 @@ def build_backbone(name: str, pretrained=False, out_indices=(-1,), **overrides) 
                              'options are for zoo backbones): remove them from the backbone config')
         return ResNetBackbone(pretrained=bool(pretrained), out_indices=out_indices)
     return ZooBackbone(name, pretrained=pretrained, out_indices=out_indices, **overrides)
+
+
+def backbone_maps(backbone: nn.Module, images: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    """The backbone's maps for a padded batch: a batch-invariant backbone (a zoo one) is handed
+    the padding mask; any other module (ResNet-50, a user's) is called on the images alone."""
+    if getattr(backbone, 'batch_invariant', False):
+        return backbone(images, mask)
+    return backbone(images)
 
 
 def downsample_mask(mask: torch.Tensor, size) -> torch.Tensor:

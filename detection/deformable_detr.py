@@ -8,10 +8,11 @@ from torch import nn
 
 from zoo.layers.linear import Linear
 
-from .backbone import build_backbone, downsample_mask
+from .backbone import backbone_maps, build_backbone, downsample_mask
 from .checkpoints import convert_hf_deformable_detr  # noqa: F401  (its home before checkpoints.py)
 from .deformable_transformer import DeformableTransformer, refine_boxes
 from .denoising import DenoisingQueries
+from .dense_head import FCOSDenseHead
 from .detr import MLP, build_denoising, pack_outputs, training_denoising
 from .neck import MultiScaleNeck
 from .position_encoding import SinePositionEncoding
@@ -27,6 +28,13 @@ class DeformableDETR(nn.Module):
     each denoising query samples around its noised box as reference (its centre when the
     matching queries' references are points), and comes back in ``dn_outputs``.
 
+    ``dense_aux`` (True, or a dict of ``FCOSDenseHead`` arguments plus ``stride``, 32 unless
+    given) adds DETR's FCOS-style dense head (see ``DETR``) for training, on the encoder memory of
+    one level, the one whose stride is nearest ``stride`` (the stride of DETR's map), with that
+    level's padding: ``dense_outputs``, trained by the head's own ``loss``. One level, not all:
+    the head has none of FCOS's per-level size ranges, so on every level at once a box would get
+    many times more positives on the fine levels than on the coarse ones.
+
     ``backbone`` is a dict for ``build_backbone`` (its ``out_indices`` choose the maps: ResNet-50
     C3-C5, CvT's stride-8/16 stages) or a module with ``feature_info``; a single-map backbone gets
     a simple feature pyramid (see ``MultiScaleNeck``).
@@ -37,7 +45,7 @@ class DeformableDETR(nn.Module):
                  ffn_dim: int = 1024, dropout: float = 0.1, num_feature_levels: int = 4,
                  enc_points: int = 4, dec_points: int = 4, with_box_refine: bool = False,
                  two_stage: bool = False, aux_loss: bool = True,
-                 denoising: bool | dict | None = None):
+                 denoising: bool | dict | None = None, dense_aux: bool | dict | None = None):
         super().__init__()
         self.backbone = build_backbone(**backbone) if isinstance(backbone, dict) else backbone
         self.num_classes, self.aux_loss = num_classes, aux_loss
@@ -52,6 +60,13 @@ class DeformableDETR(nn.Module):
             self.query_embed = nn.Embedding(num_queries, 2 * hidden_dim)
         self.class_embed, self.bbox_embed = self._heads(hidden_dim, num_classes, dec_layers)
         self.denoising = build_denoising(denoising, num_classes, hidden_dim)
+        self.dense_head, self.dense_level = None, None
+        if dense_aux:
+            options = {} if dense_aux is True else dict(dense_aux)
+            stride = options.pop('stride', 32)
+            strides = self.neck.strides
+            self.dense_level = min(range(len(strides)), key=lambda i: abs(strides[i] - stride))
+            self.dense_head = FCOSDenseHead(hidden_dim, num_classes, **options)
 
     def _heads(self, hidden_dim, num_classes, dec_layers):
         """One class and box head per decoder layer (+1 for the two-stage encoder), shared unless
@@ -81,7 +96,10 @@ class DeformableDETR(nn.Module):
         """``targets`` (training only) feed query denoising; ``denoising`` gives the denoising
         queries explicitly instead (tests)."""
         denoising = training_denoising(self, targets, denoising)
-        levels = self.neck(self.backbone(images))
+        # A token backbone gives each image its own features in a padded batch; the neck keeps
+        # that. ResNet-50 keeps the official behaviour (norms over the padded maps).
+        levels = self.neck(backbone_maps(self.backbone, images, mask),
+                           mask if getattr(self.backbone, 'batch_invariant', False) else None)
         masks = [downsample_mask(mask, x.shape[-2:]) for x in levels]
         pos = [self.position(m).to(x.dtype) for m, x in zip(masks, levels)]
         query_embed = None if self.two_stage else self.query_embed.weight
@@ -94,4 +112,13 @@ class DeformableDETR(nn.Module):
         out = pack_outputs(logits, boxes, self.aux_loss, denoising)
         if self.two_stage:
             out['enc_outputs'] = dict(pred_logits=decoded['enc_logits'], pred_boxes=decoded['enc_boxes'])
+        if self.dense_head is not None and self.training:
+            out['dense_outputs'] = self._dense_outputs(decoded['memory'], masks)
         return out
+
+    def _dense_outputs(self, memory: torch.Tensor, masks: list[torch.Tensor]) -> dict:
+        """memory (B, S, D), every level's positions flattened in order; masks: per level
+        (B, h, w) True on padding -> the dense head's outputs on level ``dense_level``."""
+        start = sum(math.prod(m.shape[-2:]) for m in masks[:self.dense_level])
+        mask = masks[self.dense_level]
+        return self.dense_head(memory[:, start:start + math.prod(mask.shape[-2:])], mask)

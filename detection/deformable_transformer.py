@@ -114,9 +114,10 @@ class DeformableTransformer(nn.Module):
     forward(srcs, masks, pos_embeds: per level (N, D, H, W), (N, H, W) True on padding,
     (N, D, H, W); query_embed (Q, 2D) (not in two-stage); heads for refinement / two-stage;
     denoising: ``DenoisingQueries`` whose P queries go before the Q others)
-    -> dict(states (Ld, N, [P +] Q, D), references: Ld tensors (N, [P +] Q, 2|4), each layer's input
-    reference (points become boxes after the first refinement),
-    and in two-stage enc_logits (N, S, C), enc_boxes (N, S, 4)).
+    -> dict(memory (N, S, D): the encoder output, the levels flattened in order; states
+    (Ld, N, [P +] Q, D), references: Ld tensors (N, [P +] Q, 2|4), each layer's input reference
+    (points become boxes after the first refinement), and in two-stage enc_logits (N, S, C),
+    enc_boxes (N, S, 4)).
     """
 
     def __init__(self, dim=256, heads=8, enc_layers=6, dec_layers=6, ffn_dim=1024, dropout=0.1,
@@ -212,7 +213,7 @@ class DeformableTransformer(nn.Module):
     def forward(self, srcs, masks, pos_embeds, query_embed=None, class_heads=None, box_heads=None,
                 refine=False, denoising=None):
         memory, padding, shapes, shapes_t, starts, ratios = self.encode(srcs, masks, pos_embeds)
-        out = {}
+        out = dict(memory=memory)  # for the training-only dense head (DeformableDETR's dense_aux)
         if self.two_stage:  # the extra (last) heads belong to the encoder
             query_pos, tgt, reference_points, out['enc_logits'], out['enc_boxes'] = \
                 self.two_stage_queries(memory, padding, shapes, class_heads[-1], box_heads[-1])

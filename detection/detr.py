@@ -8,8 +8,8 @@ from torchvision.ops import box_convert
 from zoo.layers.mlp import Mlp
 from zoo.layers.linear import Linear
 
-from .backbone import build_backbone, downsample_mask
-from .dense_head import DenseAuxHead
+from .backbone import backbone_maps, build_backbone, downsample_mask
+from .dense_head import FCOSDenseHead
 from .denoising import DenoisingQueries, QueryDenoising, denoising_attn_mask, split_denoising
 from .position_encoding import SinePositionEncoding, box_position_encoding
 from .transformer import Transformer
@@ -94,8 +94,10 @@ class DETR(nn.Module):
     pairs. So a finer backbone map is max-pooled 2x2 down to ``feature_stride`` (the stride-32
     level of ViTDet's simple pyramid). None reads the backbone's map as it is.
 
-    ``dense_aux`` adds ``DenseAuxHead`` on the encoder output in training (Co-DETR's auxiliary
-    one-to-many head, anchor-free): ``dense_outputs``, trained by the head's own ``loss``.
+    ``dense_aux`` (True, or a dict of ``FCOSDenseHead`` arguments) adds an FCOS-style dense head
+    on the encoder output in training: every position inside a box learns its class and box
+    (see ``detection.dense_head``), returned as ``dense_outputs`` and trained by the head's own
+    ``loss``.
     """
 
     def __init__(self, backbone: dict | nn.Module, num_classes: int, num_queries: int = 100,
@@ -134,14 +136,14 @@ class DETR(nn.Module):
                                          self.anchor_pos if anchor_queries else None)
         self.dense_head = None
         if dense_aux:
-            self.dense_head = DenseAuxHead(hidden_dim, num_classes, **({} if dense_aux is True else dense_aux))
+            self.dense_head = FCOSDenseHead(hidden_dim, num_classes, **({} if dense_aux is True else dense_aux))
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor, targets: list[dict] | None = None,
                 denoising: DenoisingQueries | None = None) -> dict:
         """``targets`` (training only) feed query denoising; ``denoising`` gives the denoising
         queries explicitly instead (tests)."""
         dn = training_denoising(self, targets, denoising)
-        feat = self.feature_pool(self.backbone(images)[-1])
+        feat = self.feature_pool(backbone_maps(self.backbone, images, mask)[-1])
         mask = downsample_mask(mask, feat.shape[-2:])
         pos = rearrange(self.position(mask), 'b d h w -> b (h w) d')
         src = rearrange(self.input_proj(feat), 'b d h w -> b (h w) d')

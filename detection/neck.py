@@ -1,7 +1,40 @@
 """Multi-scale necks for Deformable DETR: from any backbone's maps to L levels of hidden_dim
 channels (strides 8, 16, 32, 64 by default)."""
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+def real_cells(mask: torch.Tensor, size) -> torch.Tensor:
+    """Padding mask (B, H, W), True on padding -> (B, 1, h, w) float, 1 at real cells (nearest,
+    as the detectors downsample it)."""
+    return (~F.interpolate(mask[:, None].float(), size=size).bool()).float()
+
+
+def masked_group_norm(x: torch.Tensor, norm: nn.GroupNorm, real: torch.Tensor) -> torch.Tensor:
+    """GroupNorm of x (B, C, h, w) with statistics over the real cells (``real`` (B, 1, h, w))
+    only, so a padded image is normalised as it would be alone; zero on the padding."""
+    b, c = x.shape[:2]
+    g = norm.num_groups
+    xg = x.reshape(b, g, c // g, -1)
+    w = real.reshape(b, 1, 1, -1).to(x.dtype)
+    count = w.sum(-1, keepdim=True) * (c // g)
+    mean = (xg * w).sum((-2, -1), keepdim=True) / count
+    var = ((xg - mean).square() * w).sum((-2, -1), keepdim=True) / count
+    y = ((xg - mean) * torch.rsqrt(var + norm.eps)).reshape_as(x)
+    if norm.affine:
+        y = y * norm.weight[:, None, None] + norm.bias[:, None, None]
+    return y * real.to(x.dtype)
+
+
+def project(proj: nn.Sequential, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """An input projection (conv, GroupNorm) of x (B, C, h, w); with the padding ``mask``
+    (B, H, W) its input is zeroed on the padding and its norm counts the real cells only."""
+    conv, norm = proj
+    if mask is None:
+        return proj(x)
+    y = conv(x * real_cells(mask, x.shape[-2:]).to(x.dtype))
+    return masked_group_norm(y, norm, real_cells(mask, y.shape[-2:]))
 
 
 class SimpleFeaturePyramid(nn.Module):
@@ -38,8 +71,10 @@ class MultiScaleNeck(nn.Module):
     previous extra level (as the official code). A single map (plain ViTs) is first expanded by a
     simple feature pyramid to strides s/2, s, 2s.
 
-    forward(maps: list of (N, C_i, H_i, W_i)) -> list of (N, hidden_dim, H_l, W_l);
-    ``strides`` lists each level's stride.
+    forward(maps: list of (N, C_i, H_i, W_i), mask) -> list of (N, hidden_dim, H_l, W_l);
+    ``strides`` lists each level's stride. With the padding ``mask`` (N, H, W) each image's
+    levels are those it gets alone: convolutions read zeros on the padding and the norms count
+    real cells only (the pyramid's transposed convolution and pooling do not overlap cells).
     """
 
     def __init__(self, feature_info: list[dict], hidden_dim: int = 256, num_levels: int = 4,
@@ -65,12 +100,14 @@ class MultiScaleNeck(nn.Module):
         self.strides = ([f['stride'] for f in feature_info]
                         + [feature_info[-1]['stride'] * 2 ** (i + 1) for i in range(len(extra_in))])
 
-    def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+    def forward(self, maps: list[torch.Tensor], mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        if mask is not None and not bool(mask.any()):
+            mask = None
         if self.pyramid is not None:
             maps = self.pyramid(maps)
-        levels = [proj(x) for proj, x in zip(self.input_proj, maps)]
+        levels = [project(proj, x, mask) for proj, x in zip(self.input_proj, maps)]
         source = maps[-1]  # the first extra level reads the raw last map, the next the previous level
         for proj in self.input_proj[self.num_inputs:]:
-            levels.append(proj(source))
+            levels.append(project(proj, source, mask))
             source = levels[-1]
         return levels

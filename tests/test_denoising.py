@@ -43,21 +43,136 @@ def test_label_noise_flips_about_the_stated_share():
     assert torch.equal(noise_labels(labels, 5, 0.0), labels)
 
 
-def test_box_noise_stays_within_lambda_and_negatives_outside():
-    g = torch.Generator().manual_seed(0)
-    boxes = torch.tensor([[0.5, 0.5, 0.2, 0.1]]).repeat(5000, 1)
-    lam = 0.4
-    pos = noise_boxes(boxes, lam, generator=g)
-    shift = (pos[:, :2] - boxes[:, :2]).abs() / boxes[:, 2:]
-    scale = pos[:, 2:] / boxes[:, 2:]
-    assert shift.max() <= lam / 2 + 1e-6 and shift.max() > 0.9 * lam / 2
-    assert scale.min() >= 1 - lam - 1e-6 and scale.max() <= 1 + lam + 1e-6
-    neg = noise_boxes(boxes, lam, negative=True, generator=g)
-    shift = (neg[:, :2] - boxes[:, :2]).abs() / boxes[:, 2:]
-    scale = (neg[:, 2:] / boxes[:, 2:] - 1).abs()
-    assert shift.min() >= lam / 2 - 1e-6 and scale.min() >= lam - 1e-6
-    assert ((neg >= 0) & (neg <= 1)).all()  # clipped to the image
+def _dino_box_noise(boxes, sign, part, negative, lam):
+    """DINO's box noise written out from its definition (Zhang et al., ICLR 2023, Sec. 3.3;
+    ``prepare_for_cdn``): boxes (N, 4) cxcywh, sign and part (N, 4), negative (N,) bool. Each xyxy
+    corner moves by sign * part * lam * half its side, part raised by 1 on negatives; the corners
+    are clamped to the image and the box is read back as cxcywh."""
+    cx, cy, w, h = boxes.unbind(-1)
+    corners = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+    half_sides = torch.stack([w / 2, h / 2, w / 2, h / 2], -1)
+    part = part + negative[:, None].float()
+    x1, y1, x2, y2 = (corners + sign * part * half_sides * lam).clamp(0.0, 1.0).unbind(-1)
+    return torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], -1)
+
+
+def _box_draws(generator, n):
+    """The documented order of the box noise's draws: signs randint(0, 2) * 2 - 1, then parts rand."""
+    sign = torch.randint(0, 2, (n, 4), generator=generator).float() * 2 - 1
+    return sign, torch.rand((n, 4), generator=generator)
+
+
+def _xyxy(boxes):
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+
+
+def _random_boxes(n, seed, lo=0.0, hi=1.0):
+    """n cxcywh boxes inside the image, centres in [lo, hi], sides up to 0.4 that fit."""
+    g = torch.Generator().manual_seed(seed)
+    centre = lo + (hi - lo) * torch.rand(n, 2, generator=g)
+    room = torch.minimum(centre, 1 - centre) * 2
+    wh = torch.minimum(0.02 + 0.38 * torch.rand(n, 2, generator=g), room)
+    return torch.cat([centre, wh], -1)
+
+
+@pytest.mark.parametrize('lam', [0.4, 1.0])  # DN-DETR's lambda (the default here), DINO's
+def test_box_noise_is_dinos_corner_formula(lam):
+    """Same seed, same draws, same boxes as DINO's formula written out, clipping included."""
+    boxes = _random_boxes(500, seed=1)
+    negative = torch.arange(500) % 2 == 1
+    noised = noise_boxes(boxes, lam, negative, generator=torch.Generator().manual_seed(0))
+    sign, part = _box_draws(torch.Generator().manual_seed(0), 500)
+    torch.testing.assert_close(noised, _dino_box_noise(boxes, sign, part, negative, lam))
+    again = noise_boxes(boxes, lam, negative, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again, noised)
+    unclipped = _xyxy(boxes) + sign * (part + negative[:, None]) * boxes[:, 2:].repeat(1, 2) / 2 * lam
+    assert ((unclipped < 0) | (unclipped > 1)).any()  # the case exercises the clipping
+    one = noise_boxes(boxes, lam, negative=True, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(one, _dino_box_noise(boxes, sign, part, torch.ones(500, dtype=torch.bool), lam))
     assert torch.equal(noise_boxes(boxes, 0.0), boxes)
+
+
+def test_negatives_corners_move_by_lambda_to_2_lambda_half_sides():
+    """Away from the image's border (no clipping), every corner of a positive moves by less than
+    lambda half-sides and every corner of a negative by lambda to 2 lambda, in either direction."""
+    boxes = _random_boxes(5000, seed=2, lo=0.4, hi=0.6)
+    lam = 0.4
+    g = torch.Generator().manual_seed(0)
+    half = boxes[:, 2:].repeat(1, 2) / 2
+    pos = (_xyxy(noise_boxes(boxes, lam, generator=g)) - _xyxy(boxes)) / (lam * half)
+    neg = (_xyxy(noise_boxes(boxes, lam, negative=True, generator=g)) - _xyxy(boxes)) / (lam * half)
+    assert pos.abs().max() < 1 + 1e-4 and pos.abs().max() > 0.99
+    assert neg.abs().min() > 1 - 1e-4 and neg.abs().max() < 2 + 1e-4 and neg.abs().max() > 1.99
+    for moves in (pos, neg):  # each corner moves either way, independently of the others
+        assert 0.45 < (moves > 0).float().mean() < 0.55
+
+
+@pytest.mark.parametrize('lam', [0.4, 1.0, 2.0])
+def test_noised_boxes_lie_in_the_image(lam):
+    boxes = torch.cat([_random_boxes(2000, seed=3), torch.tensor([[0.5, 0.5, 1.0, 1.0], [0.05, 0.95, 0.1, 0.1]])])
+    for negative in (False, True):
+        corners = _xyxy(noise_boxes(boxes, lam, negative, generator=torch.Generator().manual_seed(0)))
+        assert corners.min() >= -1e-6 and corners.max() <= 1 + 1e-6
+
+
+def test_a_negative_can_be_a_pure_shift_or_a_pure_rescale():
+    """DINO moves the four corners independently: both x corners (and both y corners) moving the
+    same way shift a negative without resizing it; moving apart resizes it in place. Either way
+    it is at least lambda half-sides from the object at every corner."""
+    box = torch.tensor([[0.5, 0.4, 0.2, 0.1]])
+    lam, part = 0.4, torch.full((1, 4), 0.5)  # negatives add 1: each corner moves 1.5 lambda half-sides
+    shift = noise_boxes(box, lam, negative=True, draws=(torch.tensor([[1.0, -1.0, 1.0, -1.0]]), part))
+    torch.testing.assert_close(shift, torch.tensor([[0.5 + 1.5 * lam * 0.1, 0.4 - 1.5 * lam * 0.05, 0.2, 0.1]]))
+    grow = noise_boxes(box, lam, negative=True, draws=(torch.tensor([[-1.0, -1.0, 1.0, 1.0]]), part))
+    torch.testing.assert_close(grow, torch.tensor([[0.5, 0.4, 0.2 * (1 + 1.5 * lam), 0.1 * (1 + 1.5 * lam)]]))
+    # the same draws on a positive: the corners move by 0.5 lambda half-sides
+    near = noise_boxes(box, lam, draws=(torch.tensor([[1.0, -1.0, 1.0, -1.0]]), part))
+    torch.testing.assert_close(near, torch.tensor([[0.5 + 0.5 * lam * 0.1, 0.4 - 0.5 * lam * 0.05, 0.2, 0.1]]))
+
+
+def _labels_of(dn: QueryDenoising, q: DenoisingQueries) -> torch.Tensor:
+    """The noised labels of the real queries, read back from their content embedding."""
+    content = q.content[q.valid][:, :-1]
+    same = (content[:, None] == dn.label_embed.weight[None]).all(-1)
+    assert (same.sum(-1) == 1).all()
+    return same.float().argmax(-1)
+
+
+def test_label_flip_rate_at_the_defaults_is_dinos():
+    """DINO flips a label where rand < label_noise_ratio * 0.5, 0.25 at its default 0.5, to a
+    uniformly random class (possibly itself): with 100 classes 0.25 * 0.99 of the labels change."""
+    dn = QueryDenoising(num_classes=100, hidden_dim=8, box_noise=0.0, contrastive=True)
+    assert dn.label_noise == 0.25
+    targets = [dict(labels=torch.zeros(1000, dtype=torch.int64),
+                    boxes=torch.tensor([[0.5, 0.5, 0.2, 0.2]]).repeat(1000, 1))]
+    with torch.no_grad():
+        labels = _labels_of(dn, dn(targets, generator=torch.Generator().manual_seed(0)))
+    assert len(labels) == 10000  # 5 groups x (positives + negatives) x 1000 boxes
+    flipped = (labels != 0).float().mean().item() / 0.99
+    assert abs(flipped - 0.25) < 0.015
+    assert (labels[:5000] != 0).any() and (labels[5000:] != 0).any()  # negatives' labels are noised too
+
+
+def test_queries_draw_their_noise_in_the_documented_order():
+    """The real queries in query order (image, group, positives then negatives, box) draw the
+    labels' p and classes, then the boxes' signs and parts: reproduced here from the seed."""
+    dn = QueryDenoising(num_classes=3, hidden_dim=8, num_groups=2, contrastive=True)
+    with torch.no_grad():
+        q = dn(_targets(), generator=torch.Generator().manual_seed(0))
+    t = _targets()
+    order = [(0, [0, 1])] * 4 + [(1, [0])] * 4  # image 0: 2 groups x (pos, neg); image 1 the same
+    gt_labels = torch.cat([t[i]['labels'][k] for i, k in order])
+    gt_boxes = torch.cat([t[i]['boxes'][k] for i, k in order])
+    negative = torch.tensor([False, False, True, True] * 2 + [False, True] * 2)
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(12, generator=g)
+    classes = torch.randint(0, 3, (12,), generator=g)
+    sign, part = _box_draws(g, 12)
+    assert q.valid.sum() == 12
+    torch.testing.assert_close(q.boxes[q.valid], _dino_box_noise(gt_boxes, sign, part, negative, 0.4))
+    assert torch.equal(_labels_of(dn, q), torch.where(p < 0.25, classes, gt_labels))
+    assert torch.equal(q.positive[q.valid], ~negative)
 
 
 def test_attention_mask_blocks_matching_rows_and_other_groups():
@@ -231,7 +346,7 @@ def test_switched_off_the_detector_is_unchanged():
     assert plain.denoising is None
     torch.manual_seed(0)
     with_dn = DETR(TinyBackbone(), num_classes=3, num_queries=5, denoising=True, **SMALL)
-    assert with_dn.denoising.num_groups == 5 and with_dn.denoising.label_noise == 0.2
+    assert with_dn.denoising.num_groups == 5 and with_dn.denoising.label_noise == 0.25
     assert with_dn.denoising.box_noise == 0.4
     assert set(plain.state_dict()) < set(with_dn.state_dict())
     missing = set(with_dn.state_dict()) - set(plain.state_dict())

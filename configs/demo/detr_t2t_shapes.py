@@ -7,8 +7,9 @@ _base_ = ['../_base_/models/detr.py', '../_base_/datasets/shapes_detection.py',
 # minutes: with a position-aware oracle backbone, 4 / 8 / 16 / 100 queries reach AP50
 # 0.74 / 0.50 / 0.31 / 0.04 after 1000 steps (tools/detr_convergence_probe.py, README).
 # Two training-only aids make it learn on every seed (README: the per-seed table): query denoising
-# (DN-DETR's 5 groups, label flips 0.2, box noise 0.4) and an auxiliary dense head on the encoder
-# output (Co-DETR), which gives the from-scratch backbone a localisation signal from step one.
+# (DN-DETR's 5 groups, label flips 0.2, box noise 0.4) and an FCOS-style dense head on the encoder
+# output (detection/dense_head.py), which gives the from-scratch backbone a localisation signal
+# from step one.
 # Inference is plain DETR.
 # qk_scale: the released weights' embed_dim ** -0.5, which the README's figures were measured
 # with; the official code from scratch uses head_dim ** -0.5 (64 ** -0.5), the zoo's default.
