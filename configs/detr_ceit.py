@@ -2,8 +2,9 @@ _base_ = ['./_base_/models/detr.py', './_base_/datasets/coco_detection.py',
           './_base_/schedules/detr_150e.py', './_base_/default_runtime.py']
 # Schedule: mmdetection's 150 epochs (drop at 100). DETR's paper / official code: 300 epochs
 # (drop at 200), _base_/schedules/detr_300e.py in place of detr_150e.py.
-# ViTDet's window attention: 14x14-token windows, four evenly spaced global blocks (window_size=0:
-# global in every block). The stem and the first quarter of the blocks are frozen, as DETR freezes
+# ViTDet's window attention: 14x14-token windows, four evenly spaced global blocks, the last one
+# included (window_size=0: global in every block), and its decomposed relative position bias
+# (rel_pos, zero at first). The stem and the first quarter of the blocks are frozen, as DETR freezes
 # ResNet-50's stem and first stage (frozen_blocks=0 trains them all).
 model = dict(detector=dict(backbone=dict(name='ceit_s', window_size=14, global_blocks=4,
-                                         frozen_blocks=3)))
+                                         frozen_blocks=3, rel_pos=True)))

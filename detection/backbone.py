@@ -21,18 +21,19 @@ class ZooBackbone(nn.Module):
     family (:meth:`zoo.models._base.TokenBackbone.set_window_attention`); ``grad_checkpointing``
     recomputes each block's activations in backward. Both change nothing in the weights.
     ``frozen_blocks`` N freezes the stem and the first N blocks (no gradient, eval mode), as
-    DETR freezes ResNet-50's stem and first stage.
+    DETR freezes ResNet-50's stem and first stage. ``rel_pos`` adds ViTDet's decomposed
+    relative position bias (zero-initialised, so pretrained weights start as they were).
     """
 
     batch_invariant = True  # an image's maps do not depend on its batch-mates (given the mask)
 
     def __init__(self, name: str, pretrained=False, out_indices=(-1,), window_size: int = 0,
                  global_blocks=4, grad_checkpointing: bool = False, frozen_blocks: int = 0,
-                 **overrides):
+                 rel_pos: bool = False, rel_pos_size: int = 64, **overrides):
         super().__init__()
         self.body = zoo.create_model(name, pretrained=pretrained, num_classes=0, **overrides)
-        if window_size:
-            self.body.set_window_attention(window_size, global_blocks)
+        if window_size or rel_pos:
+            self.body.set_window_attention(window_size, global_blocks, rel_pos, rel_pos_size)
         if grad_checkpointing:
             self.body.set_grad_checkpointing(True)
         self.frozen = self.body.freeze_blocks(frozen_blocks) if frozen_blocks else []

@@ -28,6 +28,11 @@ class DeformableDETR(nn.Module):
     each denoising query samples around its noised box as reference (its centre when the
     matching queries' references are points), and comes back in ``dn_outputs``.
 
+    ``vitdet_pyramid``: a single-map backbone's simple pyramid levels take ViTDet's 1x1 + LN,
+    3x3 + LN convolutions (:class:`~detection.neck.ViTDetLevelProjection`) instead of a 1x1 conv
+    + GroupNorm (off by default so earlier checkpoints keep their layout; on in the ViT-family
+    configs).
+
     ``dense_aux`` (True, or a dict of ``FCOSDenseHead`` arguments plus ``stride``, 32 unless
     given) adds DETR's FCOS-style dense head (see ``DETR``) for training, on the encoder memory of
     one level, the one whose stride is nearest ``stride`` (the stride of DETR's map), with that
@@ -45,12 +50,14 @@ class DeformableDETR(nn.Module):
                  ffn_dim: int = 1024, dropout: float = 0.1, num_feature_levels: int = 4,
                  enc_points: int = 4, dec_points: int = 4, with_box_refine: bool = False,
                  two_stage: bool = False, aux_loss: bool = True,
-                 denoising: bool | dict | None = None, dense_aux: bool | dict | None = None):
+                 denoising: bool | dict | None = None, dense_aux: bool | dict | None = None,
+                 vitdet_pyramid: bool = False):
         super().__init__()
         self.backbone = build_backbone(**backbone) if isinstance(backbone, dict) else backbone
         self.num_classes, self.aux_loss = num_classes, aux_loss
         self.with_box_refine, self.two_stage = with_box_refine, two_stage
-        self.neck = MultiScaleNeck(self.backbone.feature_info, hidden_dim, num_feature_levels)
+        self.neck = MultiScaleNeck(self.backbone.feature_info, hidden_dim, num_feature_levels,
+                                   vitdet_convs=vitdet_pyramid)
         self.position = SinePositionEncoding(hidden_dim // 2, offset=-0.5)
         self.transformer = DeformableTransformer(
             hidden_dim, num_heads, enc_layers, dec_layers, ffn_dim, dropout, num_feature_levels,

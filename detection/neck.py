@@ -27,12 +27,15 @@ def masked_group_norm(x: torch.Tensor, norm: nn.GroupNorm, real: torch.Tensor) -
     return y * real.to(x.dtype)
 
 
-def project(proj: nn.Sequential, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """An input projection (conv, GroupNorm) of x (B, C, h, w); with the padding ``mask``
-    (B, H, W) its input is zeroed on the padding and its norm counts the real cells only."""
-    conv, norm = proj
+def project(proj: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """An input projection (conv + GroupNorm, or ViTDet's convs) of x (B, C, h, w); with the
+    padding ``mask`` (B, H, W) its input is zeroed on the padding and its norm counts the real
+    cells only."""
+    if isinstance(proj, ViTDetLevelProjection):
+        return proj(x, None if mask is None else real_cells(mask, x.shape[-2:]))
     if mask is None:
         return proj(x)
+    conv, norm = proj
     y = conv(x * real_cells(mask, x.shape[-2:]).to(x.dtype))
     return masked_group_norm(y, norm, real_cells(mask, y.shape[-2:]))
 
@@ -56,6 +59,35 @@ class SimpleFeaturePyramid(nn.Module):
         return [self.up(x), x, self.down(x)]
 
 
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a map (N, C, H, W), at each position (ViTDet's norm)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ViTDetLevelProjection(nn.Module):
+    """ViTDet's per-level convolutions of the simple feature pyramid (Li et al., ECCV 2022,
+    Sec. 3 and Fig. 2; detectron2's SimpleFeaturePyramid): 1x1 conv + LayerNorm, then 3x3 conv
+    + LayerNorm, both convs without bias. (N, C, h, w) -> (N, out_channels, h, w)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.lateral = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.lateral_norm = LayerNorm2d(out_channels, eps=1e-6)
+        self.output = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.output_norm = LayerNorm2d(out_channels, eps=1e-6)
+
+    def forward(self, x: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+        """``real`` (N, 1, h, w), 1 at an image's real cells: the 3x3 conv reads zeros on its
+        padding (the norms are per position, so they need no mask)."""
+        x = self.lateral_norm(self.lateral(x))
+        if real is not None:
+            x = x * real.to(x.dtype)
+        x = self.output_norm(self.output(x))
+        return x if real is None else x * real.to(x.dtype)
+
+
 def _proj(in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1) -> nn.Sequential:
     conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2)
     nn.init.xavier_uniform_(conv.weight)
@@ -69,7 +101,9 @@ class MultiScaleNeck(nn.Module):
     Each backbone map goes through a 1x1 conv + GroupNorm(32); the missing coarser levels come
     from 3x3 stride-2 conv + GroupNorm, the first from the last backbone map, the next from the
     previous extra level (as the official code). A single map (plain ViTs) is first expanded by a
-    simple feature pyramid to strides s/2, s, 2s.
+    simple feature pyramid to strides s/2, s, 2s; with ``vitdet_convs`` its levels then take
+    ViTDet's 1x1 + LayerNorm, 3x3 + LayerNorm (:class:`ViTDetLevelProjection`) in place of the
+    1x1 conv + GroupNorm.
 
     forward(maps: list of (N, C_i, H_i, W_i), mask) -> list of (N, hidden_dim, H_l, W_l);
     ``strides`` lists each level's stride. With the padding ``mask`` (N, H, W) each image's
@@ -78,7 +112,7 @@ class MultiScaleNeck(nn.Module):
     """
 
     def __init__(self, feature_info: list[dict], hidden_dim: int = 256, num_levels: int = 4,
-                 simple_pyramid: bool | None = None):
+                 simple_pyramid: bool | None = None, vitdet_convs: bool = False):
         super().__init__()
         if simple_pyramid is None:
             simple_pyramid = len(feature_info) == 1 and num_levels > 1
@@ -93,8 +127,9 @@ class MultiScaleNeck(nn.Module):
         channels = [f['channels'] for f in feature_info]
         num_extra = num_levels - len(channels)
         extra_in = (channels[-1:] + [hidden_dim] * (num_extra - 1))[:num_extra]
+        level_proj = ViTDetLevelProjection if vitdet_convs and simple_pyramid else _proj
         self.input_proj = nn.ModuleList(
-            [_proj(c, hidden_dim) for c in channels]
+            [level_proj(c, hidden_dim) for c in channels]
             + [_proj(c, hidden_dim, kernel_size=3, stride=2) for c in extra_in])
         self.num_inputs = len(channels)
         self.strides = ([f['stride'] for f in feature_info]

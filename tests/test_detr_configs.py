@@ -107,14 +107,17 @@ def test_family_trains_and_evaluates_through_its_config(config, tiny_batch):
 
 @pytest.mark.parametrize('family', ['vit', 'deit', 'deepvit', 'cait', 'cpvt', 'ceit', 't2t'])
 def test_token_family_configs_ship_window_attention_and_stride_32(family):
-    """As ViTDet: 14 x 14-token windows with four evenly spaced global blocks; DETR reads the
-    stride-32 map, as it reads R50's C5."""
+    """As ViTDet: 14 x 14-token windows with four global blocks, the last one included, and the
+    decomposed relative position bias; Deformable DETR's pyramid levels take ViTDet's convs; DETR
+    reads the stride-32 map, as it reads R50's C5."""
     for prefix in ('detr', 'deformable_detr'):
         cfg = Config.fromfile(os.path.join(ROOT, 'configs', f'{prefix}_{family}.py'))
         backbone = cfg.model.detector.backbone
-        assert backbone.window_size == 14 and backbone.global_blocks in (4, [2, 5, 8, 10]), prefix
+        assert backbone.window_size == 14 and backbone.global_blocks in (4, [2, 5, 8, 15]), prefix
+        assert backbone.rel_pos is True, prefix
         assert backbone.frozen_blocks >= 3, prefix  # the stem and a quarter of the blocks
     assert cfg.model.detector.get('feature_stride') is None  # Deformable DETR reads every level
+    assert cfg.model.detector.vitdet_pyramid is True
     cfg = Config.fromfile(os.path.join(ROOT, 'configs', f'detr_{family}.py'))
     assert cfg.model.detector.feature_stride == 32
     name = cfg.model.detector.backbone.name
@@ -122,9 +125,9 @@ def test_token_family_configs_ship_window_attention_and_stride_32(family):
                          'model.detector.backbone.pretrained': False})
     net = MODELS.build(cfg.model).net
     windows = [b.window_size for b in net.backbone.body.window_blocks]
-    assert windows.count(0) == 4 and set(windows) == {0, 14}
-    # the last block is global (ViTDet), except DeepViT's windowed re-attention blocks
-    assert (windows[-1] == 0) == (family != 'deepvit')
+    assert windows.count(0) == 4 and set(windows) == {0, 14} and windows[-1] == 0  # ends global
+    tables = [b.attn.rel_pos_h.shape[0] for b in net.backbone.body.window_blocks]
+    assert tables == [2 * (w or 64) - 1 for w in windows]
     feat = net.feature_pool(net.backbone(torch.randn(1, 3, 64, 96))[-1])
     assert feat.shape[-2:] == (2, 3)
 

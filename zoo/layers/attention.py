@@ -4,7 +4,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .helpers import to_2tuple
 from .linear import Linear, needs_plain_ops
+from .rel_pos import RelPosBias, resize_rel_pos_table
 
 
 def softmax_key_mask(key_mask: torch.Tensor) -> torch.Tensor:
@@ -98,28 +100,72 @@ class Attention(nn.Module):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = Linear(inner_dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.rel_pos_h = self.rel_pos_w = None
 
-    def attention_map(self, q: torch.Tensor, k: torch.Tensor,
-                      key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """q: (B, h, Nq, d), k: (B, h, Nk, d) -> softmax(q k^T * scale): (B, h, Nq, Nk).
-        ``key_mask`` (B, Nk), False at keys no query may attend to (window padding)."""
+    def set_rel_pos(self, size) -> None:
+        """Add ViTDet's decomposed relative position bias (:mod:`zoo.layers.rel_pos`): zero
+        tables ``rel_pos_h`` / ``rel_pos_w`` (2S - 1, head_dim) for offsets up to S - 1 along
+        each axis (``size`` S, or (S_h, S_w)); a falsy ``size`` removes them. The attention then
+        needs the token grid, with no prefix tokens (detection mode)."""
+        if not size:
+            self.rel_pos_h = self.rel_pos_w = None
+            return
+        weight = self.qkv.weight
+        self.rel_pos_h, self.rel_pos_w = (
+            nn.Parameter(torch.zeros(2 * s - 1, self.head_dim, device=weight.device, dtype=weight.dtype))
+            for s in to_2tuple(size))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A checkpoint without the tables (a classifier, a detector saved before they existed)
+        # loads with them at their zero init; one trained at another size is resampled.
+        for name in ('rel_pos_h', 'rel_pos_w'):
+            table = getattr(self, name)
+            if table is not None:
+                key = prefix + name
+                state_dict[key] = (torch.zeros_like(table) if key not in state_dict
+                                   else resize_rel_pos_table(state_dict[key], table.shape[0]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def rel_pos_bias(self, q: torch.Tensor, grid: tuple[int, int] | None) -> RelPosBias | None:
+        """The relative position bias of queries q (B, h, N, d) on ``grid``, or None when off."""
+        if self.rel_pos_h is None:
+            return None
+        if grid is None or q.shape[2] != grid[0] * grid[1]:
+            raise ValueError(f'relative position bias needs the patch grid and the patch tokens alone '
+                             f'(got {q.shape[2]} tokens for grid {grid}): it is for detection mode '
+                             '(forward_feature_maps), where the class tokens are dropped')
+        return RelPosBias(q, self.rel_pos_h, self.rel_pos_w, grid)
+
+    def attention_map(self, q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None = None,
+                      bias: torch.Tensor | None = None) -> torch.Tensor:
+        """q: (B, h, Nq, d), k: (B, h, Nk, d) -> softmax(q k^T * scale + bias): (B, h, Nq, Nk).
+        ``key_mask`` (B, Nk), False at keys no query may attend to (window or image padding);
+        ``bias`` (B, h, Nq, Nk) or None (the relative position bias)."""
         if torch.is_grad_enabled() or needs_plain_ops():
-            return mask_keys(((q * self.scale) @ k.transpose(-2, -1)), key_mask).softmax(dim=-1)
+            logits = (q * self.scale) @ k.transpose(-2, -1)
+            return mask_keys(logits if bias is None else logits + bias, key_mask).softmax(dim=-1)
         # Without autograd: the scale inside the product and the softmax in place, two passes
-        # over the map fewer (ViT-S bfloat16 inference 4% faster).
-        logits = mask_keys(scaled_product(q, k.transpose(-2, -1), self.scale), key_mask)
+        # over the map fewer.
+        logits = scaled_product(q, k.transpose(-2, -1), self.scale)
+        if bias is not None:
+            logits += bias
+        logits = mask_keys(logits, key_mask)
         return torch.softmax(logits, dim=-1, out=logits)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               return_attention: bool = False, key_mask: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+               return_attention: bool = False, key_mask: torch.Tensor | None = None,
+               bias: RelPosBias | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """q, k, v: (B, h, N, d) -> (B, h, Nq, d) and the map (B, h, Nq, Nk) or None."""
         if self.fused and not return_attention and not explicit_is_faster(q, k):
+            mask = None if key_mask is None else softmax_key_mask(key_mask)[:, None, None, :]
+            if bias is not None:
+                full = bias.rows()
+                mask = full if mask is None else full.masked_fill(~mask, float('-inf'))
             out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=None if key_mask is None else softmax_key_mask(key_mask)[:, None, None, :],
-                dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale)
+                q, k, v, attn_mask=mask, dropout_p=self.attn_drop.p if self.training else 0.0,
+                scale=self.scale)
             return out, None
-        attn = self.attention_map(q, k, key_mask)
+        attn = self.attention_map(q, k, key_mask, None if bias is None else bias.rows())
         return self.attn_drop(attn) @ v, attn
 
     def forward(self, x: torch.Tensor, return_attention: bool = False,
@@ -129,6 +175,6 @@ class Attention(nn.Module):
         that are no key (window or image padding)."""
         q, k, v = rearrange(self.qkv(x), 'b n (three h d) -> three b h n d',
                             three=3, h=self.num_heads).unbind(0)
-        out, attn = self.attend(q, k, v, return_attention, key_mask)
+        out, attn = self.attend(q, k, v, return_attention, key_mask, self.rel_pos_bias(q, grid))
         out = self.proj_drop(self.proj(rearrange(out, 'b h n d -> b n (h d)')))
         return (out, attn) if return_attention else out

@@ -9,7 +9,7 @@ from .attention import Attention
 from .drop import DropPath
 from .layer_scale import LayerScale
 from .mlp import Mlp
-from .window import window_merge, window_partition
+from .window import window_merge, window_partition, window_shape
 
 LayerNorm6 = partial(nn.LayerNorm, eps=1e-6)
 
@@ -64,6 +64,7 @@ class Block(nn.Module):
                                  f'(got {x.shape[1]} tokens for grid {grid}): drop the class tokens '
                                  'first, as forward_feature_maps does')
             windows, key_mask = window_partition(x, grid, self.window_size, valid)
+            kw['grid'] = window_shape(grid, self.window_size)  # the attention's grid is the window
             if key_mask is not None:
                 kw['key_mask'] = key_mask
             y = self.attn(windows, return_attention=return_attention, **kw)

@@ -39,6 +39,9 @@ def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int],
     return torch.cat([prefix, grid_rows], dim=1)
 
 
+# Eager under torch.compile: the grids are data (read from the padding mask), and a compiled graph
+# would take them as symbolic sizes, which the antialiased bicubic backward does not accept.
+@torch.compiler.disable
 def resample_pos_embed_per_image(pos_embed: torch.Tensor, grid: tuple[int, int],
                                  real_grids: torch.Tensor, old_grid: tuple[int, int] | None = None,
                                  num_prefix_tokens: int = 1, **kwargs) -> torch.Tensor:

@@ -77,14 +77,14 @@ class ReAttention(Attention):
         self.head_norm = nn.BatchNorm2d(num_heads)
         self.map_scale = self.scale if scale_map else 1.0
 
-    def attention_map(self, q: torch.Tensor, k: torch.Tensor,
-                      key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def attention_map(self, q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None = None,
+                      bias: torch.Tensor | None = None) -> torch.Tensor:
         """q: (B, h, Nq, d), k: (B, h, Nk, d) -> re-generated map (B, h, Nq, Nk). Masked keys
         (``key_mask`` (B, Nk) False) get zero weight in the re-generated map as well: the head
         mixing's bias and the norm would otherwise give them some. In training, the norm's
         statistics count the pairs of a real query (when Nq == Nk the queries are the keys'
         tokens; otherwise every query row counts) and a real key."""
-        attn = self.map_drop(super().attention_map(q, k, key_mask))
+        attn = self.map_drop(super().attention_map(q, k, key_mask, bias))
         mixed = mix_heads(attn, self.head_mix.weight.flatten(1), self.head_mix.bias)
         if key_mask is None or not self.head_norm.training:
             return zero_masked_keys(self.head_norm(mixed) * self.map_scale, key_mask)

@@ -46,7 +46,7 @@ class SEAttention(Attention):
 
     def forward(self, x: torch.Tensor, return_attention: bool = False,
                 grid: tuple[int, int] | None = None, key_mask: torch.Tensor | None = None):
-        out = super().forward(x, return_attention, key_mask=key_mask)
+        out = super().forward(x, return_attention, grid, key_mask)
         out, attn = out if return_attention else (out, None)
         out = self.se_drop(self.se(out, key_mask))
         return (out, attn) if return_attention else out

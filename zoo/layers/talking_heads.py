@@ -4,6 +4,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import Attention, mask_keys, mix_heads, zero_masked_keys
 from .linear import Linear
+from .rel_pos import RelPosBias
 
 
 class TalkingHeadsAttention(Attention):
@@ -32,26 +33,32 @@ class TalkingHeadsAttention(Attention):
         self.proj_w = Linear(num_heads, num_heads)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               return_attention: bool = False, key_mask: torch.Tensor | None = None):
+               return_attention: bool = False, key_mask: torch.Tensor | None = None,
+               bias: RelPosBias | None = None):
         b, h, nq, nk = *q.shape[:3], k.shape[-2]
         if return_attention or b * h * nq * nk <= self.max_map_elements:
-            return super().attend(q, k, v, return_attention, key_mask)
+            return super().attend(q, k, v, return_attention, key_mask, bias)
         rows = max(1, self.max_map_elements // (b * h * nk))
         recompute = torch.is_grad_enabled()
 
-        def attend_rows(q_rows):
-            return self.attn_drop(self.attention_map(q_rows, k, key_mask)) @ v
-        outs = [checkpoint(attend_rows, q_rows, use_reentrant=False) if recompute else attend_rows(q_rows)
-                for q_rows in q.split(rows, dim=2)]
+        def attend_rows(q_rows, start):
+            rows_bias = None if bias is None else bias.rows(start, start + q_rows.shape[2])
+            return self.attn_drop(self.attention_map(q_rows, k, key_mask, rows_bias)) @ v
+        outs = [checkpoint(attend_rows, q_rows, i * rows, use_reentrant=False) if recompute
+                else attend_rows(q_rows, i * rows)
+                for i, q_rows in enumerate(q.split(rows, dim=2))]
         return torch.cat(outs, dim=2), None
 
-    def attention_map(self, q: torch.Tensor, k: torch.Tensor,
-                      key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def attention_map(self, q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None = None,
+                      bias: torch.Tensor | None = None) -> torch.Tensor:
         """q: (B, h, Nq, d), k: (B, h, Nk, d) -> proj_w(softmax(proj_l(q*scale @ k^T))),
         (B, h, Nq, Nk). Masked keys (``key_mask`` (B, Nk) False) are set to -inf after the
         first head mixing (before it, -inf would spread over every head) and to zero after the
         second, whose bias would otherwise give them weight."""
         # Scale q before the product, as the official code does, so fp32 results match it exactly.
-        logits = mix_heads((q * self.scale) @ k.transpose(-2, -1), self.proj_l.weight, self.proj_l.bias)
+        logits = (q * self.scale) @ k.transpose(-2, -1)
+        if bias is not None:  # position enters with the logits, before the heads talk
+            logits = logits + bias
+        logits = mix_heads(logits, self.proj_l.weight, self.proj_l.bias)
         attn = mask_keys(logits, key_mask).softmax(dim=-1)
         return zero_masked_keys(mix_heads(attn, self.proj_w.weight, self.proj_w.bias), key_mask)

@@ -208,11 +208,15 @@ class TokenBackbone(nn.Module):
         its global blocks count."""
         return [b for b in self.blocks if isinstance(b, Block)]
 
-    def set_window_attention(self, window_size: int = 14, global_blocks=4) -> None:
+    def set_window_attention(self, window_size: int = 14, global_blocks=4, rel_pos: bool = False,
+                             rel_pos_size: int = 64) -> None:
         """Window attention in the patch blocks (ViTDet, Li et al. 2022) for
         :meth:`forward_feature_maps`: ``window_size`` x ``window_size`` token windows, except
         the ``global_blocks`` (a count, spread evenly with the last block included, or a list
         of block indices) that keep global attention. ``window_size=0`` turns windows off.
+        ``rel_pos`` adds ViTDet's decomposed relative position bias to every block, zero at
+        first (:mod:`zoo.layers.rel_pos`): window blocks cover the window's offsets, global
+        blocks ``rel_pos_size`` tokens (ViTDet's 1024 px canvas at stride 16 by default).
         Classification (forward / forward_features, class token present) must run without."""
         blocks = self.window_blocks
         if isinstance(global_blocks, int):
@@ -223,6 +227,7 @@ class TokenBackbone(nn.Module):
         keep_global = {i % len(blocks) for i in global_blocks}
         for i, block in enumerate(blocks):
             block.window_size = 0 if i in keep_global else int(window_size)
+            block.attn.set_rel_pos((block.window_size or rel_pos_size) if rel_pos else None)
 
     def stem_and_blocks(self, num_blocks: int) -> list[nn.Module]:
         """The modules that run before block ``num_blocks``: the stem and the first blocks (a

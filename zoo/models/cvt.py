@@ -177,7 +177,8 @@ class ConvolutionalVisionTransformer(TokenBackbone):
             left -= len(stage.blocks)
         return modules
 
-    def set_window_attention(self, window_size: int = 14, global_blocks=4) -> None:
+    def set_window_attention(self, window_size: int = 14, global_blocks=4, rel_pos: bool = False,
+                             rel_pos_size: int = 64) -> None:
         raise ValueError('CvT has no window attention: its keys and values are already taken on '
                          'a grid strided by 2 (a quarter of the tokens), and its first stages are '
                          'shallow: set model.detector.backbone.window_size=0 (or use configs/*_cvt.py)')
