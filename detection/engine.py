@@ -12,19 +12,21 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import DATASETS, FUNCTIONS, HOOKS, METRICS, MODELS
 
 import zoo.engine  # noqa: F401  (checkpoint loading fix, optimiser constructor)
+from zoo.divergence import DIVERGED, Diverged
 
+from .backbone import build_backbone
 from .checkpoints import LAYOUTS, to_detector_layout
 from .coco_eval import coco_evaluate
 from .criterion import SetCriterion
 from .data.coco import CocoDetection, collate_detection
 from .data.folder import check_class_count
 from .deformable_detr import DeformableDETR
+from .denoising import QueryDenoising
+from .dense_head import FCOSDenseHead
 from .detr import DETR, postprocess
 from .matcher import HungarianMatcher
 
 DETECTORS = {'DETR': DETR, 'DeformableDETR': DeformableDETR}
-_DIVERGED = ('Training stops here and the last saved checkpoint is kept; resume from it with a '
-             'lower learning rate, gradient clipping on (optim_wrapper.clip_grad), or without --amp.')
 
 
 # What the official training scripts save next to the weights ('model').
@@ -78,6 +80,18 @@ class Detector(BaseModel):
                                       focal=focal, **(criterion or {}))
         self._register_load_state_dict_pre_hook(load_foreign_layouts, with_module=True)
 
+    @staticmethod
+    def config_callees(model_cfg: dict) -> dict:
+        """What each nested dict of a Detector config is handed to, by its path under ``model``,
+        so that ``zoo.config_check`` can check its keys against the signature (and accept an
+        argument the config file does not write)."""
+        callees = {'matcher': HungarianMatcher, 'criterion': SetCriterion}
+        net = DETECTORS.get((model_cfg.get('detector') or {}).get('type', 'DETR'))
+        if net is not None:
+            callees.update({'detector': net, 'detector.backbone': build_backbone,
+                            'detector.denoising': QueryDenoising, 'detector.dense_aux': FCOSDenseHead})
+        return callees
+
     def forward(self, inputs, masks=None, data_samples=None, mode='tensor'):
         if masks is None:
             masks = torch.zeros(inputs.shape[0], *inputs.shape[-2:], dtype=torch.bool, device=inputs.device)
@@ -88,13 +102,13 @@ class Detector(BaseModel):
             return outputs
         if mode == 'loss':
             if not (torch.isfinite(outputs['pred_logits']).all() and torch.isfinite(outputs['pred_boxes']).all()):
-                raise FloatingPointError('the detector produced non-finite logits or boxes. ' + _DIVERGED)
+                raise FloatingPointError('the detector produced non-finite logits or boxes. ' + DIVERGED)
             losses = self.criterion(outputs, data_samples)
             if 'dense_outputs' in outputs:
                 losses.update(self.net.dense_head.loss(outputs['dense_outputs'], data_samples))
             if not torch.isfinite(sum(losses.values())):
                 values = {k: round(v.item(), 4) for k, v in losses.items()}
-                raise FloatingPointError(f'non-finite training loss {values}. ' + _DIVERGED)
+                raise FloatingPointError(f'non-finite training loss {values}. ' + DIVERGED)
             return losses
         if mode == 'predict':
             sizes = torch.stack([t['orig_size'] for t in data_samples]).to(inputs.device)
@@ -119,6 +133,17 @@ def predictions_to_coco(predictions: list[dict], cat_ids: list[int]) -> list[dic
     return results
 
 
+def check_finite_prediction(pred: dict) -> None:
+    """Refuse a prediction whose boxes or scores are NaN or inf: COCOeval scores them as if they
+    were detections (a diverged model got AP 0.15 from NaN boxes), so a broken model would get a
+    number instead of an error."""
+    if not (torch.isfinite(pred['boxes']).all() and torch.isfinite(pred['scores']).all()):
+        raise Diverged(f'image id {pred["image_id"]}: the model\'s boxes or scores are non-finite (NaN or inf), so '
+                       'the model diverged; such detections are not scored. Evaluate an earlier checkpoint of '
+                       'the run, or train again from one with a lower learning rate or gradient clipping '
+                       '(optim_wrapper.clip_grad).')
+
+
 @METRICS.register_module()
 class CocoMetric(BaseMetric):
     """COCO box mAP over the whole evaluation set, correct in distributed runs.
@@ -137,6 +162,7 @@ class CocoMetric(BaseMetric):
 
     def process(self, data_batch, data_samples) -> None:
         for pred in data_samples:
+            check_finite_prediction(pred)
             self.results.append((pred['image_id'], predictions_to_coco([pred], self.dataset_meta['cat_ids'])))
 
     def compute_metrics(self, results) -> dict:
@@ -154,9 +180,10 @@ class CocoMetric(BaseMetric):
 class RegisteredCocoDetection(CocoDetection):
     """CocoDetection built from a config: ``transforms`` is a dict naming a recipe in
     ``detection.data.transforms`` with its arguments, and ``metainfo`` tells the metric how
-    labels map back to category ids."""
+    labels map back to category ids. ``fix_sizes=True`` takes image sizes from the files where the
+    json disagrees (``CocoDetection``)."""
 
-    def __init__(self, img_dir, ann_file, transforms=None, train=True, synthetic=None):
+    def __init__(self, img_dir, ann_file, transforms=None, train=True, synthetic=None, fix_sizes=False):
         from .data import transforms as recipes
         if synthetic is not None:
             from .data.synthetic import make_shapes_dataset
@@ -166,7 +193,7 @@ class RegisteredCocoDetection(CocoDetection):
         if isinstance(transforms, dict):
             transforms = dict(transforms)
             transforms = getattr(recipes, transforms.pop('type'))(**transforms)
-        super().__init__(img_dir, ann_file, transforms=transforms, train=train)
+        super().__init__(img_dir, ann_file, transforms=transforms, train=train, fix_sizes=fix_sizes)
         self.metainfo = dict(classes=self.classes, cat_ids=self.cat_ids, ann_file=ann_file)
 
 

@@ -23,7 +23,6 @@ import torch
 from mmengine.config import Config, DictAction
 from mmengine.registry import DATASETS, MODELS
 from PIL import Image, ImageDraw, ImageFont
-from torchvision.io import decode_image
 from torchvision.ops import box_convert
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import make_grid
@@ -32,9 +31,10 @@ import detection.engine  # noqa: F401
 from detection.data import transforms as recipes
 from detection.data.coco import collate_detection
 from detection.data.folder import add_data_arguments, apply_data_arguments
+from detection.data.images import image_size, read_image
 from zoo.allocator import reuse_freed_memory
 from zoo.engine import autocast_for, without_pretrained
-from zoo.pretrained import read_checkpoint
+from zoo.pretrained import load_exactly
 
 COLORS = ['#e6194b', '#3cb44b', '#4363d8', '#f58231', '#911eb4', '#42d4f4', '#f032e6', '#bfef45']
 
@@ -42,15 +42,11 @@ COLORS = ['#e6194b', '#3cb44b', '#4363d8', '#f58231', '#911eb4', '#42d4f4', '#f0
 def load_detector(cfg: Config, checkpoint: str):
     """The config's detector with the checkpoint's weights, and the class names the checkpoint
     was trained with (mmengine stores the dataset's metainfo in it). A checkpoint of another
-    detector raises a ValueError that names the disagreeing keys."""
+    detector raises a ValueError that names the disagreeing keys, as tools/test.py does
+    (``zoo.pretrained.load_exactly``)."""
     model = MODELS.build(without_pretrained(cfg.model))  # the checkpoint replaces every weight
-    state = read_checkpoint(checkpoint)
-    try:  # other layouts (official, Hugging Face, earlier ones) convert in Detector's load hook
-        model.load_state_dict(state.get('state_dict', state))
-    except RuntimeError as e:
-        raise ValueError(f'{checkpoint} is not a checkpoint of this config\'s detector: {str(e)[:600]} '
-                         '... Pass the checkpoint trained with this config, or the config it was '
-                         'trained with') from e
+    # other layouts (official, Hugging Face, earlier ones) convert in Detector's load hook
+    state = load_exactly(model, checkpoint)
     classes = state.get('meta', {}).get('dataset_meta', {}).get('classes')
     classes = classes or [str(i) for i in range(cfg.model.num_classes)]
     return model.eval(), list(classes)
@@ -91,6 +87,34 @@ def draw(image_uint8: torch.Tensor, pred: dict, classes: list[str], score_thr: f
         canvas.rectangle([x, y, x + tw, y + th], fill=color)
         canvas.text((x + line - left, y + line - top), text, fill='white', font=font)
     return TF.pil_to_tensor(img)
+
+
+def read_config(path: str) -> Config:
+    """The config at ``path``; a missing file ends the command with "config not found: PATH"."""
+    if not osp.isfile(path):
+        raise SystemExit(f'error: config not found: {path} (give the path of a config file, e.g. '
+                         f'configs/demo/detr_t2t_shapes.py)')
+    return Config.fromfile(path)
+
+
+def check_images(paths: list[str]) -> None:
+    """Every input image exists and PIL recognises it (headers alone are read), so a wrong path
+    ends the command with one line naming the file before the model is loaded."""
+    for path in paths:
+        try:
+            image_size(path)
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f'error: {e}') from None
+
+
+def read_input(path: str) -> torch.Tensor:
+    """The image at ``path`` as (3, H, W) uint8, read as the dataset reads it (``read_image``: any
+    PIL mode, 16-bit and float images by their real range); an unreadable file ends the command
+    with one line naming it."""
+    try:
+        return TF.pil_to_tensor(read_image(path))
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f'error: {e}') from None
 
 
 def save(img: torch.Tensor, path: str) -> None:
@@ -134,12 +158,13 @@ def main(argv=None):
     add_data_arguments(p)
     args = p.parse_args(argv)
     reuse_freed_memory()
-    cfg = Config.fromfile(args.config)
+    cfg = read_config(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     apply_data_arguments(cfg, args)
     if args.score_thr is None:
         args.score_thr = 0.3 if cfg.model.get('focal') else 0.5
+    check_images(args.images)
     if args.checkpoint.endswith('.onnx'):  # tools/export.py's graph, run in onnxruntime
         if args.amp:
             raise SystemExit('--amp: an exported .onnx graph runs in float32; drop --amp')
@@ -162,7 +187,7 @@ def run(args, cfg, model, classes):
     test_cfg = dict(cfg.val_dataloader.dataset.transforms)
     transform = getattr(recipes, test_cfg.pop('type'))(**test_cfg)
     for path in args.images:
-        img = decode_image(path, mode='RGB')
+        img = read_input(path)
         x = transform(img)
         h, w = img.shape[-2:]
         batch = collate_detection([(x, dict(image_id=0, orig_size=torch.tensor([h, w])))])

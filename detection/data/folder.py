@@ -53,7 +53,7 @@ def find_splits(root: str) -> dict[str, tuple[str, str]]:
 
 
 def read_split(ann_file: str, img_dir: str) -> dict:
-    """Checks one split (a COCO json, categories present, every listed image on disk) -> dict(
+    """Checks one split (a COCO json, categories and images present, every listed image on disk) -> dict(
     classes: names in label order (sorted category ids), images, boxes, max_objects: the most
     boxes on one image)."""
     with open(ann_file) as f:
@@ -68,6 +68,10 @@ def read_split(ann_file: str, img_dir: str) -> dict:
     _check_annotation_file(data, ann_file)
     if not data['categories']:
         raise ValueError(f'{ann_file}: "categories" is empty; list every class as {{"id": ..., "name": ...}}')
+    if not data['images']:
+        raise ValueError(f'{ann_file}: "images" is empty, so this split has nothing to train on or evaluate. List '
+                         f'its images; a set without a separate val split can copy or link the train json and '
+                         f'folder to the val names')
     missing = [img['file_name'] for img in data['images'] if not osp.isfile(osp.join(img_dir, img['file_name']))]
     if missing:
         raise FileNotFoundError(f'{len(missing)} of the {len(data["images"])} images listed in {ann_file} are '
