@@ -17,16 +17,13 @@ from mmengine.registry import (DATA_SAMPLERS, DATASETS, FUNCTIONS, METRICS, MODE
 from torch import nn
 
 import zoo.engine  # noqa: F401  (checkpoint loading fix, CPU torchrun)
+from zoo.divergence import DIVERGED
 
 from . import transforms as recipes
 from .data import FashionMNIST, ImageFolderDataset
 from .distillation import DistillationLoss, build_network, build_teacher
 from .samplers import RepeatAugSampler
 from .transforms import classification_collate
-
-_DIVERGED = ('Training stops here and the last saved checkpoint is kept; resume from it with a '
-             'lower learning rate, gradient clipping on (optim_wrapper.clip_grad), or without '
-             '--amp.')
 
 
 @MODELS.register_module()
@@ -79,6 +76,13 @@ class Classifier(BaseModel):
             # is out of the optimiser (no weight decay either) and out of DDP's gradient sync.
             head_dist.requires_grad_(False)
 
+    @staticmethod
+    def config_callees(model_cfg: dict) -> dict:
+        """What each nested dict of a Classifier config is handed to, by its path under ``model``,
+        so that ``zoo.config_check`` can check its keys against the signature (and accept an
+        argument the config file does not write)."""
+        return {'backbone': build_network, 'distillation': DistillationLoss, 'distillation.teacher': build_teacher}
+
     def distillation_loss(self) -> DistillationLoss | None:
         if self.distillation_cfg is not None and self._distill is None:
             cfg = dict(self.distillation_cfg)
@@ -125,7 +129,7 @@ class Classifier(BaseModel):
             losses = dict(loss_cls=base_loss(outputs))
         if not torch.isfinite(sum(losses.values())):
             values = {k: round(v.item(), 4) for k, v in losses.items()}
-            raise FloatingPointError(f'non-finite training loss {values}. ' + _DIVERGED)
+            raise FloatingPointError(f'non-finite training loss {values}. ' + DIVERGED)
         return losses
 
 

@@ -21,6 +21,7 @@ from mmengine.config import Config, DictAction
 import detection.engine  # noqa: F401  (registers Detector)
 from detection.export import OnnxDetector, export_onnx
 from infer import load_detector
+from zoo.config_check import merge_options
 
 
 def build(config: str, checkpoint: str | None, cfg_options=None):
@@ -30,9 +31,7 @@ def build(config: str, checkpoint: str | None, cfg_options=None):
     if not osp.isfile(config):
         raise SystemExit(f'config {config} not found; the detector configs are configs/detr_*.py and '
                          'configs/deformable_detr_*.py')
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    cfg = merge_options(Config.fromfile(config), cfg_options)  # misspelt keys: the nearest names
     if cfg.get('model', {}).get('type') != 'Detector':
         raise SystemExit(f'{config} builds {cfg.get("model", {}).get("type")!r}, not a detector: '
                          'tools/export.py exports DETR and Deformable DETR configs')

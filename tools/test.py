@@ -18,9 +18,17 @@ import detection.engine  # noqa: F401
 from detection.data.folder import add_data_arguments, apply_data_arguments
 from zoo.engine import (Runner, add_runtime_arguments, apply_runtime_arguments, close_distributed, load_config,
                         use_amp_evaluation, without_pretrained)
+from zoo.stop import stop_cleanly
 
 
 def main(argv=None):
+    """Evaluate. A misspelt config key, an unreadable checkpoint or one of another model, and a
+    diverged model stop with their message, no traceback (``zoo.stop``)."""
+    with stop_cleanly():
+        return evaluate(argv)
+
+
+def evaluate(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('config')
     p.add_argument('checkpoint')
@@ -42,6 +50,7 @@ def main(argv=None):
     apply_data_arguments(cfg, args)
     apply_runtime_arguments(cfg, args)
     cfg.load_from = args.checkpoint
+    cfg.strict_load = True  # another architecture or class count stops, as in infer.py and export.py
     cfg.model = without_pretrained(cfg.model)  # the checkpoint replaces every weight: fetch nothing
     if args.amp:
         use_amp_evaluation(cfg, None if args.amp_dtype == 'auto' else args.amp_dtype)

@@ -20,6 +20,9 @@ import detection.engine  # noqa: F401  (registers the detectors, datasets and me
 from detection.data.folder import add_data_arguments, apply_data_arguments
 from zoo.engine import (Runner, add_runtime_arguments, apply_runtime_arguments, close_distributed, load_config,
                         use_amp)
+from zoo.hook_args import check_hook_arguments
+from zoo.stop import stop_cleanly
+from zoo.work_dir_lock import hold_work_dir
 
 
 def parse_args(argv=None):
@@ -61,8 +64,17 @@ def build_config(args) -> Config:
 
 
 def main(argv=None):
-    runner = Runner.from_cfg(build_config(parse_args(argv)))
-    runner.train()
+    """Train. A full disk, a work dir in use by another run (``zoo.work_dir_lock``), a hook
+    argument that does not exist or an unreadable checkpoint stop with a message, no traceback
+    (``zoo.stop``)."""
+    args = parse_args(argv)
+    with stop_cleanly():
+        cfg = build_config(args)
+        check_hook_arguments(cfg)
+        with hold_work_dir(cfg.work_dir) as lock:
+            runner = Runner.from_cfg(cfg)
+            lock.log_takeover(runner.logger)
+            runner.train()
     close_distributed()
     return runner
 

@@ -30,7 +30,9 @@ CONSOLE_DROPPED = (
 # Frozen parameters are summarised in one line by the optimiser constructor instead.
 _FROZEN = re.compile(r'.* is skipped since its requires_grad=False$')
 
-_LINE = re.compile(r'^(?P<head>(?:Epoch|Iter)\((?P<mode>train|val|test)\)\s*\S+\s*)(?P<items>.*)$',
+# The head: the mode and its counters, ``[2][ 1/16]`` or ``[  50/1000]`` (mmengine pads the iteration
+# to the width of the total with spaces, inside the brackets).
+_LINE = re.compile(r'^(?P<head>(?:Epoch|Iter)\((?P<mode>train|val|test)\)(?:\s*\[[^\]]*\])+\s*)(?P<items>.*)$',
                    re.DOTALL)
 _ITEM = re.compile(r'(\S+): (\S+)')
 

@@ -35,16 +35,19 @@ from mmengine.runner import TestLoop, ValLoop
 from mmengine.runner.checkpoint import CheckpointLoader
 
 from .allocator import reuse_freed_memory
+from .checkpointing import CrashSafeRunnerMixin, read_checkpoint
+from .config_check import check_model_arguments, merge_options
 from .console import quiet_console
+from .divergence import DivergenceRunnerMixin
+from .pretrained import wrong_checkpoint
 from .registry import MODELS as MODEL_REGISTRY
 from .registry import get_model_info
 
 
 def load_from_local(filename, map_location):
-    filename = osp.expanduser(filename)
-    if not osp.isfile(filename):
-        raise FileNotFoundError(f'checkpoint {filename} does not exist')
-    return torch.load(filename, map_location=map_location, weights_only=False)
+    """A local checkpoint with ``weights_only=False``; a missing or unreadable file raises an
+    error that names it and says why (``zoo.checkpointing.read_checkpoint``)."""
+    return read_checkpoint(filename, map_location)
 
 
 CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
@@ -87,10 +90,12 @@ def lr_scale_ratio(auto_scale_lr: dict | None, batch_size: int, world_size: int)
     return world_size * batch_size / base
 
 
-class Runner(_Runner):
+class Runner(DivergenceRunnerMixin, CrashSafeRunnerMixin, _Runner):
     """mmengine's Runner, able to run distributed on CPU, that scales the lr with the total batch
     (:func:`lr_scale_ratio`) and logs the lr it trains at, with a terminal log a user reads
-    (``zoo.console``; ``cfg.verbose_console = True`` or ``--verbose`` prints everything)."""
+    (``zoo.console``; ``cfg.verbose_console = True`` or ``--verbose`` prints everything), and whose
+    checkpoints survive kills and full disks and resume exactly (``zoo.checkpointing``). A run
+    that diverges stops or skips the broken steps and saves no broken weights (``zoo.divergence``)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -108,6 +113,21 @@ class Runner(_Runner):
             return MMDistributedDataParallel(module=model, device_ids=None, broadcast_buffers=False,
                                              find_unused_parameters=self.cfg.get('find_unused_parameters', False))
         return super().wrap_model(model_wrapper_cfg, model)
+
+    def load_checkpoint(self, filename, map_location='cpu', strict=False, revise_keys=[(r'^module.', '')]):
+        """mmengine's; with ``cfg.strict_load`` (tools/test.py) the weights must fit the model
+        exactly, or the run stops with the error tools/infer.py and export.py give
+        (:func:`zoo.pretrained.wrong_checkpoint`), where mmengine would warn and evaluate a
+        half-random model. An unreadable file is named by the loader (``zoo.checkpointing``)."""
+        if not self.cfg.get('strict_load', False):
+            return super().load_checkpoint(filename, map_location, strict, revise_keys)
+        try:
+            return super().load_checkpoint(filename, map_location, True, revise_keys)
+        except RuntimeError as e:
+            if type(e) is not RuntimeError:  # not mmengine's strict-loading error: already says what
+                raise
+            raise wrong_checkpoint(filename, self.model.module if is_model_wrapper(self.model) else self.model,
+                                   e) from e
 
     def scale_lr(self, optim_wrapper, auto_scale_lr=None) -> None:
         """Every parameter group's lr times :func:`lr_scale_ratio`, before the schedulers read
@@ -257,12 +277,13 @@ def without_pretrained(model_cfg):
 def load_config(path: str, cfg_options: dict | None = None, launcher: str = 'none',
                 work_dir: str | None = None) -> Config:
     """A config file with command-line overrides, the launcher, and the work dir
-    (default ``work_dirs/<config name>``), as train.py and test.py both need it."""
+    (default ``work_dirs/<config name>``), as train.py and test.py both need it. Misspelt
+    override keys and model arguments stop here, before anything is built (``zoo.config_check``)."""
     if not osp.isfile(path):
         raise SystemExit(f'config {path} not found; the configs live in configs/')
     cfg = Config.fromfile(path)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    merge_options(cfg, cfg_options)  # a key that names nothing is an error with the nearest names
+    check_model_arguments(cfg)
     cfg.launcher = launcher
     if not torch.cuda.is_available() and cfg.get('env_cfg', {}).get('dist_cfg', {}).get('backend') == 'nccl':
         cfg.env_cfg.dist_cfg.backend = 'gloo'  # nccl needs CUDA; torchrun on a CPU runs gloo

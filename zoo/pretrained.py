@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .stop import StopWithMessage
+
 WRAPPER_KEYS = ('model', 'state_dict', 'state_dict_ema', 'model_ema')
 
 
@@ -15,18 +17,45 @@ class CheckpointMismatchError(RuntimeError):
 
 
 def read_checkpoint(path: str) -> dict:
-    """Load a ``.pth`` / ``.pth.tar`` / ``.bin`` (torch) or ``.npz`` (JAX / big_vision) file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'checkpoint {path!r} does not exist')
-    if path.endswith('.npz'):
+    """Load a ``.pth`` / ``.pth.tar`` / ``.bin`` (torch) or ``.npz`` (JAX / big_vision) file onto
+    the CPU. A missing or unreadable file raises the error every tool gives ("could not read
+    checkpoint PATH: <reason>", ``zoo.checkpointing.read_checkpoint``)."""
+    if path.endswith('.npz') and os.path.isfile(path):
         with np.load(path) as npz:
             return {k: torch.from_numpy(npz[k]) for k in npz.files}
+    # Released checkpoints sometimes pickle an argparse Namespace next to the weights, which
+    # torch >= 2.6's weights_only default refuses; these files are the user's own choice.
+    from .checkpointing import read_checkpoint as read_torch_file
+    return read_torch_file(path, map_location='cpu')
+
+
+class WrongCheckpointError(StopWithMessage, ValueError):
+    """A checkpoint whose weights do not fit the config's model (another architecture or class
+    count); the message names the disagreeing keys."""
+
+
+def wrong_checkpoint(path: str, model: nn.Module, error: Exception) -> WrongCheckpointError:
+    """The one error for a checkpoint that does not fit ``model`` exactly, whichever loader
+    found out (``error``: its strict-loading message, cut short)."""
+    return WrongCheckpointError(
+        f'{path} is not a checkpoint of this config\'s {type(model).__name__.lower()}: {str(error)[:600]} ... '
+        'Pass the checkpoint trained with this config, or the config it was trained with')
+
+
+def load_exactly(model: nn.Module, path: str) -> dict:
+    """Read the checkpoint at ``path`` and load its weights (mmengine's ``state_dict`` entry, or
+    the file itself) into ``model`` strictly: every key, every shape. tools/test.py, infer.py and
+    export.py load this way, where mmengine's ``load_from`` would load the keys that fit, warn,
+    and evaluate a half-random model. Returns the whole checkpoint (its ``meta`` too)."""
+    checkpoint = read_checkpoint(path)
+    weights = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
+    if not isinstance(weights, Mapping):
+        raise wrong_checkpoint(path, model, TypeError(f'it holds a {type(weights).__name__}, not weights by name'))
     try:
-        # Released checkpoints sometimes pickle an argparse Namespace next to the weights,
-        # which torch >= 2.6's weights_only default refuses; these files are the user's own choice.
-        return torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file named
-        raise RuntimeError(f'could not read checkpoint {path!r}: {e}') from e
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise wrong_checkpoint(path, model, e) from e
+    return checkpoint
 
 
 def unwrap_state_dict(checkpoint: Mapping, use_ema: bool = False) -> dict[str, torch.Tensor]:

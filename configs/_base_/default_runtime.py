@@ -1,9 +1,11 @@
 default_scope = None
+# SafeCheckpointHook (zoo.checkpointing): mmengine's CheckpointHook, same arguments, whose files
+# survive a kill or a full disk and whose checkpoints resume exactly (random state included).
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=20),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3, save_last=True),
+    checkpoint=dict(type='SafeCheckpointHook', interval=1, max_keep_ckpts=3, save_last=True),
     sampler_seed=dict(type='DistSamplerSeedHook'),
 )
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='nccl'))
