@@ -4,7 +4,10 @@ _base_ = ['./_base_/models/detr.py', './_base_/datasets/coco_detection.py',
 # (drop at 200), _base_/schedules/detr_300e.py in place of detr_150e.py.
 # ViTDet's window attention: 14x14-token windows, four evenly spaced global blocks, the last one
 # included (window_size=0: global in every block), and its decomposed relative position bias
-# (rel_pos, zero at first). The stem and the first quarter of the blocks are frozen, as DETR freezes
-# ResNet-50's stem and first stage (frozen_blocks=0 trains them all).
+# in the window blocks (rel_pos, zero at first; rel_pos_size=0 leaves it out of the global
+# blocks: their fused attention cannot take a bias with a gradient, docs/benchmarks.md).
+# The stem and the first quarter of the blocks are frozen, as DETR freezes ResNet-50's stem
+# and first stage (frozen_blocks=0 trains them all).
 model = dict(detector=dict(backbone=dict(name='cait_s24_224', window_size=14, global_blocks=4,
-                                         frozen_blocks=6, rel_pos=True)))
+                                         frozen_blocks=6, rel_pos=True,
+                                         rel_pos_size=0)))
