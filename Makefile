@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 
 .PHONY: demo demo-deformable models test test-fast benchmark clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'

@@ -233,11 +233,23 @@ def to_detector_layout(state_dict: Mapping, net) -> tuple[dict, str]:
     detector, or when refinement / two-stage / the class count disagree with ``net``'s config, each
     message naming what was found and the setting that fixes it.
     """
+    sd, layout, encoder_head = convert_layout(state_dict, net)
+    if layout not in LAYOUTS:
+        return sd, layout
+    return select_coco_classes(sd, net.num_classes, no_object=type(net).__name__ == 'DETR',
+                               encoder_head=encoder_head), layout
+
+
+def convert_layout(state_dict: Mapping, net) -> tuple[dict, str, str | None]:
+    """:func:`to_detector_layout` without the class rows narrowed: (the state dict in ``net``'s
+    key layout, the layout found, the two-stage encoder's class head or None). The class heads
+    keep the checkpoint's rows, whatever ``net.num_classes`` is (fine-tuning re-initialises them
+    when the counts differ: ``detection.finetune``)."""
     layout = detect_layout(state_dict)
     if layout == 'ours':
-        return upgrade_own_keys(state_dict), layout
+        return upgrade_own_keys(state_dict), layout, None
     if layout == 'unknown':
-        return dict(state_dict), layout
+        return dict(state_dict), layout, None
     kind = type(net).__name__
     if _NETWORK[layout] != kind:
         raise ValueError(f'found {LAYOUTS[layout]}, a {_NETWORK[layout]} checkpoint, but the config builds '
@@ -256,4 +268,4 @@ def to_detector_layout(state_dict: Mapping, net) -> tuple[dict, str]:
                                  f'{name}={want}: --cfg-options model.detector.{name}={found}')
         if two_stage:
             encoder_head = f'class_embed.{len(net.transformer.decoder)}'
-    return select_coco_classes(sd, net.num_classes, no_object=kind == 'DETR', encoder_head=encoder_head), layout
+    return sd, layout, encoder_head

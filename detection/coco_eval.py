@@ -4,6 +4,7 @@ import copy
 import io
 import json
 import os
+from dataclasses import dataclass, field
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -38,8 +39,8 @@ def load_coco(gt) -> COCO:
     return coco
 
 
-def _evaluate_faster(gt: dict, detections: list[dict]) -> np.ndarray:
-    """The same evaluation through faster-coco-eval's C++ core."""
+def _evaluate_faster(gt: dict, detections: list[dict]):
+    """The same evaluation through faster-coco-eval's C++ core: (stats, precision array)."""
     from faster_coco_eval import COCO as FastCOCO
     from faster_coco_eval import COCOeval_faster
     coco = FastCOCO()
@@ -49,7 +50,7 @@ def _evaluate_faster(gt: dict, detections: list[dict]) -> np.ndarray:
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
-    return np.asarray(ev.stats[:len(STAT_NAMES)])
+    return np.asarray(ev.stats[:len(STAT_NAMES)]), np.asarray(ev.eval['precision'])
 
 
 def coco_evaluate(gt, detections: list[dict], verbose: bool = False,
@@ -61,11 +62,32 @@ def coco_evaluate(gt, detections: list[dict], verbose: bool = False,
     loadRes cannot take one). Only images present in ``gt`` are evaluated.
     ``backend='faster'`` runs faster-coco-eval (same numbers, see tests; pip install faster-coco-eval).
     """
+    return coco_evaluation(gt, detections, verbose, backend).stats
+
+
+@dataclass
+class CocoEvaluation:
+    """One COCOeval run: ``stats`` (``coco_evaluate``'s dict), ``precision`` (COCOeval's
+    ``eval['precision']``, shape (T iou thresholds 0.5:0.05:0.95, R=101 recall thresholds 0:0.01:1,
+    K categories in ``cat_ids`` order, A=4 area ranges all/small/medium/large, M=3 max detections
+    1/10/100), -1 where a category has no ground truth; None when there were no detections),
+    ``cat_ids`` (sorted, as COCOeval orders them) and ``coco`` (the ground truth)."""
+    stats: dict
+    precision: np.ndarray | None
+    cat_ids: list
+    coco: COCO = field(repr=False)
+
+
+def coco_evaluation(gt, detections: list[dict], verbose: bool = False,
+                    backend: str = 'pycocotools') -> CocoEvaluation:
+    """``coco_evaluate`` keeping what the per-class results need (``detection.per_class``): the
+    precision array of the same run, not a second evaluation."""
     if backend not in ('pycocotools', 'faster'):
         raise ValueError(f"backend must be 'pycocotools' or 'faster', got {backend!r}")
     coco = load_coco(gt)
+    cat_ids = sorted(coco.getCatIds())
     if not detections:
-        return {k: 0.0 for k in STAT_NAMES}
+        return CocoEvaluation({k: 0.0 for k in STAT_NAMES}, None, cat_ids, coco)
     known = set(coco.getImgIds())
     unknown = {d['image_id'] for d in detections} - known
     if unknown:
@@ -75,15 +97,15 @@ def coco_evaluate(gt, detections: list[dict], verbose: bool = False,
     sink = io.StringIO()
     with contextlib.redirect_stdout(sink):
         if backend == 'faster':
-            stats = _evaluate_faster(coco.dataset, detections)
+            stats, precision = _evaluate_faster(coco.dataset, detections)
         else:
             ev = COCOeval(coco, coco.loadRes(detections), iouType='bbox')
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-            stats = np.asarray(ev.stats)
+            stats, precision = np.asarray(ev.stats), np.asarray(ev.eval['precision'])
     if verbose:
         print(sink.getvalue())
     # COCOeval reports -1 where no ground truth falls in an area range; it is kept so that
     # "nothing to find" stays distinguishable from "found nothing".
-    return {k: float(v) for k, v in zip(STAT_NAMES, stats)}
+    return CocoEvaluation({k: float(v) for k, v in zip(STAT_NAMES, stats)}, precision, cat_ids, coco)

@@ -16,7 +16,7 @@ from zoo.divergence import DIVERGED, Diverged
 
 from .backbone import build_backbone
 from .checkpoints import LAYOUTS, to_detector_layout
-from .coco_eval import coco_evaluate
+from .coco_eval import coco_evaluation
 from .criterion import SetCriterion
 from .data.coco import CocoDetection, collate_detection
 from .data.folder import check_class_count
@@ -25,6 +25,7 @@ from .denoising import QueryDenoising
 from .dense_head import FCOSDenseHead
 from .detr import DETR, postprocess
 from .matcher import HungarianMatcher
+from .per_class import report_per_class
 
 DETECTORS = {'DETR': DETR, 'DeformableDETR': DeformableDETR}
 
@@ -79,6 +80,17 @@ class Detector(BaseModel):
         self.criterion = SetCriterion(num_classes, HungarianMatcher(focal=focal, **(matcher or {})),
                                       focal=focal, **(criterion or {}))
         self._register_load_state_dict_pre_hook(load_foreign_layouts, with_module=True)
+
+    def load_for_finetuning(self, filename: str, runner) -> dict:
+        """Start a training run from the detector checkpoint ``filename`` (``load_from``,
+        ``tools/train.py --load-from``): any layout and class count; the class heads are
+        re-initialised where the classes differ, everything else must fit
+        (``detection.finetune``). ``zoo.engine.Runner`` calls this in place of mmengine's
+        non-strict load."""
+        from .finetune import load_for_finetuning
+        dataset = getattr(runner.train_dataloader, 'dataset', None)
+        classes = (getattr(dataset, 'metainfo', None) or {}).get('classes')
+        return load_for_finetuning(self, filename, runner.cfg.get('model'), classes, runner.logger)
 
     @staticmethod
     def config_callees(model_cfg: dict) -> dict:
@@ -151,14 +163,18 @@ class CocoMetric(BaseMetric):
     Each process converts its predictions to COCO results; mmengine gathers them from every
     process, and images repeated by the distributed sampler's padding are counted once.
     ``ann_file`` defaults to the evaluated dataset's; ``outfile`` also saves the detections
-    (COCO results json).
+    (COCO results json). ``classwise`` logs the per-class AP, AP50 and ground-truth counts;
+    ``per_class_dir`` also writes them as json there with precision-recall curves and a confusion
+    matrix at ``score_threshold`` (``detection.per_class``; tools/test.py sets it to the work dir).
     """
     default_prefix = 'coco'
 
     def __init__(self, ann_file: str | None = None, backend: str = 'pycocotools',
-                 outfile: str | None = None, collect_device: str = 'cpu', prefix=None):
+                 outfile: str | None = None, classwise: bool = True, per_class_dir: str | None = None,
+                 score_threshold: float = 0.5, collect_device: str = 'cpu', prefix=None):
         super().__init__(collect_device=collect_device, prefix=prefix)
         self.ann_file, self.backend, self.outfile = ann_file, backend, outfile
+        self.classwise, self.per_class_dir, self.score_threshold = classwise, per_class_dir, score_threshold
 
     def process(self, data_batch, data_samples) -> None:
         for pred in data_samples:
@@ -173,7 +189,12 @@ class CocoMetric(BaseMetric):
             with open(self.outfile, 'w') as f:
                 json.dump(detections, f)
         ann_file = self.ann_file or self.dataset_meta['ann_file']
-        return coco_evaluate(ann_file, detections, backend=self.backend)
+        evaluation = coco_evaluation(ann_file, detections, backend=self.backend)
+        if self.classwise or self.per_class_dir:
+            from mmengine.logging import MMLogger
+            report_per_class(evaluation, detections, self.per_class_dir, self.score_threshold,
+                             MMLogger.get_current_instance(), log_table=self.classwise)
+        return evaluation.stats
 
 
 @DATASETS.register_module(name='CocoDetection')
@@ -209,7 +230,9 @@ def _explain_missing_coco(img_dir, ann_file):
 @HOOKS.register_module()
 class ClassCountCheckHook(Hook):
     """Stops a run whose detector's ``num_classes`` disagrees with the categories of the data it
-    is trained or evaluated on, before the first step, with the fix in the message."""
+    is trained or evaluated on, before the first step, with the fix in the message; and records
+    the run's class count, class names and data settings in each checkpoint's meta
+    (``detection.run_settings``), which tools/test.py, infer.py and export.py read back."""
 
     def _check(self, runner, loader):
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
@@ -225,6 +248,13 @@ class ClassCountCheckHook(Hook):
 
     def before_test(self, runner):
         self._check(runner, runner.test_dataloader)
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        from .run_settings import META_KEY, run_settings
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        if isinstance(model, Detector):
+            classes = (getattr(runner.train_dataloader.dataset, 'metainfo', None) or {}).get('classes')
+            checkpoint.setdefault('meta', {})[META_KEY] = run_settings(runner.cfg, classes)
 
 
 FUNCTIONS.register_module(name='collate_detection', module=collate_detection)

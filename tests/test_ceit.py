@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import zoo
 from helpers import assert_detection_mode, count_params, deterministic_state_dict, spy_calls, wave_image
+from zoo.layers import private_ops
 from zoo.layers.layer_class_attention import LayerClassAttentionBlock
 from zoo.layers.leff import LocallyEnhancedFeedForward
 
@@ -172,11 +173,10 @@ def _leff_with_statistics():
 
 def _fused_calls(fn) -> int:
     """How many fused oneDNN convolutions ``fn()`` runs."""
-    from zoo.layers import leff as leff_module
-    return len(spy_calls(leff_module, '_conv_pointwise', fn))
+    return len(spy_calls(private_ops, 'convolution_pointwise', fn))
 
 
-@pytest.mark.skipif(not hasattr(torch.ops.mkldnn, '_convolution_pointwise'), reason='no oneDNN in this build')
+@pytest.mark.skipif(not private_ops.onednn_convolution_available(), reason='no oneDNN in this build')
 def test_leff_inference_folds_batch_norms_and_fuses_gelu_with_the_same_result():
     """Inference (eval, no autograd, CPU): three oneDNN convolutions with the batch norms folded
     in and GELU as their post-op, equal to the module's eight-step form up to float32 rounding

@@ -161,9 +161,9 @@ def test_infer_draws_a_16bit_png_as_its_8bit_picture(tmp_path):
     seen = []
 
     def model(inputs, masks, data_samples, mode):
-        seen.append(inputs)
+        seen.extend(inputs)  # the images of the batch
         return [dict(boxes=torch.tensor([[4.0, 4.0, 30.0, 20.0]]), labels=torch.tensor([0]),
-                     scores=torch.tensor([0.9]))]
+                     scores=torch.tensor([0.9])) for _ in data_samples]
 
     args = argparse.Namespace(val=None, images=[str(tmp_path / 'deep.png'), str(tmp_path / 'flat.png')],
                               out_dir=str(tmp_path / 'out'), score_thr=0.5)

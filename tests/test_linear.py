@@ -10,9 +10,10 @@ import zoo
 from helpers import spy_calls
 from zoo.layers import Linear, set_onednn_linear
 from zoo.layers import linear as linear_module  # the module (the package does not export the function)
+from zoo.layers import private_ops
 from zoo.layers.linear import linear
 
-needs_onednn = pytest.mark.skipif(not linear_module._AVAILABLE,
+needs_onednn = pytest.mark.skipif(not private_ops.onednn_linear_available(),
                                   reason='this torch build has no oneDNN linear (the plain path is the only one)')
 
 
@@ -95,7 +96,7 @@ def test_every_family_uses_it():
 
 def calls_bfloat16_onednn(fn) -> list:
     """The post-ops of the bfloat16 oneDNN products ``fn()`` runs."""
-    return [args[3] for args in spy_calls(linear_module, '_linear_pointwise', fn) if args[0].dtype == torch.bfloat16]
+    return [args[3] for args in spy_calls(private_ops, 'linear_pointwise', fn) if args[0].dtype == torch.bfloat16]
 
 
 @needs_onednn

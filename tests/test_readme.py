@@ -26,6 +26,9 @@ def test_every_readme_command_is_valid(command):
     ('python tools/no_such_tool.py', 'no tool'),
     ('python tools/plot_curves.py work_dirs/x --labels ...', 'placeholders'),
     ('make no-such-target', 'no Makefile target'),
+    ('vitzoo-train no_such_config --data d', 'no config'),
+    ('vitzoo-train detr_t2t --launcher mpi', 'invalid choice'),
+    ('srun --ntasks=2 python tools/train.py configs/detr_t2t.py --accum 0', 'argument --accum'),
     ('source env/bin/activate', 'not the environment'),
 ])
 def test_checker_catches_what_would_fail(command, problem):

@@ -13,6 +13,7 @@ difference from PyTorch. ``tools/infer.py CONFIG model.onnx images...`` draws it
 import argparse
 import os
 import os.path as osp
+from types import SimpleNamespace
 
 import _bootstrap  # noqa: F401
 import torch
@@ -20,7 +21,9 @@ from mmengine.config import Config, DictAction
 
 import detection.engine  # noqa: F401  (registers Detector)
 from detection.export import OnnxDetector, export_onnx
+from detection.run_settings import use_checkpoint_settings
 from infer import load_detector
+from zoo.cli import resolve_config
 from zoo.config_check import merge_options
 
 
@@ -28,6 +31,7 @@ def build(config: str, checkpoint: str | None, cfg_options=None):
     """The config's detector, eval mode, with the checkpoint's weights (random without one), and
     its class names. An unknown config, a config that is not a detector, or a checkpoint of
     another model: SystemExit / ValueError saying which."""
+    config = resolve_config(config)  # or the name of a shipped config (zoo.cli)
     if not osp.isfile(config):
         raise SystemExit(f'config {config} not found; the detector configs are configs/detr_*.py and '
                          'configs/deformable_detr_*.py')
@@ -40,9 +44,10 @@ def build(config: str, checkpoint: str | None, cfg_options=None):
         cfg.merge_from_dict({'model.detector.backbone.pretrained': False})
         from mmengine.registry import MODELS
         return MODELS.build(cfg.model).eval(), [str(i) for i in range(cfg.model.num_classes)], cfg
-    if not osp.isfile(checkpoint):
-        raise SystemExit(f'checkpoint {checkpoint} not found')
-    cfg.merge_from_dict({'model.detector.backbone.pretrained': False})  # the checkpoint has them
+    # a work dir -> its last checkpoint; the class count the run had (detection.run_settings)
+    checkpoint = use_checkpoint_settings(cfg, SimpleNamespace(checkpoint=checkpoint, cfg_options=cfg_options),
+                                         need_data=False)
+    # load_detector builds without fetching backbone weights, as they were trained (without_pretrained)
     model, classes = load_detector(cfg, checkpoint)
     return model, classes, cfg
 
@@ -66,7 +71,8 @@ def check(model, path: str, sizes=((1, 224, 288), (3, 288, 192))) -> float:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('config')
-    p.add_argument('checkpoint', nargs='?', help='trained weights (default: random, a smoke test)')
+    p.add_argument('checkpoint', nargs='?',
+                   help='trained weights, or a work dir for its last checkpoint (default: random, a smoke test)')
     p.add_argument('--out', required=True, help='the .onnx file to write')
     p.add_argument('--size', type=int, nargs=2, default=(320, 416), metavar=('H', 'W'),
                    help='the traced batch\'s size (multiples of 32); the graph takes any size')

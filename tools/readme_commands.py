@@ -4,9 +4,11 @@
     python tools/readme_commands.py --run    # and run the cheap ones, tiny, in a fresh clone
 
 A command is a line of a fenced ``bash`` block or an inline code span that starts with
-``python tools/``, ``torchrun`` or ``make``. Every one is checked without running it: a ``make``
-target exists in the Makefile; a tool exists, the configs it names exist, and its own argument
-parser accepts the arguments (flags, choices, types, positional counts). ``--run`` then runs
+``python tools/``, ``torchrun``, ``srun``, ``make`` or an installed ``vitzoo-*`` command. Every one
+is checked without running it: a ``make`` target exists in the Makefile; a tool exists (a
+``vitzoo-<tool>`` command is tools/<tool>.py, and its config may be given by name: ``zoo.cli``),
+the configs it names exist, and its own argument parser accepts the arguments (flags, choices,
+types, positional counts). ``--run`` then runs
 ``SMOKE`` (the README's own-data walk-through, ``make models``' table, a curves picture and an
 attention figure) with
 tiny settings appended, in a fresh ``git clone`` of this checkout that uses this checkout's
@@ -28,7 +30,8 @@ from dataclasses import dataclass
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 README = osp.join(ROOT, 'README.md')
-_START = re.compile(r'^(python |torchrun |make )')
+_START = re.compile(r'^(python |torchrun |srun |make |vitzoo-\w+ )')
+COMMANDS = ('vitzoo-train', 'vitzoo-test', 'vitzoo-infer', 'vitzoo-export')  # pyproject's [project.scripts]
 
 # The README commands that --run executes, in order, and what is appended to make each tiny
 # (or substituted: the README's placeholder paths).
@@ -36,10 +39,8 @@ SMOKE = [
     ('python tools/make_shapes.py data/shapes_hard --variant hard', ' --num-train 32 --num-val 16 --size 96'),
     ('python tools/train.py configs/demo/detr_t2t_shapes.py --data path/to/mine --img-size 256',
      ' --cfg-options train_cfg.max_epochs=1'),
-    ('python tools/test.py configs/demo/detr_t2t_shapes.py work_dirs/detr_t2t_shapes/epoch_32.pth '
-     '--data path/to/mine --img-size 256', ''),
-    ('python tools/infer.py configs/demo/detr_t2t_shapes.py work_dirs/detr_t2t_shapes/epoch_32.pth '
-     '--data path/to/mine --img-size 256 --val 8', ''),
+    ('python tools/test.py configs/demo/detr_t2t_shapes.py work_dirs/detr_t2t_shapes', ''),
+    ('python tools/infer.py configs/demo/detr_t2t_shapes.py work_dirs/detr_t2t_shapes --val 8', ''),
     ('python tools/analyze.py', ' --models deit_tiny_patch16_224,t2t_vit_7'),
     ('python tools/plot_curves.py work_dirs/detr_t2t_shapes --out work_dirs/curves.png', ''),
     ('python tools/visualize.py attention --model vit_tiny_patch16_224 --pixel 30 40 --out docs/vis_attention.png', ''),
@@ -133,10 +134,17 @@ def check(command: str) -> str | None:
         venv = re.search(r'^VENV \?= (\S+)', open(osp.join(ROOT, 'Makefile')).read(), flags=re.M)
         made = venv and words[1] == f'{venv.group(1)}/bin/activate'
         return None if made else f'{words[1]} is not the environment the Makefile creates'
-    if words[0] == 'torchrun':
-        words = [w for w in words[1:] if not w.startswith('--nproc') and not w.startswith('--nnodes')]
+    named_config = words[0] in COMMANDS  # the tool's config may be a shipped config's name
+    if words[0] in ('torchrun', 'srun'):  # their own options (written with =), then the program
+        words = words[1:]
+        while words and words[0].startswith('-'):
+            words = words[1:]
+        if words and words[0] == 'python':
+            words = words[1:]
     elif words[0] == 'python':
         words = words[1:]
+    elif named_config:
+        words = [f'tools/{words[0][len("vitzoo-"):]}.py'] + words[1:]
     else:
         return f'unknown program {words[0]}'
     script, args = osp.join(ROOT, words[0]), words[1:]
@@ -149,6 +157,13 @@ def check(command: str) -> str | None:
     missing = [p for p in paths if p.startswith('configs/') and not osp.exists(osp.join(ROOT, p))]
     if missing:
         return f'no config {missing}'
+    if named_config:
+        if ROOT not in sys.path:
+            sys.path.insert(0, ROOT)
+        from zoo.cli import resolve_config
+        config = next((a for a in args if not a.startswith('-')), None)
+        if config is None or not osp.isfile(resolve_config(config)):
+            return f'no config {config} among the shipped configs'
     parser = tool_parser(script)
     err = io.StringIO()
     try:

@@ -1,14 +1,16 @@
 """Evaluate a checkpoint: prints the metrics (COCO table, or top-1 / top-5 for classifiers),
-optionally saves the detections json.
+optionally saves the detections json. A detector's per-class AP, AP50 and ground-truth counts are
+printed too and written to the work dir as per_class.json, with pr_curves.png and
+confusion_matrix.png (detection/per_class.py says how each is computed).
 
     python tools/test.py configs/detr_t2t.py work_dirs/detr_t2t/epoch_150.pth --out dets.json
     python tools/test.py CONFIG CHECKPOINT --data my_coco_folder --img-size 256   # its val split
+    python tools/test.py CONFIG work_dirs/mine     # a work dir: its last checkpoint, with the run's data and classes
     python tools/test.py configs/classification/deit_tiny_fashion_mnist.py work_dirs/x/epoch_5.pth
     python tools/test.py CONFIG CHECKPOINT --amp    # bfloat16 autocast on a CPU, float16 on a GPU
 """
 import argparse
 import os
-import os.path as osp
 
 import _bootstrap  # noqa: F401
 from mmengine.config import DictAction
@@ -16,6 +18,7 @@ from mmengine.config import DictAction
 import classification.engine  # noqa: F401  (registers the classifier, datasets and metric)
 import detection.engine  # noqa: F401
 from detection.data.folder import add_data_arguments, apply_data_arguments
+from detection.run_settings import use_checkpoint_settings
 from zoo.engine import (Runner, add_runtime_arguments, apply_runtime_arguments, close_distributed, load_config,
                         use_amp_evaluation, without_pretrained)
 from zoo.stop import stop_cleanly
@@ -31,7 +34,7 @@ def main(argv=None):
 def evaluate(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('config')
-    p.add_argument('checkpoint')
+    p.add_argument('checkpoint', help='a checkpoint, or a work dir (its last checkpoint)')
     p.add_argument('--out', help='write the detections (COCO results json) here')
     p.add_argument('--work-dir')
     p.add_argument('--amp', action='store_true',
@@ -44,9 +47,8 @@ def evaluate(argv=None):
     p.add_argument('--local-rank', '--local_rank', type=int, default=0)
     args = p.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    if not osp.isfile(args.checkpoint):
-        raise SystemExit(f'checkpoint {args.checkpoint} not found')
     cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
+    use_checkpoint_settings(cfg, args)  # a work dir -> its last checkpoint; the run's classes and data
     apply_data_arguments(cfg, args)
     apply_runtime_arguments(cfg, args)
     cfg.load_from = args.checkpoint
@@ -54,10 +56,14 @@ def evaluate(argv=None):
     cfg.model = without_pretrained(cfg.model)  # the checkpoint replaces every weight: fetch nothing
     if args.amp:
         use_amp_evaluation(cfg, None if args.amp_dtype == 'auto' else args.amp_dtype)
-    if args.out:
-        evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [cfg.test_evaluator]
-        for evaluator in evaluators:
-            if evaluator.get('type') == 'CocoMetric':
+    evaluators = cfg.get('test_evaluator') or []
+    for evaluator in evaluators if isinstance(evaluators, list) else [evaluators]:
+        if evaluator.get('type') == 'CocoMetric':
+            # per_class.json, pr_curves.png and confusion_matrix.png in the work dir (detection.per_class);
+            # the matrix counts detections scoring at least 0.5 (0.3 for the focal-loss scores, as infer.py)
+            evaluator.setdefault('per_class_dir', cfg.work_dir)
+            evaluator.setdefault('score_threshold', 0.3 if cfg.model.get('focal') else 0.5)
+            if args.out:
                 evaluator['outfile'] = args.out
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()

@@ -40,6 +40,7 @@ from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import CheckpointHook
 from mmengine.registry import HOOKS
+from mmengine.runner import IterBasedTrainLoop
 
 from .stop import DISK_FULL, StopWithMessage, format_size, free_space, tolerate_full_disk
 
@@ -288,6 +289,28 @@ def find_resume_checkpoint(work_dir: str, logger=None) -> str | None:
     return None
 
 
+def resolve_checkpoint(path: str, what: str = 'checkpoint') -> str:
+    """``path`` as a checkpoint file: a file as it is; a work dir -> the checkpoint a ``--resume``
+    of it would continue from (:func:`find_resume_checkpoint`: the one ``last_checkpoint`` names,
+    else its newest readable ``epoch_*.pth`` / ``iter_*.pth``), so that commands name the run,
+    not an epoch. ``what`` names the argument in the errors: a path that is neither, or a work
+    dir without a checkpoint, raises :class:`CheckpointNotFoundError` saying which."""
+    path = osp.expanduser(str(path))
+    if osp.isfile(path):
+        return path
+    if not osp.isdir(path):
+        raise CheckpointNotFoundError(f'{what} {path} does not exist: give a checkpoint file (.pth) or the work dir '
+                                      f'of a training run (its last checkpoint is used)')
+    try:
+        found = find_resume_checkpoint(path)
+    except CheckpointReadError as error:
+        raise CheckpointReadError(str(error).replace('--resume: ', f'{what} {path}: ', 1)) from error
+    if found is None:
+        raise CheckpointNotFoundError(f'{what} {path} is a folder without checkpoints ({POINTER}, epoch_*.pth or '
+                                      f'iter_*.pth): give the work dir of a run that saved one, or a .pth file')
+    return found
+
+
 # --- random state --------------------------------------------------------------------------------
 
 def capture_random_state() -> dict:
@@ -495,3 +518,23 @@ class CrashSafeRunnerMixin:
         else:
             self.logger.warning(f'{filename} holds no random state (written before this version): the resumed '
                                 'run draws other random numbers than an uninterrupted run would')
+        self._say_if_finished(filename)
+
+    def _say_if_finished(self, filename) -> None:
+        """A ``--resume`` of a run that already reached its last epoch (or iteration) trains
+        nothing, which mmengine reports only as "resumed epoch: N". Say so, and how to go on:
+        ``--load-from`` starts a new run from these weights (other data or classes), a larger
+        ``max_epochs`` trains this one longer. Not an error: ``make demo`` resumes a finished run
+        and then evaluates it."""
+        loop = self.train_loop
+        by_epoch = not isinstance(loop, IterBasedTrainLoop)
+        done, total, key = ((self.epoch, loop.max_epochs, 'max_epochs') if by_epoch
+                            else (self.iter, loop.max_iters, 'max_iters'))
+        if done < total:
+            return
+        unit = 'epoch' if by_epoch else 'iteration'
+        self.logger.warning(
+            f'{filename} is the end of a finished run ({unit} {done} of train_cfg.{key}={total}): --resume has '
+            f'nothing left to train, so nothing is trained. To train from these weights on other data or classes, '
+            f'start a new run: tools/train.py CONFIG --load-from {self.work_dir} --work-dir NEW_DIR [--data DIR]. '
+            f'To train this run longer: --resume --cfg-options train_cfg.{key}=N with N > {total}.')

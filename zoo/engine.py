@@ -5,7 +5,7 @@ Two fixes live here, so users need no environment variables:
   from torch 2.6 and refuses mmengine's own checkpoints (they pickle message hubs and numpy
   scalars): resuming fails. The local-file scheme is re-registered with ``weights_only=False``;
   these are checkpoints this project wrote or the user chose.
-* ``--launcher pytorch`` on a CPU-only machine: mmengine's ``init_dist`` calls
+* ``--launcher pytorch`` (or ``slurm``) on a CPU-only machine: mmengine's ``init_dist`` calls
   ``torch.cuda.set_device`` and its DDP wrapper passes ``device_ids``. Without CUDA the process
   group is started with gloo here first, and the model is wrapped without device ids.
 
@@ -20,7 +20,9 @@ import contextlib
 import logging
 import os
 import os.path as osp
+import subprocess
 import time
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -32,14 +34,16 @@ from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper, OptimWr
 from mmengine.registry import HOOKS, LOOPS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS
 from mmengine.runner import Runner as _Runner
 from mmengine.runner import TestLoop, ValLoop
+from mmengine.runner.base_loop import BaseLoop
 from mmengine.runner.checkpoint import CheckpointLoader
 
 from .allocator import reuse_freed_memory
-from .checkpointing import CrashSafeRunnerMixin, read_checkpoint
+from .checkpointing import CrashSafeRunnerMixin, read_checkpoint, resolve_checkpoint
+from .cli import config_not_found, resolve_config
 from .config_check import check_model_arguments, merge_options
 from .console import quiet_console
 from .divergence import DivergenceRunnerMixin
-from .pretrained import wrong_checkpoint
+from .pretrained import trained_classifier, wrong_checkpoint
 from .registry import MODELS as MODEL_REGISTRY
 from .registry import get_model_info
 
@@ -54,10 +58,31 @@ CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True
 
 
 def init_cpu_distributed(launcher: str) -> None:
-    """Start a gloo process group for torchrun on a machine without CUDA (mmengine cannot)."""
-    if launcher == 'pytorch' and not torch.cuda.is_available() and not dist.is_initialized():
-        dist.init_process_group('gloo', rank=int(os.environ['RANK']),
-                                world_size=int(os.environ['WORLD_SIZE']))
+    """Start a gloo process group for torchrun (``pytorch``) or ``srun`` (``slurm``) on a machine
+    without CUDA (mmengine cannot: it calls ``torch.cuda.set_device``). With CUDA, mmengine's own
+    ``init_dist`` starts the group as the Runner is set up."""
+    if launcher not in ('pytorch', 'slurm') or torch.cuda.is_available() or dist.is_initialized():
+        return
+    if launcher == 'slurm':
+        slurm_environment()
+    dist.init_process_group('gloo', rank=int(os.environ['RANK']), world_size=int(os.environ['WORLD_SIZE']))
+
+
+def slurm_environment() -> None:
+    """The variables torch.distributed reads (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT)
+    from those of an ``srun`` task, as mmengine's slurm launcher sets them: the first node of the
+    job's node list is the master (unless MASTER_ADDR is set), port 29500 unless MASTER_PORT is set."""
+    env = os.environ
+    env['RANK'], env['WORLD_SIZE'] = env['SLURM_PROCID'], env['SLURM_NTASKS']
+    env['LOCAL_RANK'] = env.get('SLURM_LOCALID', '0')
+    env.setdefault('MASTER_PORT', '29500')
+    if 'MASTER_ADDR' not in env:
+        try:
+            hosts = subprocess.run(['scontrol', 'show', 'hostnames', env['SLURM_NODELIST']], capture_output=True,
+                                   text=True).stdout.split()
+        except OSError:  # no scontrol: a single node
+            hosts = []
+        env['MASTER_ADDR'] = hosts[0] if hosts else '127.0.0.1'
 
 
 def close_distributed() -> None:
@@ -72,10 +97,11 @@ def close_distributed() -> None:
         dist.destroy_process_group()
 
 
-def lr_scale_ratio(auto_scale_lr: dict | None, batch_size: int, world_size: int) -> float:
+def lr_scale_ratio(auto_scale_lr: dict | None, batch_size: int, world_size: int, accumulation: int = 1) -> float:
     """The factor the configured lr is multiplied by: total batch (``world_size`` processes x
-    ``batch_size`` each) / ``auto_scale_lr['base_batch_size']``, the linear rule DeiT applies as
-    ``lr * total_batch / 512``; 1 where ``auto_scale_lr`` is None or has ``enable=False``.
+    ``batch_size`` each x ``accumulation`` iterations per optimiser step, ``--accum``) /
+    ``auto_scale_lr['base_batch_size']``, the linear rule DeiT applies as ``lr * total_batch /
+    512``; 1 where ``auto_scale_lr`` is None or has ``enable=False``.
 
     Unlike mmengine, a ``base_batch_size`` without ``enable`` scales: mmengine's default
     (``enable=False``) silently trains a run with another batch size or process count at the
@@ -87,7 +113,7 @@ def lr_scale_ratio(auto_scale_lr: dict | None, batch_size: int, world_size: int)
         raise ValueError(f'auto_scale_lr.base_batch_size must be a positive int (the total batch '
                          f'the configured lr is written for), got {base!r}; or set '
                          f'auto_scale_lr.enable=False to train at the configured lr')
-    return world_size * batch_size / base
+    return world_size * batch_size * accumulation / base
 
 
 class Runner(DivergenceRunnerMixin, CrashSafeRunnerMixin, _Runner):
@@ -129,20 +155,41 @@ class Runner(DivergenceRunnerMixin, CrashSafeRunnerMixin, _Runner):
             raise wrong_checkpoint(filename, self.model.module if is_model_wrapper(self.model) else self.model,
                                    e) from e
 
+    def load_or_resume(self) -> None:
+        """``load_from`` / ``--resume PATH`` may name a work dir (its last checkpoint:
+        :func:`zoo.checkpointing.resolve_checkpoint`). In training, a model with
+        ``load_for_finetuning`` (a ``Detector``) loads ``load_from`` through it: any detector
+        checkpoint, class heads re-initialised for another class count, anything else that does
+        not fit refused (``detection.finetune``). mmengine's own load would take what fits,
+        print "size mismatch" lines and leave the rest at random."""
+        if self._load_from is not None and not self._has_loaded and '://' not in str(self._load_from):
+            self._load_from = resolve_checkpoint(self._load_from, '--resume' if self._resume else 'load_from')
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        fine_tune = getattr(model, 'load_for_finetuning', None)
+        if (self._has_loaded or self._resume or self._load_from is None or fine_tune is None
+                or self.cfg.get('strict_load', False) or not isinstance(self._train_loop, BaseLoop)):
+            return super().load_or_resume()
+        checkpoint = fine_tune(self._load_from, self)
+        self._loaded_meta = checkpoint.get('meta') or {}
+        self._has_loaded = True
+
     def scale_lr(self, optim_wrapper, auto_scale_lr=None) -> None:
         """Every parameter group's lr times :func:`lr_scale_ratio`, before the schedulers read
         them; the effective rates go to the log."""
         loader = self._train_dataloader
         batch = loader.batch_size if hasattr(loader, 'batch_size') else loader['batch_size']
-        ratio = lr_scale_ratio(auto_scale_lr, batch, self.world_size)
         wrappers = (list(optim_wrapper.values()) if isinstance(optim_wrapper, OptimWrapperDict)
                     else [optim_wrapper])
+        # gradient accumulation (--accum, optim_wrapper.accumulative_counts): mmengine 0.10 keeps it here
+        accum = max(getattr(w, '_accumulative_counts', 1) for w in wrappers)
+        ratio = lr_scale_ratio(auto_scale_lr, batch, self.world_size, accum)
         for wrapper in wrappers:
             for group in wrapper.optimizer.param_groups:
                 group['lr'] = group['lr'] * ratio
         lrs = sorted({g['lr'] for w in wrappers for g in w.optimizer.param_groups}, reverse=True)
         on = auto_scale_lr is not None and auto_scale_lr.get('enable', True)
-        how = (f'configured lr x {ratio:g} = {self.world_size} process(es) x batch {batch} / '
+        accumulated = f' x {accum} accumulated iterations' if accum > 1 else ''
+        how = (f'configured lr x {ratio:g} = {self.world_size} process(es) x batch {batch}{accumulated} / '
                f'base_batch_size {auto_scale_lr["base_batch_size"]}' if on
                else 'configured lr, not scaled: auto_scale_lr is off')
         self.logger.info(f'effective lr {lrs[0]:.4g} ({how}); parameter groups at '
@@ -260,12 +307,13 @@ def without_pretrained(model_cfg):
     checkpoint is about to replace: the ImageNet weights would be fetched (or, offline, refused)
     only to be overwritten. The model is still built as it is with weights: the variant's
     ``weights_arch`` (T2T-ViT's attention scale) goes into the same dict, as ``create_model``
-    would have added it."""
+    would have added it; except for a classifier checkpoint trained here, which ``create_model``
+    builds with the config's own settings (``zoo.pretrained.trained_classifier``)."""
     if isinstance(model_cfg, dict):
         out = type(model_cfg)({k: without_pretrained(v) for k, v in model_cfg.items()})
         if out.get('pretrained') and isinstance(out.get('name'), str):
-            out['pretrained'] = False
-            if out['name'] in MODEL_REGISTRY:
+            pretrained, out['pretrained'] = out['pretrained'], False
+            if out['name'] in MODEL_REGISTRY and not _own_classifier(pretrained, out['name']):
                 for key, value in get_model_info(out['name']).weights_arch.items():
                     out.setdefault(key, value)
         return out
@@ -274,13 +322,39 @@ def without_pretrained(model_cfg):
     return model_cfg
 
 
+def _own_classifier(pretrained, name: str) -> bool:
+    """Whether the ``pretrained`` path is a classifier checkpoint this project wrote (its network
+    built without ``weights_arch``). A path no longer there is taken for released weights, with a
+    warning where that decides a setting."""
+    if pretrained is True or not isinstance(pretrained, (str, os.PathLike)):
+        return False
+    if osp.isdir(pretrained):  # a work dir: its last checkpoint
+        try:
+            pretrained = resolve_checkpoint(pretrained, 'pretrained')
+        except (OSError, RuntimeError):
+            return False
+    if not osp.isfile(pretrained):
+        arch = get_model_info(name).weights_arch
+        if arch:
+            warnings.warn(f'backbone pretrained={pretrained} is not there to read: {name} is built with the released '
+                          f'weights\' settings {arch}. If it was a classifier trained here without them, set them as '
+                          'its config had them (e.g. qk_scale=None)', stacklevel=3)
+        return False
+    try:
+        checkpoint = torch.load(pretrained, map_location='cpu', weights_only=False, mmap=True)
+    except Exception:
+        return False
+    return trained_classifier(checkpoint) is not None
+
+
 def load_config(path: str, cfg_options: dict | None = None, launcher: str = 'none',
                 work_dir: str | None = None) -> Config:
     """A config file with command-line overrides, the launcher, and the work dir
     (default ``work_dirs/<config name>``), as train.py and test.py both need it. Misspelt
     override keys and model arguments stop here, before anything is built (``zoo.config_check``)."""
+    path = resolve_config(path)  # a file, or the name of a config shipped with vitzoo (zoo.cli)
     if not osp.isfile(path):
-        raise SystemExit(f'config {path} not found; the configs live in configs/')
+        raise SystemExit(config_not_found(path))
     cfg = Config.fromfile(path)
     merge_options(cfg, cfg_options)  # a key that names nothing is an error with the nearest names
     check_model_arguments(cfg)

@@ -2,9 +2,11 @@
 import os
 import warnings
 
+from mmengine.logging import MMLogger
 from torch import nn
 
-from .pretrained import classifier_mismatch, convert_checkpoint, download_checkpoint, load_pretrained
+from .pretrained import (check_classifier_settings, classifier_mismatch, convert_checkpoint, download_checkpoint,
+                         load_pretrained, loading_report, read_checkpoint, trained_classifier, unwrap_state_dict)
 from .registry import MODELS, get_model_info
 
 
@@ -12,24 +14,42 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, **over
     """Build ``name`` with ``overrides`` (``num_classes``, ``img_size``, ``drop_path_rate``, ...).
 
     pretrained: False; True for the officially released weights (downloaded once into torch.hub's
-    cache); or a path to a local checkpoint in the official or timm layout. When ``num_classes``
-    differs from the checkpoint's, the classifier stays freshly initialised, with a warning.
-    With weights the model is built as they were trained (:func:`weights_overrides`).
+    cache); or a path to a local checkpoint in the official or timm layout, or one this project's
+    classification training wrote (``work_dirs/<run>/epoch_N.pth``, or the work dir for its last
+    checkpoint). When ``num_classes`` differs from the checkpoint's, the classifier stays freshly
+    initialised, with a warning.
+    With weights the model is built as they were trained: released ones with the variant's
+    ``weights_arch`` (:func:`weights_overrides`); a classifier trained here must have been built
+    with the settings ``overrides`` give, compared with the config in its meta (another
+    ``qk_scale``, say, raises ``ArchitectureMismatchError`` naming it). One log line says what
+    was loaded, resampled (the position table, from the checkpoint's grid) and left out.
     """
     info = get_model_info(name)
-    if pretrained is not False and pretrained is not None:
-        overrides = weights_overrides(name, overrides)
-    model = MODELS.get(name)(**overrides)
-    model.model_name = name
-    model.model_info = info
-    if pretrained is False or pretrained is None:
-        return model
+    checkpoint = classifier = None
     if pretrained is True:
         if info.url is None:
             raise ValueError(f'{name} has no released weights; pass a checkpoint path instead')
         checkpoint = download_checkpoint(info.url, name)
-    else:
-        checkpoint = os.fspath(pretrained)
+    elif pretrained is not False and pretrained is not None:
+        path = os.fspath(pretrained)
+        if os.path.isdir(path):  # a classification run's work dir: its last checkpoint
+            from .checkpointing import resolve_checkpoint
+            path = pretrained = resolve_checkpoint(path, 'pretrained')
+        checkpoint = read_checkpoint(path)
+        classifier = trained_classifier(checkpoint)
+    if checkpoint is not None and classifier is None:
+        # released weights (or another project's): built as they were trained (weights_arch); a
+        # classifier trained here was built with the settings its config names, checked below
+        overrides = weights_overrides(name, overrides)
+    model = MODELS.get(name)(**overrides)
+    model.model_name = name
+    model.model_info = info
+    if checkpoint is None:
+        return model
+    where = info.url if pretrained is True else os.fspath(pretrained)
+    if classifier is not None:
+        check_classifier_settings(name, overrides, model, classifier, where)
+    raw = unwrap_state_dict(checkpoint)
     state_dict = convert_checkpoint(model, checkpoint)
     reset = classifier_mismatch(model, state_dict)
     if reset:
@@ -37,7 +57,9 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, **over
                       f'than num_classes={overrides.get("num_classes")}; it is not loaded',
                       stacklevel=2)
     # Already converted: a second pass of the converter is the identity on the zoo's layout.
-    return load_pretrained(model, state_dict, strict=True, reset_classifier=reset)
+    model = load_pretrained(model, state_dict, strict=True, reset_classifier=reset)
+    MMLogger.get_current_instance().info(loading_report(name, where, raw, state_dict, model, classifier, reset))
+    return model
 
 
 def weights_overrides(name: str, overrides: dict) -> dict:

@@ -176,3 +176,120 @@ def download_checkpoint(url: str, model_name: str) -> dict:
             f'e.g. create_model({model_name!r}, pretrained="/path/to/{release_name}"), or copy it '
             f'to {path}') from e
     return read_checkpoint(path)
+
+
+# --- this project's own classifiers as pretrained weights ----------------------------------------
+
+class ArchitectureMismatchError(StopWithMessage, ValueError):
+    """A classifier checkpoint whose network was built with other settings than the model it is
+    loaded into; the message names each setting and the value that fits."""
+
+
+# Settings that change no weight's meaning and may differ between a classifier and a model built
+# on its weights: the head, the input size (the position table is resampled), regularisation,
+# the attention kernel.
+FREE_SETTINGS = frozenset({'num_classes', 'img_size', 'drop_rate', 'attn_drop_rate', 'drop_path_rate', 'fused_attn',
+                           'global_pool', 'pretrained', 'name'})
+_UNSET = object()
+
+
+def trained_classifier(checkpoint) -> dict | None:
+    """The backbone settings (``dict(name, pretrained, **overrides)``) of a checkpoint this
+    project's classification training wrote (a ``Classifier`` config in ``meta['cfg']``, the
+    config text mmengine stores); None for any other checkpoint, or where the text does not parse."""
+    meta = checkpoint.get('meta') if isinstance(checkpoint, Mapping) else None
+    text = meta.get('cfg') if isinstance(meta, Mapping) else None
+    if not isinstance(text, str):
+        return None
+    from mmengine.config import Config
+    try:
+        model = Config.fromstring(text, '.py').get('model') or {}
+    except Exception:  # a config this version cannot parse: the weights still load, unchecked
+        return None
+    if model.get('type') != 'Classifier' or not isinstance(model.get('backbone'), Mapping):
+        return None
+    return dict(model['backbone'], num_classes=model.get('num_classes'))
+
+
+def classifier_settings(backbone: Mapping) -> tuple[str, dict]:
+    """A ``Classifier``'s backbone config -> (model name, the settings its network was built with):
+    its overrides, under the variant's ``weights_arch`` where it was built to load weights (as
+    ``classification.distillation.build_network`` builds it)."""
+    from .registry import MODEL_INFO
+    settings = dict(backbone)
+    name = settings.pop('name')
+    pretrained = settings.pop('pretrained', False)
+    if pretrained not in (False, None) and name in MODEL_INFO:
+        settings = {**MODEL_INFO[name].weights_arch, **settings}
+    return name, settings
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= 1e-9 * max(abs(a), abs(b))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def check_classifier_settings(name: str, overrides: dict, model: nn.Module, classifier: Mapping, path) -> None:
+    """Refuse to load the classifier checkpoint at ``path`` (its backbone config ``classifier``,
+    :func:`trained_classifier`) into ``model`` (``name`` built with ``overrides``) when the two were
+    built with other settings: another variant, or a setting such as T2T-ViT's ``qk_scale`` that
+    changes what the same weights compute without changing their shapes (so strict loading would
+    not notice). Settings in :data:`FREE_SETTINGS` may differ. A setting one side leaves out has
+    the variant's value."""
+    import inspect
+    their_name, theirs = classifier_settings(classifier)
+    if their_name != name:
+        raise ArchitectureMismatchError(
+            f'{path} is a {their_name} classifier, and the model here is {name}: build {their_name} '
+            f'(a detector: model.detector.backbone.name={their_name}), or give a {name} checkpoint')
+    variant = getattr(model, 'variant_arch', {})
+    defaults = {k: p.default for k, p in inspect.signature(type(model).__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+
+    def value(settings, key):
+        return settings[key] if key in settings else variant.get(key, defaults.get(key, _UNSET))
+
+    differ = [(k, value(theirs, k), value(overrides, k)) for k in sorted((set(theirs) | set(overrides)) - FREE_SETTINGS)
+              if not _same(value(theirs, k), value(overrides, k))]
+    if differ:
+        shown = '; '.join(f'{k}={_shown(a)} in the classifier, {_shown(b)} here' for k, a, b in differ)
+        fix = ' '.join(f'{k}={a!r}' for k, a, _ in differ if a is not _UNSET)
+        raise ArchitectureMismatchError(
+            f'{path}: the {name} classifier was built with other settings than this {name}: {shown}. The same weights '
+            f'would compute something else. Build it as the classifier was: {fix} (in a detector config: '
+            f'model.detector.backbone.<setting>; a setting the classifier left out has the variant\'s value)')
+
+
+def _shown(value) -> str:
+    if value is _UNSET:
+        return '(not set)'
+    return f'{value!r}' + (' (head_dim ** -0.5)' if value is None else '')
+
+
+def loading_report(name: str, path, raw: Mapping, converted: Mapping, model: nn.Module, classifier: Mapping | None,
+                   reset: bool) -> str:
+    """One line: what ``create_model`` loaded from ``path`` into ``model``: how many tensors, which
+    were resampled (the position table, from the checkpoint's grid), which were left out."""
+    own = model.state_dict()
+    loaded = [k for k in own if k in converted and not (reset and _is_classifier(model, k))]
+    resampled = [k for k in loaded if k in raw and tuple(raw[k].shape) != tuple(own[k].shape)]
+    left_out = [k for k in converted if k not in own or (reset and _is_classifier(model, k))]
+    prefix = getattr(model, 'num_prefix_tokens', 0)
+
+    def grid(tokens):
+        side = int(round((tokens - prefix) ** 0.5))
+        return f'{side}x{side} grid' if side * side == tokens - prefix else f'{tokens} tokens'
+
+    what = f'a {name} classifier trained here, {classifier.get("num_classes")} classes' if classifier else 'weights'
+    parts = [f'{name}: loaded {len(loaded)} of {len(own)} tensors from {path} ({what})']
+    for key in resampled:
+        a, b = tuple(raw[key].shape), tuple(own[key].shape)
+        where = f' from the checkpoint\'s {grid(a[1])} to {grid(b[1])}' if key == 'pos_embed' and len(a) == 3 else ''
+        parts.append(f'resampled {key} {a} -> {b}{where}')
+    if left_out:
+        parts.append(f'left out {len(left_out)} ({_fmt(left_out, 4)}: the classifier head)'
+                     if all(_is_classifier(model, k) for k in left_out) else f'left out {_fmt(left_out, 4)}')
+    return '; '.join(parts)

@@ -6,6 +6,8 @@ Two layouts are recognised:
     plain:     DIR/annotations/{train,val}.json,              DIR/{train,val}/
 
 and the layout of the sets this project generates (``annotations/instances_{train,val}.json``).
+A Pascal VOC or YOLO (ultralytics) folder is converted to the same COCO dicts first
+(``detection.data.formats``), with a held-out validation split where it has none (``--val-fraction``).
 
 The class count and names come from the train annotation file's ``categories``, so no config
 needs editing; category ids may be anything (0, gaps, unsorted): labels are their sorted order.
@@ -18,6 +20,7 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 
 from .coco import _check_annotation_file
+from .formats import VAL_FRACTION, convert, converted_dir, write_splits
 
 LAYOUTS = {
     'COCO 2017': {'train': ('annotations/instances_train2017.json', 'train2017'),
@@ -49,7 +52,9 @@ def find_splits(root: str) -> dict[str, tuple[str, str]]:
                     raise FileNotFoundError(f'--data {root}: image folder {img_dir} not found for '
                                             f'{ann_file}. Expected {expected}.')
             return found
-    raise FileNotFoundError(f'--data {root}: no annotation file found. Expected {expected}.')
+    raise FileNotFoundError(f'--data {root}: no annotation file found. Expected {expected}; or Pascal VOC: '
+                            f'Annotations/*.xml with JPEGImages/; or YOLO: a data.yaml naming the train and val '
+                            f'image folders and the class names, with labels/ beside images/.')
 
 
 def read_split(ann_file: str, img_dir: str) -> dict:
@@ -109,16 +114,22 @@ def set_img_size(cfg: Config, img_size: int) -> Config:
     return cfg
 
 
-def use_data_folder(cfg: Config, root: str | None, img_size: int | None = None) -> Config:
+def use_data_folder(cfg: Config, root: str | None, img_size: int | None = None,
+                    val_fraction: float | None = None) -> Config:
     """Points every dataloader of a detection config at the folder ``root`` and sets the class
     count from its train annotations; with ``img_size`` also the train and test sizes (which
-    also works on the config's own data, ``root`` None)."""
+    also works on the config's own data, ``root`` None). A VOC or YOLO folder is converted first
+    (``detection.data.formats``); one without a val split holds out ``val_fraction`` (0.1)."""
     if root is None:
         return set_img_size(cfg, img_size) if img_size else cfg
     if cfg.get('model', {}).get('type') != 'Detector':
         raise ValueError('--data takes a detection config (model.type Detector); classification '
                          'configs name their folders in the config')
-    splits = find_splits(root)
+    val_fraction = VAL_FRACTION if val_fraction is None else val_fraction
+    is_coco = any(osp.isfile(osp.join(root, splits['train'][0])) for splits in LAYOUTS.values())
+    converted = None if is_coco else convert(root, val_fraction)  # a VOC or YOLO folder as COCO dicts
+    splits = (write_splits(converted['splits'], converted_dir(cfg.get('work_dir'), root, val_fraction))
+              if converted else find_splits(root))
     train, val = read_split(*splits['train']), read_split(*splits['val'])
     classes, val_classes = train['classes'], val['classes']
     if val_classes != classes:
@@ -137,9 +148,13 @@ def use_data_folder(cfg: Config, root: str | None, img_size: int | None = None) 
         evaluators = cfg.get(key)
         for evaluator in (evaluators if isinstance(evaluators, list) else [evaluators] if evaluators else []):
             evaluator.pop('ann_file', None)  # the evaluated dataset's own
-    cfg.data_folder = dict(root=osp.abspath(root), classes=classes, img_size=img_size)
+    cfg.data_folder = dict(root=osp.abspath(root), classes=classes, img_size=img_size,
+                           format=converted['format'] if converted else 'COCO', val_fraction=val_fraction)
     logger = MMLogger.get_current_instance()
-    logger.info(f'--data {root}: {train["images"]} train images ({train["boxes"]} boxes), {val["images"]} val '
+    for note in converted['notes'] if converted else []:
+        logger.info(f'--data {root} ({converted["format"]}): {note}')
+    read_as = f' ({converted["format"]}, as COCO in {osp.dirname(splits["train"][0])})' if converted else ''
+    logger.info(f'--data {root}{read_as}: {train["images"]} train images ({train["boxes"]} boxes), {val["images"]} val '
                 f'images, {len(classes)} classes, at most {train["max_objects"]} objects on an image')
     queries = cfg.model.get('detector', {}).get('num_queries')
     if queries is not None and queries < max(train['max_objects'], val['max_objects']):
@@ -156,7 +171,12 @@ def add_data_arguments(parser) -> None:
     parser.add_argument('--data', metavar='DIR',
                         help='a COCO-format folder to train / evaluate on instead of the config\'s data '
                              '(annotations/instances_{train,val}2017.json with {train,val}2017/, or '
-                             'annotations/{train,val}.json with {train,val}/); classes come from the json')
+                             'annotations/{train,val}.json with {train,val}/); classes come from the json. '
+                             'Pascal VOC (Annotations/, JPEGImages/, ImageSets/Main/) and YOLO (data.yaml, '
+                             'images/, labels/) folders are read too')
+    parser.add_argument('--val-fraction', type=float, metavar='F',
+                        help=f'a --data folder without a validation split holds out this fraction of its images '
+                             f'for it (default {VAL_FRACTION}; the same images every run)')
     parser.add_argument('--img-size', type=int, metavar='N',
                         help='test size N (shorter side) and multi-scale training from 0.75 N to N')
 
@@ -165,7 +185,7 @@ def apply_data_arguments(cfg: Config, args) -> Config:
     """``use_data_folder`` for the tools: a problem with the folder ends the command with its
     message (no traceback to read through)."""
     try:
-        return use_data_folder(cfg, args.data, args.img_size)
+        return use_data_folder(cfg, args.data, args.img_size, getattr(args, 'val_fraction', None))
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f'error: {e}') from e
 

@@ -4,7 +4,8 @@ import collections.abc
 import torch
 from einops import repeat
 from torch import nn
-from torch.nn.modules import module as _module
+
+from . import private_ops
 
 
 def to_2tuple(x) -> tuple:
@@ -48,7 +49,8 @@ def prepend_tokens(x: torch.Tensor, *tokens: torch.Tensor) -> torch.Tensor:
 
 def unhooked(*modules: nn.Module) -> bool:
     """Whether no forward hook (global, or on any of ``modules``) would see these modules' calls:
-    a fused path that skips their own forwards may run only then."""
-    if getattr(_module, '_global_forward_hooks', None) or getattr(_module, '_global_forward_pre_hooks', None):
+    a fused path that skips their own forwards may run only then. Where this torch keeps its global
+    hooks out of sight (:mod:`zoo.layers.private_ops`), never."""
+    if private_ops.global_forward_hooks_registered():
         return False
     return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)

@@ -3,13 +3,9 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from . import private_ops  # the private oneDNN convolution, or None without it
 from .helpers import unhooked
 from .linear import needs_plain_ops, onednn_linear_active
-
-try:
-    _conv_pointwise = torch.ops.mkldnn._convolution_pointwise.default
-except (AttributeError, RuntimeError):  # a build without oneDNN
-    _conv_pointwise = None
 
 
 def fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,17 +73,18 @@ class LocallyEnhancedFeedForward(nn.Module):
             if conv is self.conv2 and real is not None:
                 fmap = fmap * real.to(dtype)
             weight, bias = fold_batch_norm(conv, bn)
-            fmap = _conv_pointwise(fmap, weight.to(dtype), bias.to(dtype), conv.padding, conv.stride,
-                                   conv.dilation, conv.groups, post_op, [], 'none' if post_op == 'gelu' else '')
+            fmap = private_ops.convolution_pointwise(fmap, weight.to(dtype), bias.to(dtype), conv.padding,
+                                                     conv.stride, conv.dilation, conv.groups, post_op, [],
+                                                     'none' if post_op == 'gelu' else '')
         return fmap
 
     def _fused_dtype(self, fmap: torch.Tensor) -> torch.dtype | None:
         """The dtype of the fused path (:meth:`_fused`), or None where it must not run: with
         autograd or in training mode, off the CPU, outside float32 / bfloat16, where plain ops are
-        needed (export, tracing, FLOP counting), or when a hook watches a part or a part was
-        replaced."""
-        if _conv_pointwise is None or not onednn_linear_active() or torch.is_grad_enabled() or self.training \
-                or fmap.device.type != 'cpu' or needs_plain_ops():
+        needed (export, tracing, FLOP counting), when a hook watches a part or a part was
+        replaced, or where this torch lacks the operator (:mod:`zoo.layers.private_ops`)."""
+        if not private_ops.onednn_convolution_available() or not onednn_linear_active() \
+                or torch.is_grad_enabled() or self.training or fmap.device.type != 'cpu' or needs_plain_ops():
             return None
         dtype = torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else fmap.dtype
         parts = (self.conv1, self.bn1, self.conv2, self.bn2, self.conv3, self.bn3, self.act)

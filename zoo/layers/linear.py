@@ -9,7 +9,8 @@ about 300), in IEEE float32 both: the results differ only in summation order (re
 1e-6). ViT-S inference goes from 20.7 to 38.6 images/s. On Intel processors MKL takes its
 AVX-512 path and the gap should be small; that is not measured here.
 
-The oneDNN path runs only where it applies: a CPU tensor in float32 with autocast off, outside
+The oneDNN path runs only where it applies and where the running torch has its private operator
+(:mod:`zoo.layers.private_ops`): a CPU tensor in float32 with autocast off, outside
 ``torch.compile`` (inductor picks its own kernels), tracing and ONNX export, and outside any
 ``TorchDispatchMode`` (FLOP counters and fake tensors see a plain ``aten.linear``). Everywhere
 else, and when turned off (:func:`set_onednn_linear`, ``tools/benchmark.py --no-onednn``), it is
@@ -22,22 +23,13 @@ post-op instead of a second pass. On the ViT-S MLP product that is 845 against 7
 through ``addmm``; with the attention map's own shortcut (``zoo.layers.attention``) ViT-S
 bfloat16 inference is 5-6% faster (README, "bfloat16 on this CPU").
 """
-import platform
-
 import torch
 import torch.nn.functional as F
-import torch.utils._python_dispatch
 from torch import nn
 
-try:
-    _linear_pointwise = torch.ops.mkldnn._linear_pointwise.default
-    _AVAILABLE = torch.backends.mkldnn.is_available() and platform.machine().lower() in ('x86_64', 'amd64')
-except (AttributeError, RuntimeError):  # a build without oneDNN
-    _linear_pointwise, _AVAILABLE = None, False
+from . import private_ops  # the private oneDNN operator and dispatch-mode query, or None without them
 
 _enabled = True
-# Private in torch (2.1-2.15 have it); without it no dispatch mode is detected.
-_current_dispatch_mode = getattr(torch.utils._python_dispatch, '_get_current_dispatch_mode', lambda: None)
 
 
 def set_onednn_linear(enabled: bool) -> bool:
@@ -48,13 +40,14 @@ def set_onednn_linear(enabled: bool) -> bool:
 
 
 def onednn_linear_active() -> bool:
-    """Whether float32 CPU linears currently take the oneDNN path (available and turned on)."""
-    return _AVAILABLE and _enabled
+    """Whether float32 CPU linears currently take the oneDNN path (available in this torch and
+    turned on; :mod:`zoo.layers.private_ops`)."""
+    return _enabled and private_ops.onednn_linear_available()
 
 
 def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x (M, K) @ weight (N, K)^T + bias (N,) -> (M, N) on oneDNN (strided operands accepted)."""
-    return _linear_pointwise(x, weight, bias, 'none', [], '')
+    return private_ops.linear_pointwise(x, weight, bias, 'none', [], '')
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -79,9 +72,10 @@ class _OneDNNLinear(torch.autograd.Function):
 
 def needs_plain_ops() -> bool:
     """Whether the ops called now must be the plain aten ones, no fast-path substitutes: while
-    compiling, tracing, exporting to ONNX, or under a dispatch mode (FLOP counters, fake tensors)."""
+    compiling, tracing, exporting to ONNX, or under a dispatch mode (FLOP counters, fake tensors;
+    always, where this torch cannot tell: :func:`zoo.layers.private_ops.dispatch_mode_active`)."""
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() \
-        or _current_dispatch_mode() is not None
+        or private_ops.dispatch_mode_active()
 
 
 def _plain_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -109,7 +103,7 @@ def _bfloat16_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
                       post_op: str) -> torch.Tensor:
     """post_op(x W^T + b) in bfloat16 on oneDNN: x (..., K) -> (..., N); 'none' or 'gelu' (exact)."""
     bf16 = torch.bfloat16
-    y = _linear_pointwise(x.to(bf16).reshape(-1, x.shape[-1]), weight.to(bf16),
+    y = private_ops.linear_pointwise(x.to(bf16).reshape(-1, x.shape[-1]), weight.to(bf16),
                           None if bias is None else bias.to(bf16), post_op, [],
                           'none' if post_op == 'gelu' else '')
     return y.view(*x.shape[:-1], y.shape[-1])

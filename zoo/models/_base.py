@@ -298,5 +298,8 @@ def resample_pos_embed_in(state_dict: dict, model: nn.Module, grid: tuple[int, i
 # -- registered variants ---------------------------------------------------------------------------
 def build(cls: type, overrides: dict, **arch) -> nn.Module:
     """``cls`` with the variant's architecture ``arch``, the caller's ``overrides`` (depth,
-    img_size, num_classes, ...) on top."""
-    return cls(**{**arch, **overrides})
+    img_size, num_classes, ...) on top. The model keeps ``arch`` as ``variant_arch``: the values
+    of the settings a caller leaves out (``zoo.pretrained.check_classifier_settings``)."""
+    model = cls(**{**arch, **overrides})
+    model.variant_arch = dict(arch)
+    return model
