@@ -311,3 +311,23 @@ def test_infer_names_a_missing_or_corrupt_image_and_a_missing_config(tmp_path, c
     missing = str(tmp_path / 'nope.py')
     with pytest.raises(SystemExit, match=f'config not found: {missing}'):
         infer.main([missing, checkpoint, str(corrupt)])
+
+
+def test_train_py_names_broken_data_in_one_message_without_a_traceback(tmp_path):
+    """A data problem is the user's to fix: tools/train.py prints the message alone (exit 1),
+    before a model is built, instead of a traceback through mmengine's loops."""
+    import subprocess
+    root = tmp_path / 'data'
+    (root / 'annotations').mkdir(parents=True)
+    for split, wrong in (('train', True), ('val', False)):
+        pictures = {f'{split}{i}.png': rgb_picture(i) for i in range(3)}
+        # the json says one image is wider than its file: found when the dataset is built
+        images = [dict(id=i + 1, file_name=n, width=W + 8 if wrong and i == 1 else W, height=H)
+                  for i, n in enumerate(pictures)]
+        img_dir, ann = write_coco(tmp_path / split, pictures, images=images)
+        os.replace(img_dir, root / split)
+        os.replace(ann, root / 'annotations' / f'{split}.json')
+    done = subprocess.run([sys.executable, 'tools/train.py', 'configs/demo/detr_t2t_shapes.py', '--data', str(root),
+                           '--work-dir', str(tmp_path / 'work')], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert 'train1.png' in done.stderr and 'Traceback' not in done.stderr, done.stderr[-3000:]

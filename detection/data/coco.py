@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
+from .errors import DataError, MissingDataError
 from .images import image_size, read_image
 from .transforms import boxes_to_normalized_cxcywh
 
@@ -55,14 +56,14 @@ def _check_annotation_file(data: dict, path: str) -> None:
     problem says how to fix it."""
     for section in ('images', 'annotations', 'categories'):
         if not isinstance(data.get(section), list):
-            raise ValueError(f'{path}: missing the "{section}" list of a COCO annotation file')
+            raise DataError(f'{path}: missing the "{section}" list of a COCO annotation file')
     required = dict(images=('id', 'file_name', 'width', 'height'),
                     annotations=('image_id', 'category_id', 'bbox'), categories=('id', 'name'))
     for section, fields in required.items():
         for i, entry in enumerate(data[section]):
             missing = [f for f in fields if f not in entry]
             if missing:
-                raise ValueError(f'{path}: {section}[{i}] lacks {", ".join(missing)} '
+                raise DataError(f'{path}: {section}[{i}] lacks {", ".join(missing)} '
                                  f'(entry: {json.dumps(entry)[:200]})')
     problems = []
     bad_boxes = [f'annotations[{i}] (id {ann.get("id")}) has bbox {json.dumps(ann["bbox"])}'
@@ -104,7 +105,7 @@ def _check_annotation_file(data: dict, path: str) -> None:
                         f'has ids {_listed(map(_shown, known), 20)}. Add the missing categories to "categories" '
                         f'(the class count follows them), or correct or remove those annotations')
     if problems:
-        raise ValueError(f'{path}: ' + (problems[0] if len(problems) == 1 else
+        raise DataError(f'{path}: ' + (problems[0] if len(problems) == 1 else
                                         f'{len(problems)} problems:\n' + '\n'.join(f'  - {p}' for p in problems)))
 
 
@@ -133,10 +134,10 @@ def check_image_files(images: list[dict], img_dir: str, ann_file: str, fix_sizes
         if size != (img['width'], img['height']):
             mismatched.append((img, size))
     if missing:
-        raise FileNotFoundError(f'{len(missing)} image file(s) listed in {ann_file} are missing from {img_dir}, '
+        raise MissingDataError(f'{len(missing)} image file(s) listed in {ann_file} are missing from {img_dir}, '
                                 f'e.g. {missing[:3]}: put them there, or remove them from the json')
     if unreadable:
-        raise ValueError(f'{len(unreadable)} image file(s) listed in {ann_file} in {img_dir} are not pictures PIL '
+        raise DataError(f'{len(unreadable)} image file(s) listed in {ann_file} in {img_dir} are not pictures PIL '
                          f'can read: {_listed(unreadable, 5)}. Replace them, or remove them from the json')
     if not mismatched:
         return
@@ -149,7 +150,7 @@ def check_image_files(images: list[dict], img_dir: str, ann_file: str, fix_sizes
         warnings.warn(f'fix_sizes: {len(mismatched)} image size(s) in {ann_file} taken from the files (width x '
                       f'height): {_listed(shown, 5)}. The boxes are kept as the json has them', stacklevel=3)
         return
-    raise ValueError(
+    raise DataError(
         f'{len(mismatched)} image(s) in {ann_file} differ in size from their file (width x height): '
         f'{_listed(shown, 5)}. Boxes are taken in the file\'s pixels: if the files were resized or rotated after '
         f'annotating, the boxes no longer fit them; resize or rotate them back, or annotate them again. If only '
@@ -177,15 +178,15 @@ class CocoDetection(Dataset):
         ``check_image_files``). ``fix_sizes``: take each image's size from its file where the
         json says another, with a warning, instead of refusing the data set."""
         if not os.path.isfile(ann_file):
-            raise FileNotFoundError(f'annotation file {ann_file} not found')
+            raise MissingDataError(f'annotation file {ann_file} not found')
         with open(ann_file) as f:
             try:
                 data = json.load(f)
             except json.JSONDecodeError as e:
-                raise ValueError(f'{ann_file} is not valid json: {e}') from e
+                raise DataError(f'{ann_file} is not valid json: {e}') from e
         _check_annotation_file(data, ann_file)
         if not data['images']:
-            raise ValueError(
+            raise DataError(
                 f'{ann_file} lists no images (its "images" list is empty): there is nothing to '
                 f'{"train on" if train else "evaluate"}. Point the config at an annotation file with images; a '
                 f'set without a separate validation split can use its train json and folder for validation too')
@@ -226,7 +227,7 @@ class CocoDetection(Dataset):
             if self.train and (x1 <= x0 or y1 <= y0):
                 continue
             if ann['category_id'] not in self.label_of:
-                raise ValueError(f'{self.ann_file}: annotation {ann.get("id")} has category_id '
+                raise DataError(f'{self.ann_file}: annotation {ann.get("id")} has category_id '
                                  f'{ann["category_id"]}, absent from "categories"')
             boxes.append([x0, y0, x1, y1])
             labels.append(self.label_of[ann['category_id']])

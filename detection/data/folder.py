@@ -20,6 +20,7 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 
 from .coco import _check_annotation_file
+from .errors import DataError, MissingDataError
 from .formats import VAL_FRACTION, convert, converted_dir, write_splits
 
 LAYOUTS = {
@@ -35,7 +36,7 @@ def find_splits(root: str) -> dict[str, tuple[str, str]]:
     """DIR -> {'train': (ann_file, img_dir), 'val': (ann_file, img_dir)} in the first layout whose
     train annotation file exists; raises FileNotFoundError saying what is expected."""
     if not osp.isdir(root):
-        raise FileNotFoundError(f'--data {root}: no such folder. Give the folder that holds '
+        raise MissingDataError(f'--data {root}: no such folder. Give the folder that holds '
                                 f'annotations/ and the image folders of a COCO-format data set.')
     expected = '; or '.join(f'{name}: ' + ', '.join(f'{a} with {d}/' for a, d in splits.values())
                             for name, splits in LAYOUTS.items())
@@ -44,15 +45,15 @@ def find_splits(root: str) -> dict[str, tuple[str, str]]:
             found = {s: (osp.join(root, a), osp.join(root, d)) for s, (a, d) in splits.items()}
             for split, (ann_file, img_dir) in found.items():
                 if not osp.isfile(ann_file):
-                    raise FileNotFoundError(
+                    raise MissingDataError(
                         f'--data {root}: {ann_file} not found ({split} split). Expected {expected}. '
                         f'A set without a separate {split} split can point both at the same images: '
                         f'copy or link the train json and folder to the {split} names.')
                 if not osp.isdir(img_dir):
-                    raise FileNotFoundError(f'--data {root}: image folder {img_dir} not found for '
+                    raise MissingDataError(f'--data {root}: image folder {img_dir} not found for '
                                             f'{ann_file}. Expected {expected}.')
             return found
-    raise FileNotFoundError(f'--data {root}: no annotation file found. Expected {expected}; or Pascal VOC: '
+    raise MissingDataError(f'--data {root}: no annotation file found. Expected {expected}; or Pascal VOC: '
                             f'Annotations/*.xml with JPEGImages/; or YOLO: a data.yaml naming the train and val '
                             f'image folders and the class names, with labels/ beside images/.')
 
@@ -65,21 +66,21 @@ def read_split(ann_file: str, img_dir: str) -> dict:
         try:
             data = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f'{ann_file} is not valid json ({e}); --data expects a COCO '
+            raise DataError(f'{ann_file} is not valid json ({e}); --data expects a COCO '
                              f'annotation file with "images", "annotations" and "categories"') from e
     if not isinstance(data, dict):
-        raise ValueError(f'{ann_file} holds a json {type(data).__name__}, not a COCO annotation file '
+        raise DataError(f'{ann_file} holds a json {type(data).__name__}, not a COCO annotation file '
                          f'(an object with "images", "annotations" and "categories" lists)')
     _check_annotation_file(data, ann_file)
     if not data['categories']:
-        raise ValueError(f'{ann_file}: "categories" is empty; list every class as {{"id": ..., "name": ...}}')
+        raise DataError(f'{ann_file}: "categories" is empty; list every class as {{"id": ..., "name": ...}}')
     if not data['images']:
-        raise ValueError(f'{ann_file}: "images" is empty, so this split has nothing to train on or evaluate. List '
+        raise DataError(f'{ann_file}: "images" is empty, so this split has nothing to train on or evaluate. List '
                          f'its images; a set without a separate val split can copy or link the train json and '
                          f'folder to the val names')
     missing = [img['file_name'] for img in data['images'] if not osp.isfile(osp.join(img_dir, img['file_name']))]
     if missing:
-        raise FileNotFoundError(f'{len(missing)} of the {len(data["images"])} images listed in {ann_file} are '
+        raise MissingDataError(f'{len(missing)} of the {len(data["images"])} images listed in {ann_file} are '
                                 f'missing from {img_dir}, e.g. {missing[:3]}: put them there, or remove '
                                 f'them from the json')
     per_image = {}
@@ -95,7 +96,7 @@ def sized_transforms(img_size: int) -> tuple[dict, dict]:
     of 8) with a horizontal flip, the longer side at most 1333/800 of it as in DETR; testing
     resizes the shorter side to N."""
     if img_size < 32:
-        raise ValueError(f'--img-size {img_size}: too small for a stride-32 detector; use 32 or more')
+        raise DataError(f'--img-size {img_size}: too small for a stride-32 detector; use 32 or more')
     max_size = round(img_size * 1333 / 800)
     scales = sorted({max(8, round(img_size * (0.75 + 0.0625 * i) / 8) * 8) for i in range(5)})
     return (dict(type='shapes_train_transforms', scales=tuple(scales), max_size=max_size),
@@ -123,7 +124,7 @@ def use_data_folder(cfg: Config, root: str | None, img_size: int | None = None,
     if root is None:
         return set_img_size(cfg, img_size) if img_size else cfg
     if cfg.get('model', {}).get('type') != 'Detector':
-        raise ValueError('--data takes a detection config (model.type Detector); classification '
+        raise DataError('--data takes a detection config (model.type Detector); classification '
                          'configs name their folders in the config')
     val_fraction = VAL_FRACTION if val_fraction is None else val_fraction
     is_coco = any(osp.isfile(osp.join(root, splits['train'][0])) for splits in LAYOUTS.values())
@@ -133,7 +134,7 @@ def use_data_folder(cfg: Config, root: str | None, img_size: int | None = None,
     train, val = read_split(*splits['train']), read_split(*splits['val'])
     classes, val_classes = train['classes'], val['classes']
     if val_classes != classes:
-        raise ValueError(f'--data {root}: the train and val annotation files list different categories '
+        raise DataError(f'--data {root}: the train and val annotation files list different categories '
                          f'({classes} vs {val_classes}); both need the same "categories" list')
     cfg.model.num_classes = len(classes)
     cfg.num_classes = len(classes)
@@ -194,7 +195,7 @@ def check_class_count(num_classes: int, classes: list[str], ann_file: str) -> No
     """A config whose class count disagrees with its data trains garbage silently: refuse it."""
     if num_classes != len(classes):
         shown = ', '.join(classes[:10]) + (', ...' if len(classes) > 10 else '')
-        raise ValueError(
+        raise DataError(
             f'the config says num_classes={num_classes} but {ann_file} has {len(classes)} categories '
             f'({shown}). Set --cfg-options model.num_classes={len(classes)}, or train with '
             f'--data DIR, which takes the class count from the annotation file.')

@@ -21,6 +21,8 @@ import os.path as osp
 import random
 import tempfile
 
+from .errors import DataError
+
 VAL_FRACTION = 0.1
 SPLIT_SEED = 0
 
@@ -41,7 +43,7 @@ def hold_out(ids: list, fraction: float, seed: int = SPLIT_SEED) -> tuple[list, 
     """(train, val): ``round(fraction * n)`` of ``ids`` (at least 1, at most n - 1), chosen by a
     seeded shuffle of the sorted ids; each part keeps the sorted order. One id is both."""
     if not 0 < fraction < 1:
-        raise ValueError(f'--val-fraction {fraction}: give a fraction between 0 and 1, e.g. 0.1')
+        raise DataError(f'--val-fraction {fraction}: give a fraction between 0 and 1, e.g. 0.1')
     ids = sorted(ids)
     if len(ids) < 2:
         return ids, ids
@@ -68,7 +70,7 @@ def convert(root: str, val_fraction: float = VAL_FRACTION) -> dict | None:
     if kind == 'voc':
         train, val, source = voc.split_ids(root)
         if not train:
-            raise ValueError(f'--data {root} (Pascal VOC): no image ids in {source}; list them, one per line')
+            raise DataError(f'--data {root} (Pascal VOC): no image ids in {source}; list them, one per line')
         if val is None:
             train, val = hold_out(train, val_fraction)
             notes.append(_held_out_note(train, val, val_fraction, source))

@@ -11,6 +11,8 @@ model sees the same pixels in training and when drawing.
 import numpy as np
 from PIL import Image
 
+from .errors import DataError, MissingDataError
+
 # Modes whose values can exceed 255: 16-bit grayscale in its byte orders, 32-bit integer, float.
 HIGH_DEPTH_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I', 'F')
 
@@ -50,13 +52,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert('RGB')
 
 
-def _unreadable(path: str, e: Exception) -> ValueError:
+def _unreadable(path: str, e: Exception) -> DataError:
     """The one-line error for a file PIL cannot decode, naming it and the fix."""
     if isinstance(e, Image.DecompressionBombError):
-        return ValueError(f'cannot read image {path}: {e}. Raise PIL.Image.MAX_IMAGE_PIXELS if the file '
-                          f'is trusted, or downscale it')
+        return DataError(f'cannot read image {path}: {e}. Raise PIL.Image.MAX_IMAGE_PIXELS if the file '
+                         f'is trusted, or downscale it')
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return ValueError(f'cannot read image {path}: {reason}. The file is corrupt or not a picture: replace it')
+    return DataError(f'cannot read image {path}: {reason}. The file is corrupt or not a picture: replace it')
 
 
 # What PIL raises for a file it cannot read: OSError (UnidentifiedImageError, truncated data, a
@@ -71,7 +73,7 @@ def image_size(path: str) -> tuple[int, int]:
         with Image.open(path) as img:
             return img.size
     except FileNotFoundError:
-        raise FileNotFoundError(f'image {path} not found: check the path') from None
+        raise MissingDataError(f'image {path} not found: check the path') from None
     except _PIL_ERRORS as e:
         raise _unreadable(path, e) from e
 
@@ -85,6 +87,6 @@ def read_image(path: str) -> Image.Image:
         with Image.open(path) as img:
             return to_rgb(img)
     except FileNotFoundError:
-        raise FileNotFoundError(f'image {path} not found: check the path') from None
+        raise MissingDataError(f'image {path} not found: check the path') from None
     except _PIL_ERRORS as e:
         raise _unreadable(path, e) from e

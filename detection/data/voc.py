@@ -20,6 +20,8 @@ import os
 import os.path as osp
 import xml.etree.ElementTree as ET
 
+from .errors import DataError
+
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 SIZE_FIX = ('add <size><width>W</width><height>H</height><depth>3</depth></size> with the pixel size of the '
             'image (annotation tools such as labelImg and CVAT write it), or remove the file')
@@ -128,12 +130,12 @@ def read_voc(root: str, ids: dict[str, list[str]]) -> tuple[dict[str, dict], str
         problems += found
         parsed[stem] = record
     if problems:
-        raise ValueError(f'--data {root} (Pascal VOC): {len(problems)} problem(s) in the annotations:\n'
+        raise DataError(f'--data {root} (Pascal VOC): {len(problems)} problem(s) in the annotations:\n'
                          + '\n'.join(f'  - {p}' for p in problems[:20])
                          + (f'\n  ... ({len(problems) - 20} more)' if len(problems) > 20 else ''))
     names = sorted({o[0] for record in parsed.values() for o in record['objects']})
     if not names:
-        raise ValueError(f'--data {root} (Pascal VOC): no <object> in any xml of Annotations/, so there are no '
+        raise DataError(f'--data {root} (Pascal VOC): no <object> in any xml of Annotations/, so there are no '
                          f'classes to learn; annotate the images first')
     category = {name: i for i, name in enumerate(names)}
     out = {}

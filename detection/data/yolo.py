@@ -21,6 +21,7 @@ import os.path as osp
 
 import yaml
 
+from .errors import DataError, MissingDataError
 from .images import image_size
 
 IMAGE_EXTENSIONS = ('.bmp', '.dng', '.jpeg', '.jpg', '.mpo', '.png', '.tif', '.tiff', '.webp')
@@ -55,9 +56,9 @@ def read_yaml(path: str) -> dict:
         with open(path) as f:
             data = yaml.safe_load(f)
     except yaml.YAMLError as e:
-        raise ValueError(f'{path}: not valid YAML ({e})') from e
+        raise DataError(f'{path}: not valid YAML ({e})') from e
     if not isinstance(data, dict):
-        raise ValueError(f'{path}: expected a mapping with train, val and names (the ultralytics data.yaml)')
+        raise DataError(f'{path}: expected a mapping with train, val and names (the ultralytics data.yaml)')
     names = data.get('names')
     if isinstance(names, dict):
         try:
@@ -65,15 +66,15 @@ def read_yaml(path: str) -> dict:
         except (TypeError, ValueError):
             keys = None
         if keys != list(range(len(names))):
-            raise ValueError(f'{path}: names has keys {list(names)}; write them as 0, 1, ... N-1 (the class indices '
+            raise DataError(f'{path}: names has keys {list(names)}; write them as 0, 1, ... N-1 (the class indices '
                              f'of the label files) or as a list')
         names = [names[k] if k in names else names[str(k)] for k in keys]
     if not isinstance(names, list) or not names:
-        raise ValueError(f'{path}: no names list; add e.g. "names: [cat, dog]" (the class of index 0, 1, ...)')
+        raise DataError(f'{path}: no names list; add e.g. "names: [cat, dog]" (the class of index 0, 1, ...)')
     if data.get('nc') is not None and data['nc'] != len(names):
-        raise ValueError(f'{path}: nc is {data["nc"]} but names lists {len(names)} classes; make them agree')
+        raise DataError(f'{path}: nc is {data["nc"]} but names lists {len(names)} classes; make them agree')
     if not data.get('train'):
-        raise ValueError(f'{path}: no train entry; add e.g. "train: images/train" (a folder of images)')
+        raise DataError(f'{path}: no train entry; add e.g. "train: images/train" (a folder of images)')
     return dict(data, names=[str(n) for n in names])
 
 
@@ -89,7 +90,7 @@ def _resolve(entry: str, bases: list[str], yaml_path: str, key: str) -> str:
                 tried.append(path)
                 if osp.exists(path):
                     return path
-    raise FileNotFoundError(f'{yaml_path}: {key}: {entry} not found (looked for {", ".join(dict.fromkeys(tried))}); '
+    raise MissingDataError(f'{yaml_path}: {key}: {entry} not found (looked for {", ".join(dict.fromkeys(tried))}); '
                             f'write the image folder of the {key} split relative to the yaml\'s folder')
 
 
@@ -110,7 +111,7 @@ def list_images(entries, bases: list[str], yaml_path: str, key: str) -> tuple[li
             images += [line if osp.isabs(line) else osp.normpath(osp.join(osp.dirname(path), line)) for line in lines]
     images = sorted(dict.fromkeys(images))
     if not images:
-        raise ValueError(f'{yaml_path}: {key}: no images in {entries} (looked for {", ".join(IMAGE_EXTENSIONS)})')
+        raise DataError(f'{yaml_path}: {key}: no images in {entries} (looked for {", ".join(IMAGE_EXTENSIONS)})')
     base = folders[0] if len(entries) == 1 and folders else bases[0]
     return images, base
 
@@ -195,9 +196,9 @@ def read_yolo(yaml_path: str, split_images: dict[str, list[str]], base: dict[str
         out[split] = dict(images=entries, annotations=annotations,
                           categories=[dict(id=i, name=n) for i, n in enumerate(names)])
     if unreadable:
-        raise ValueError(f'{yaml_path}: {len(unreadable)} image(s) cannot be read: ' + '; '.join(unreadable[:5]))
+        raise DataError(f'{yaml_path}: {len(unreadable)} image(s) cannot be read: ' + '; '.join(unreadable[:5]))
     if problems:
-        raise ValueError(f'{yaml_path}: {len(problems)} bad label line(s):\n'
+        raise DataError(f'{yaml_path}: {len(problems)} bad label line(s):\n'
                          + '\n'.join(f'  - {p}' for p in problems[:20])
                          + (f'\n  ... ({len(problems) - 20} more)' if len(problems) > 20 else '')
                          + '\n' + LINE_FIX.format(last=len(names) - 1))
