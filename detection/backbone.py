@@ -1,5 +1,7 @@
 """Backbones for the detectors: any zoo model (through feature_info / forward_feature_maps) or
 torchvision's ResNet-50 with frozen batch norm, DETR's classic baseline."""
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -113,6 +115,27 @@ class ResNetBackbone(nn.Module):
         carry some of the padding into an image's border."""
         maps = list(self.body(images).values())
         return [maps[i] for i in self.out_indices]
+
+
+def backbone_arguments(name: str) -> set[str] | None:
+    """Every keyword a detector's ``backbone`` dict may hold for the backbone ``name``:
+    build_backbone's, ZooBackbone's and the zoo family constructor's (read from a shape-only build
+    on the meta device, through the classes it inherits ``**kwargs`` from). None where they
+    cannot be told (an unknown name: create_model names it when the model is built)."""
+    if name == 'resnet50':
+        return {'name', 'pretrained', 'out_indices'}
+    try:
+        with torch.device('meta'):
+            family = type(zoo.create_model(name, pretrained=False, num_classes=0))
+    except Exception:  # noqa: BLE001  (any failure here is reported when the model is built)
+        return None
+    names = {'name'}
+    for fn in (ZooBackbone, *[c for c in family.__mro__ if '__init__' in vars(c)]):
+        params = inspect.signature(fn).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {'self'}
+        if fn is not ZooBackbone and not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names
 
 
 def build_backbone(name: str, pretrained=False, out_indices=(-1,), **overrides) -> nn.Module:

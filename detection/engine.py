@@ -13,8 +13,9 @@ from mmengine.registry import DATASETS, FUNCTIONS, HOOKS, METRICS, MODELS
 
 import zoo.engine  # noqa: F401  (checkpoint loading fix, optimiser constructor)
 from zoo.divergence import DIVERGED, Diverged
+from zoo.config_check import Accepts
 
-from .backbone import build_backbone
+from .backbone import backbone_arguments, build_backbone
 from .checkpoints import LAYOUTS, to_detector_layout
 from .coco_eval import coco_evaluation
 from .criterion import SetCriterion
@@ -98,10 +99,16 @@ class Detector(BaseModel):
         so that ``zoo.config_check`` can check its keys against the signature (and accept an
         argument the config file does not write)."""
         callees = {'matcher': HungarianMatcher, 'criterion': SetCriterion}
-        net = DETECTORS.get((model_cfg.get('detector') or {}).get('type', 'DETR'))
+        detector = model_cfg.get('detector') or {}
+        net = DETECTORS.get(detector.get('type', 'DETR'))
         if net is not None:
             callees.update({'detector': net, 'detector.backbone': build_backbone,
                             'detector.denoising': QueryDenoising, 'detector.dense_aux': FCOSDenseHead})
+            name = (detector.get('backbone') or {}).get('name')
+            # a zoo backbone's overrides reach its family's constructor: those are its arguments
+            names = backbone_arguments(name) if isinstance(name, str) else None
+            if names is not None:
+                callees['detector.backbone'] = Accepts(names, f'the {name} backbone')
         return callees
 
     def forward(self, inputs, masks=None, data_samples=None, mode='tensor'):

@@ -187,7 +187,9 @@ def test_truncated_checkpoint_is_named_by_every_tool(tmp_path, tools, tool):
 # --- 4. config typos -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize('option, nearest', [('train_cfgs.max_epochs=1', 'train_cfg'),
-                                             ('model.detector.num_querie=5', 'model.detector.num_queries')])
+                                             ('model.detector.num_querie=5', 'model.detector.num_queries'),
+                                             # a zoo backbone's overrides: its family's constructor
+                                             ('model.detector.backbone.deph=1', 'model.detector.backbone.depth')])
 @pytest.mark.parametrize('tool', ['train', 'test'])
 def test_misspelt_option_is_an_error_with_the_nearest_keys(tmp_path, tools, tool, option, nearest):
     cfg = _tiny_config(tmp_path)

@@ -42,9 +42,22 @@ class ConfigError(StopWithMessage, ValueError):
     """A config key or model argument that names nothing; the message lists the nearest names."""
 
 
+class Accepts(frozenset):
+    """The argument names a reader takes where no one signature lists them (a zoo backbone's
+    overrides reach its family's constructor through ``**kwargs``); ``__name__`` names the
+    reader in messages."""
+
+    def __new__(cls, names, name: str):
+        accepts = super().__new__(cls, names)
+        accepts.__name__ = name
+        return accepts
+
+
 def argument_names(fn) -> set[str] | None:
-    """The keyword arguments ``fn`` (a class: its constructor) takes; None where it takes any
-    (``**kwargs``) or its signature cannot be read."""
+    """The keyword arguments ``fn`` (a class: its constructor; an :class:`Accepts`: its names)
+    takes; None where it takes any (``**kwargs``) or its signature cannot be read."""
+    if isinstance(fn, Accepts):
+        return set(fn)
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
