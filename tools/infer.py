@@ -55,6 +55,8 @@ from detection.predictor import Predictor, checkpoint_categories
 from detection.predictor import load_detector as load_weights
 from zoo.allocator import reuse_freed_memory
 from zoo.cli import resolve_config
+from zoo.config_check import merge_options
+from zoo.stop import stop_cleanly
 from zoo.engine import autocast_for
 
 COLORS = ['#e6194b', '#3cb44b', '#4363d8', '#f58231', '#911eb4', '#42d4f4', '#f032e6', '#bfef45']
@@ -192,6 +194,13 @@ def visualize_val(cfg, model, classes, n: int, out: str, score_thr: float) -> st
 
 @torch.no_grad()
 def main(argv=None):
+    """Draw detections. A misspelt config key, bad data or an unreadable checkpoint stop with
+    their message, no traceback (``zoo.stop``)."""
+    with stop_cleanly():
+        return infer(argv)
+
+
+def infer(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('config')
     p.add_argument('checkpoint', help='the trained .pth (or its work dir: the last checkpoint), or a .onnx written '
@@ -212,9 +221,7 @@ def main(argv=None):
     add_data_arguments(p)
     args = p.parse_args(argv)
     reuse_freed_memory()
-    cfg = read_config(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = merge_options(read_config(args.config), args.cfg_options)  # misspelt keys: the nearest names
     args.images = expand_images(args.images)
     check_images(args.images)  # before any checkpoint is read
     use_checkpoint_settings(cfg, args, need_data=bool(args.val))  # a work dir: its last checkpoint; the run's data
