@@ -9,7 +9,6 @@ with ``OSError(ENOSPC)``. One test kills a real training process.
 import builtins
 import errno
 import glob
-import importlib.util
 import itertools
 import json
 import os
@@ -26,6 +25,8 @@ import pytest
 import torch
 from mmengine.config import Config
 
+from helpers import load_tool, plain_pretty_text, tiny_detr_config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _names = itertools.count()
 
@@ -34,49 +35,19 @@ class Killed(BaseException):
     """The process dies here (as SIGKILL would): no ``except Exception`` handler runs."""
 
 
-def _plain_pretty_text(cfg: Config) -> str:
-    return '\n'.join(f'{k} = {v!r}' for k, v in cfg.to_dict().items())
-
-
 @pytest.fixture(scope='module')
 def train_main():
     """tools/train.py's ``main``, run in this process (a subprocess costs seconds of imports on
     2 cores), with the config's yapf formatting made cheap."""
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(os.path.join(ROOT, 'tools'))
-        mp.setattr(Config, 'pretty_text', property(_plain_pretty_text))
-        spec = importlib.util.spec_from_file_location('vitzoo_tool_train_crash',
-                                                      os.path.join(ROOT, 'tools', 'train.py'))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module.main
+        mp.setattr(Config, 'pretty_text', property(plain_pretty_text))
+        yield load_tool('train', 'vitzoo_tool_train_crash').main
 
 
 def _tiny_config(directory) -> str:
-    """A tiny DETR on 8 generated 64 px images, 2 steps an epoch, every step's losses logged
-    unsmoothed (logger interval 1, window 1), evaluation every epoch on 2 images."""
-    data_root = str(directory / 'shapes') + '/'
-    path = directory / 'tiny_detr.py'
-    path.write_text(textwrap.dedent(f"""
-        _base_ = ['{ROOT}/configs/demo/detr_t2t_shapes.py']
-        data_root = '{data_root}'
-        synthetic = dict(root=data_root, num_train=8, num_val=2, size=64, max_objects=2, seed=0)
-        train_dataloader = dict(batch_size=4, dataset=dict(
-            img_dir=data_root + 'train', ann_file=data_root + 'annotations/instances_train.json',
-            synthetic=synthetic, transforms=dict(type='shapes_train_transforms', scales=(64,), max_size=64)))
-        val_dataloader = dict(batch_size=2, dataset=dict(
-            img_dir=data_root + 'val', ann_file=data_root + 'annotations/instances_val.json',
-            synthetic=synthetic, transforms=dict(type='shapes_test_transforms', size=64)))
-        test_dataloader = val_dataloader
-        model = dict(detector=dict(backbone=dict(name='t2t_vit_7', depth=1), num_queries=4,
-                                   hidden_dim=32, num_heads=2, enc_layers=1, dec_layers=1, ffn_dim=64))
-        train_cfg = dict(max_epochs=2, val_interval=1)
-        default_hooks = dict(checkpoint=dict(interval=1), logger=dict(interval=1))
-        log_processor = dict(window_size=1)
-        visualizer = dict(vis_backends=[dict(type='LocalVisBackend')])
-        param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False)]
-    """))
-    return str(path)
+    """The tiny DETR, 2 steps an epoch, every step's losses logged unsmoothed (window 1)."""
+    return tiny_detr_config(directory, extra='log_processor = dict(window_size=1)')
 
 
 @pytest.fixture(scope='module')

@@ -16,6 +16,7 @@ from detection.data.coco import CocoDetection, collate_detection
 from detection.data.synthetic import make_shapes_dataset
 from detection.data.transforms import shapes_test_transforms
 from detection.engine import Detector, predictions_to_coco
+from helpers import tiny_detr_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_DETR = dict(num_queries=8, hidden_dim=64, num_heads=4, enc_layers=1, dec_layers=2, ffn_dim=128,
@@ -162,26 +163,7 @@ def test_non_finite_loss_stops_with_a_clear_message(coco_dir):
 # --- the tools ----------------------------------------------------------------------------------
 
 def _tiny_config(tmp_path, num_val=5, max_epochs=2):
-    data_root = str(tmp_path / 'shapes') + '/'
-    path = tmp_path / 'tiny_detr.py'
-    path.write_text(textwrap.dedent(f"""
-        _base_ = ['{ROOT}/configs/demo/detr_t2t_shapes.py']
-        data_root = '{data_root}'
-        synthetic = dict(root=data_root, num_train=8, num_val={num_val}, size=64, max_objects=2, seed=0)
-        train_dataloader = dict(batch_size=4, dataset=dict(
-            img_dir=data_root + 'train', ann_file=data_root + 'annotations/instances_train.json',
-            synthetic=synthetic, transforms=dict(type='shapes_train_transforms', scales=(64,), max_size=64)))
-        val_dataloader = dict(batch_size=2, dataset=dict(
-            img_dir=data_root + 'val', ann_file=data_root + 'annotations/instances_val.json',
-            synthetic=synthetic, transforms=dict(type='shapes_test_transforms', size=64)))
-        test_dataloader = val_dataloader
-        model = dict(detector=dict(backbone=dict(name='t2t_vit_7', depth=1), num_queries=4,
-                                   hidden_dim=32, num_heads=2, enc_layers=1, dec_layers=1, ffn_dim=64))
-        train_cfg = dict(max_epochs={max_epochs}, val_interval=1)
-        default_hooks = dict(checkpoint=dict(interval=1), logger=dict(interval=1))
-        param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False)]
-    """))
-    return str(path)
+    return tiny_detr_config(tmp_path, num_val=num_val, max_epochs=max_epochs, local_vis=False)
 
 
 def _run(args, **kw):

@@ -2,10 +2,8 @@
 scores broken weights; evaluation refuses NaN detections; every tool loads checkpoints strictly
 and names an unreadable one; config typos are caught with the nearest names; the console keeps a
 padded iteration counter."""
-import importlib.util
 import os
 import re
-import textwrap
 
 import pytest
 import torch
@@ -14,6 +12,7 @@ from mmengine.registry import MODELS
 
 import detection.engine  # noqa: F401  (registers the detector and the metric)
 from detection.engine import CocoMetric
+from helpers import load_tool, plain_pretty_text, tiny_detr_config
 from zoo.console import short_metrics_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,50 +21,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIVERGING = ['optim_wrapper.optimizer.lr=1000']
 
 
-def _plain_pretty_text(cfg: Config) -> str:
-    return '\n'.join(f'{k} = {v!r}' for k, v in cfg.to_dict().items())
-
-
 @pytest.fixture
 def tools(monkeypatch):
     """tools/{train,test,infer,export}.py as modules run in this process (a subprocess costs
     ~10 s of imports on 2 cores), with the config's yapf formatting made cheap."""
     monkeypatch.syspath_prepend(os.path.join(ROOT, 'tools'))
     monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(Config, 'pretty_text', property(_plain_pretty_text))
-    mods = {}
-    for name in ('train', 'test', 'infer', 'export'):
-        spec = importlib.util.spec_from_file_location(f'fail_loudly_tool_{name}',
-                                                      os.path.join(ROOT, 'tools', f'{name}.py'))
-        mods[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mods[name])
+    monkeypatch.setattr(Config, 'pretty_text', property(plain_pretty_text))
+    mods = {name: load_tool(name, f'fail_loudly_tool_{name}') for name in ('train', 'test', 'infer', 'export')}
     return {name: mod.main for name, mod in mods.items()} | {'train_module': mods['train']}
 
 
 def _tiny_config(tmp_path, extra: str = '') -> str:
-    """The demo DETR shrunk to a few milliseconds a step: 4 training images of 64 px in one batch
-    (one step per epoch), 2 validation images, a checkpoint and a validation every epoch."""
-    data_root = str(tmp_path / 'shapes') + '/'
-    path = tmp_path / 'tiny_detr.py'
-    path.write_text(textwrap.dedent(f"""
-        _base_ = ['{ROOT}/configs/demo/detr_t2t_shapes.py']
-        data_root = '{data_root}'
-        synthetic = dict(root=data_root, num_train=4, num_val=2, size=64, max_objects=2, seed=0)
-        train_dataloader = dict(batch_size=4, dataset=dict(
-            img_dir=data_root + 'train', ann_file=data_root + 'annotations/instances_train.json',
-            synthetic=synthetic, transforms=dict(type='shapes_train_transforms', scales=(64,), max_size=64)))
-        val_dataloader = dict(batch_size=2, dataset=dict(
-            img_dir=data_root + 'val', ann_file=data_root + 'annotations/instances_val.json',
-            synthetic=synthetic, transforms=dict(type='shapes_test_transforms', size=64)))
-        test_dataloader = val_dataloader
-        model = dict(detector=dict(backbone=dict(name='t2t_vit_7', depth=1), num_queries=4,
-                                   hidden_dim=32, num_heads=2, enc_layers=1, dec_layers=1, ffn_dim=64))
-        train_cfg = dict(max_epochs=3, val_interval=1)
-        default_hooks = dict(checkpoint=dict(interval=1), logger=dict(interval=1))
-        visualizer = dict(vis_backends=[dict(type='LocalVisBackend')])
-        param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False)]
-    """) + textwrap.dedent(extra))
-    return str(path)
+    """The tiny DETR with 4 training images in one batch: one step per epoch."""
+    return tiny_detr_config(tmp_path, num_train=4, max_epochs=3, extra=extra)
 
 
 def _train_args(cfg: str, work, *options: str) -> list[str]:

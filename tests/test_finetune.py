@@ -14,7 +14,6 @@ The tools run in this process (a subprocess costs seconds of imports on 2 cores)
 generated images and one-block networks.
 """
 import copy
-import importlib.util
 import json
 import logging
 import os
@@ -31,13 +30,10 @@ from mmengine.registry import HOOKS, MODELS
 
 import detection.engine  # noqa: F401  (registers Detector)
 from detection.data.synthetic import make_shapes_dataset
+from helpers import load_tool, plain_pretty_text, tiny_detr_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIVE = ['square', 'disc', 'triangle', 'star', 'ring']
-
-
-def _plain_pretty_text(cfg: Config) -> str:
-    return '\n'.join(f'{k} = {v!r}' for k, v in cfg.to_dict().items())
 
 
 @HOOKS.register_module(force=True)
@@ -56,14 +52,8 @@ def tools():
     formatting made cheap."""
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(os.path.join(ROOT, 'tools'))
-        mp.setattr(Config, 'pretty_text', property(_plain_pretty_text))
-        mods = {}
-        for name in ('train', 'test', 'infer'):
-            spec = importlib.util.spec_from_file_location(f'vitzoo_tool_{name}_finetune',
-                                                          os.path.join(ROOT, 'tools', f'{name}.py'))
-            mods[name] = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mods[name])
-        yield {name: mod.main for name, mod in mods.items()}
+        mp.setattr(Config, 'pretty_text', property(plain_pretty_text))
+        yield {name: load_tool(name, f'vitzoo_tool_{name}_finetune').main for name in ('train', 'test', 'infer')}
 
 
 def write_five_class_folder(root) -> str:
@@ -83,29 +73,8 @@ def write_five_class_folder(root) -> str:
 
 
 def tiny_config(directory, name='tiny_detr.py', extra='') -> str:
-    """A one-block DETR (T2T-ViT-7) on 8 generated 64 px images of the demo's 3 classes, one epoch."""
-    data_root = str(directory / 'shapes') + '/'
-    path = directory / name
-    path.write_text(textwrap.dedent(f"""
-        _base_ = ['{ROOT}/configs/demo/detr_t2t_shapes.py']
-        data_root = '{data_root}'
-        synthetic = dict(root=data_root, num_train=8, num_val=2, size=64, max_objects=2, seed=0)
-        train_dataloader = dict(batch_size=4, dataset=dict(
-            img_dir=data_root + 'train', ann_file=data_root + 'annotations/instances_train.json',
-            synthetic=synthetic, transforms=dict(type='shapes_train_transforms', scales=(64,), max_size=64)))
-        val_dataloader = dict(batch_size=2, dataset=dict(
-            img_dir=data_root + 'val', ann_file=data_root + 'annotations/instances_val.json',
-            synthetic=synthetic, transforms=dict(type='shapes_test_transforms', size=64)))
-        test_dataloader = val_dataloader
-        model = dict(detector=dict(backbone=dict(name='t2t_vit_7', depth=1), num_queries=4,
-                                   hidden_dim=32, num_heads=2, enc_layers=1, dec_layers=1, ffn_dim=64,
-                                   denoising=dict(num_groups=2)))
-        train_cfg = dict(max_epochs=1, val_interval=1)
-        default_hooks = dict(checkpoint=dict(interval=1), logger=dict(interval=1))
-        visualizer = dict(vis_backends=[dict(type='LocalVisBackend')])
-        param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False)]
-    """) + textwrap.dedent(extra))
-    return str(path)
+    """The tiny DETR of the demo's 3 classes with query denoising, one epoch."""
+    return tiny_detr_config(directory, name, max_epochs=1, detector='denoising=dict(num_groups=2)', extra=extra)
 
 
 def _log_text(work) -> str:

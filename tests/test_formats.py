@@ -2,7 +2,6 @@
 folder gives, holds out a deterministic validation split where a folder has none, and stops on
 bad annotations before training with the file named."""
 import json
-import logging
 import os
 
 import pytest
@@ -110,18 +109,6 @@ def _config(tmp_path):
     cfg = Config.fromfile(DEMO)
     cfg.work_dir = str(tmp_path / 'work')
     return cfg
-
-
-@pytest.fixture
-def log_messages():
-    from mmengine.logging import MMLogger
-    logger = MMLogger.get_current_instance()
-    messages = []
-    handler = logging.Handler()
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logger.addHandler(handler)
-    yield messages
-    logger.removeHandler(handler)
 
 
 @pytest.mark.parametrize('writer', [write_voc, write_yolo, lambda root: write_yolo(root, names_as_dict=True)],

@@ -4,7 +4,6 @@ confusion matrix; tools/test.py puts them in the work dir."""
 import contextlib
 import io
 import json
-import logging
 import os
 import sys
 
@@ -82,18 +81,6 @@ def _run_metric(tmp_path, backend='pycocotools', **kwargs):
     metric.dataset_meta = dict(classes=['dog', 'zebra', 'cat'], cat_ids=CAT_IDS, ann_file=str(ann_file))
     metric.process(None, _predictions())
     return metric.evaluate(len(DETECTIONS))
-
-
-@pytest.fixture
-def log_messages():
-    from mmengine.logging import MMLogger
-    logger = MMLogger.get_current_instance()
-    messages = []
-    handler = logging.Handler()
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logger.addHandler(handler)
-    yield messages
-    logger.removeHandler(handler)
 
 
 def test_per_class_table_is_cocoevals_own_precision_array(tmp_path, log_messages):
