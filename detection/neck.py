@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.layers.padding import zero_outside
+
 
 def real_cells(mask: torch.Tensor, size) -> torch.Tensor:
     """Padding mask (B, H, W), True on padding -> (B, 1, h, w) float, 1 at real cells (nearest,
@@ -24,7 +26,7 @@ def masked_group_norm(x: torch.Tensor, norm: nn.GroupNorm, real: torch.Tensor) -
     y = ((xg - mean) * torch.rsqrt(var + norm.eps)).reshape_as(x)
     if norm.affine:
         y = y * norm.weight[:, None, None] + norm.bias[:, None, None]
-    return y * real.to(x.dtype)
+    return zero_outside(y, real)
 
 
 def project(proj: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -36,7 +38,7 @@ def project(proj: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torc
     if mask is None:
         return proj(x)
     conv, norm = proj
-    y = conv(x * real_cells(mask, x.shape[-2:]).to(x.dtype))
+    y = conv(zero_outside(x, real_cells(mask, x.shape[-2:])))
     return masked_group_norm(y, norm, real_cells(mask, y.shape[-2:]))
 
 
@@ -81,11 +83,8 @@ class ViTDetLevelProjection(nn.Module):
     def forward(self, x: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
         """``real`` (N, 1, h, w), 1 at an image's real cells: the 3x3 conv reads zeros on its
         padding (the norms are per position, so they need no mask)."""
-        x = self.lateral_norm(self.lateral(x))
-        if real is not None:
-            x = x * real.to(x.dtype)
-        x = self.output_norm(self.output(x))
-        return x if real is None else x * real.to(x.dtype)
+        x = zero_outside(self.lateral_norm(self.lateral(x)), real)
+        return zero_outside(self.output_norm(self.output(x)), real)
 
 
 def _proj(in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1) -> nn.Sequential:

@@ -34,7 +34,7 @@ def _key(v):
 
 
 class _Unhashable(str):
-    pass
+    """An unhashable id (a list in the json) by its json text."""
 
 
 def _shown(v) -> str:

@@ -32,11 +32,9 @@ def _to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
         lo, hi = float(a.min()), float(a.max())
         if mode == 'F' and lo >= 0 and hi <= 1:
             a = a * 255
-        elif lo >= 0 and hi <= 255:
-            pass
-        elif lo >= 0 and hi <= 65535:
+        elif lo >= 0 and 255 < hi <= 65535:  # (within 0..255: 8-bit values, kept as they are)
             a = a / 257
-        else:
+        elif lo < 0 or hi > 65535:
             a = (a - lo) * (255 / (hi - lo)) if hi > lo else np.zeros_like(a)
     return np.clip(np.rint(a), 0, 255).astype(np.uint8)
 

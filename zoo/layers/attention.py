@@ -157,10 +157,10 @@ class Attention(nn.Module):
                bias: RelPosBias | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """q, k, v: (B, h, N, d) -> (B, h, Nq, d) and the map (B, h, Nq, Nk) or None."""
         if self.fused and not return_attention and not explicit_is_faster(q, k):
-            mask = None if key_mask is None else softmax_key_mask(key_mask)[:, None, None, :]
-            if bias is not None:
-                full = bias.rows()
-                mask = full if mask is None else full.masked_fill(~mask, float('-inf'))
+            if bias is not None:  # an additive float mask: the bias, -inf at masked keys
+                mask = mask_keys(bias.rows(), key_mask)
+            else:
+                mask = None if key_mask is None else softmax_key_mask(key_mask)[:, None, None, :]
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.attn_drop.p if self.training else 0.0,
                 scale=self.scale)

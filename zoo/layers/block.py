@@ -76,6 +76,14 @@ class Block(nn.Module):
             return self.attn(x, return_attention=True, **kw)
         return self.attn(x, **kw), None
 
+    @staticmethod
+    def mlp_kwargs(grid: tuple[int, int] | None, valid: torch.Tensor | None) -> dict:
+        """What the feed-forward is handed: the grid and the padding mask, when known (a
+        grid-aware feed-forward, LeFF, convolves the token map)."""
+        if grid is None:
+            return {}
+        return {'grid': grid} if valid is None else {'grid': grid, 'valid': valid}
+
     def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None,
                 return_attention: bool = False, valid: torch.Tensor | None = None):
         """``valid`` (B, N): False at the padded tokens of a padded batch (None: none)."""
@@ -87,8 +95,5 @@ class Block(nn.Module):
                          return_attention: bool = False, valid: torch.Tensor | None = None):
         y, attn = self.mix_tokens(self.norm1(x), grid, return_attention, valid)
         x = x + self.drop_path1(self.ls1(y))
-        kw = {} if grid is None else {'grid': grid}
-        if valid is not None and grid is not None:
-            kw['valid'] = valid
-        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x), **kw)))
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x), **self.mlp_kwargs(grid, valid))))
         return (x, attn) if return_attention else x

@@ -8,6 +8,7 @@ from torch import nn
 
 from .attention import Attention
 from .linear import linear
+from .padding import valid_map, zero_outside
 
 
 class ConvProjection(nn.Sequential):
@@ -56,8 +57,7 @@ class ConvProjectionAttention(Attention):
         h, w = grid
         prefix, tokens = x[:, :self.num_prefix_tokens], x[:, self.num_prefix_tokens:]
         fmap = rearrange(tokens, 'b (h w) d -> b d h w', h=h, w=w)
-        if real is not None:
-            fmap = fmap * real.to(fmap.dtype)
+        fmap = zero_outside(fmap, real)
         return [torch.cat([prefix, rearrange(proj(fmap), 'b d h w -> b (h w) d')], dim=1)
                 for proj in (self.conv_proj_q, self.conv_proj_k, self.conv_proj_v)]
 
@@ -71,7 +71,7 @@ class ConvProjectionAttention(Attention):
         real = kv_mask = None
         if key_mask is not None:
             p = self.num_prefix_tokens
-            real = rearrange(key_mask[:, p:], 'b (h w) -> b 1 h w', h=grid[0], w=grid[1])
+            real = valid_map(key_mask, grid)
             s = self.conv_proj_k.conv.stride
             kv_mask = torch.cat([key_mask[:, :p], real[:, 0, ::s[0], ::s[1]].flatten(1)], 1)
         q, k, v = [rearrange(linear(t, wt, bs), 'b n (h d) -> b h n d', h=self.num_heads)

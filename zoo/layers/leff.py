@@ -6,6 +6,7 @@ from torch import nn
 from . import private_ops  # the private oneDNN convolution, or None without it
 from .helpers import unhooked
 from .linear import needs_plain_ops, onednn_linear_active
+from .padding import valid_map, zero_outside
 
 
 def fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,14 +49,13 @@ class LocallyEnhancedFeedForward(nn.Module):
         num_prefix = x.shape[1] - grid[0] * grid[1]
         prefix, tokens = x[:, :num_prefix], x[:, num_prefix:]
         fmap = rearrange(tokens, 'b (h w) d -> b d h w', h=grid[0], w=grid[1])
-        real = None if valid is None else rearrange(valid[:, num_prefix:], 'b (h w) -> b 1 h w', h=grid[0], w=grid[1])
+        real = valid_map(valid, grid)
         dtype = self._fused_dtype(fmap)
         if dtype is not None:
             fmap = self._fused(fmap, dtype, real)
         else:
             fmap = self.act(self.bn1(self.conv1(fmap)))
-            if real is not None:
-                fmap = fmap * real.to(fmap.dtype)
+            fmap = zero_outside(fmap, real)
             fmap = self.act(self.bn2(self.conv2(fmap)))
             fmap = self.bn3(self.conv3(fmap))
         tokens = rearrange(fmap, 'b d h w -> b (h w) d')
@@ -70,8 +70,8 @@ class LocallyEnhancedFeedForward(nn.Module):
         fmap = fmap.to(dtype)
         for conv, bn, post_op in ((self.conv1, self.bn1, 'gelu'), (self.conv2, self.bn2, 'gelu'),
                                   (self.conv3, self.bn3, 'none')):
-            if conv is self.conv2 and real is not None:
-                fmap = fmap * real.to(dtype)
+            if conv is self.conv2:
+                fmap = zero_outside(fmap, real)
             weight, bias = fold_batch_norm(conv, bn)
             fmap = private_ops.convolution_pointwise(fmap, weight.to(dtype), bias.to(dtype), conv.padding,
                                                      conv.stride, conv.dilation, conv.groups, post_op, [],

@@ -36,7 +36,7 @@ class Padding:
 
     def map_mask(self, stride: int, grid: tuple[int, int]) -> torch.Tensor:
         """(B, h, w) bool, True at real cells of the (h, w) grid at stride ``stride``."""
-        real = self.grids(stride).to(self.sizes.device)
+        real = self.grids(stride)
         rows = torch.arange(grid[0], device=real.device)[None, :, None] < real[:, 0, None, None]
         cols = torch.arange(grid[1], device=real.device)[None, None, :] < real[:, 1, None, None]
         return rows & cols
@@ -47,7 +47,20 @@ class Padding:
 
     def zero(self, fmap: torch.Tensor, stride: int) -> torch.Tensor:
         """A map (B, C, h, w) at ``stride`` with its padded cells set to zero."""
-        return fmap * self.map_mask(stride, fmap.shape[-2:])[:, None].to(fmap.dtype)
+        return zero_outside(fmap, self.map_mask(stride, fmap.shape[-2:])[:, None])
+
+
+def zero_outside(fmap: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+    """A map (B, C, h, w) with zeros where ``real`` (B, 1, h, w) is False (None: unchanged)."""
+    return fmap if real is None else fmap * real.to(fmap.dtype)
+
+
+def valid_map(valid: torch.Tensor | None, grid: tuple[int, int]) -> torch.Tensor | None:
+    """A token mask (B, P + h*w) -> its patches' part laid out on the grid, (B, 1, h, w); None
+    stays None. The P prefix (class) tokens have no place on the grid."""
+    if valid is None:
+        return None
+    return rearrange(valid[:, valid.shape[1] - grid[0] * grid[1]:], 'b (h w) -> b 1 h w', h=grid[0], w=grid[1])
 
 
 def zero_padded_tokens(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:

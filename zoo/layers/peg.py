@@ -5,6 +5,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from .padding import valid_map, zero_outside
+
 
 class PositionalEncodingGenerator(nn.Module):
     """x + depthwise_conv3x3(x) over the patch grid; prefix tokens (class token) pass unchanged.
@@ -29,7 +31,5 @@ class PositionalEncodingGenerator(nn.Module):
         num_prefix = x.shape[1] - grid[0] * grid[1]
         prefix, patches = x[:, :num_prefix], x[:, num_prefix:]
         patch_map = rearrange(patches, 'b (h w) d -> b d h w', h=grid[0], w=grid[1])
-        conv_in = patch_map if valid is None else patch_map * rearrange(
-            valid[:, num_prefix:], 'b (h w) -> b 1 h w', h=grid[0], w=grid[1]).to(patch_map.dtype)
-        patch_map = patch_map + self.proj(conv_in)
+        patch_map = patch_map + self.proj(zero_outside(patch_map, valid_map(valid, grid)))
         return torch.cat([prefix, rearrange(patch_map, 'b d h w -> b (h w) d')], dim=1)

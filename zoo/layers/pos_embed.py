@@ -44,7 +44,7 @@ def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int],
 @torch.compiler.disable
 def resample_pos_embed_per_image(pos_embed: torch.Tensor, grid: tuple[int, int],
                                  real_grids: torch.Tensor, old_grid: tuple[int, int] | None = None,
-                                 num_prefix_tokens: int = 1, **kwargs) -> torch.Tensor:
+                                 num_prefix_tokens: int = 1) -> torch.Tensor:
     """Each image's table on its own real grid, for a padded batch.
 
     pos_embed (1, P + h0*w0, D), the batch grid (h, w), real_grids (B, 2) (each image's
@@ -56,7 +56,7 @@ def resample_pos_embed_per_image(pos_embed: torch.Tensor, grid: tuple[int, int],
     out[:, :num_prefix_tokens] = pos_embed[:, :num_prefix_tokens]
     patches = rearrange(out[:, num_prefix_tokens:], 'b (h w) d -> b h w d', h=grid[0], w=grid[1])
     for gh, gw in torch.unique(real_grids, dim=0).tolist():
-        table = resample_pos_embed(pos_embed, (gh, gw), old_grid, num_prefix_tokens, **kwargs)
+        table = resample_pos_embed(pos_embed, (gh, gw), old_grid, num_prefix_tokens)
         rows = ((real_grids[:, 0] == gh) & (real_grids[:, 1] == gw)).nonzero()[:, 0].tolist()
         patches[rows, :gh, :gw] = rearrange(table[0, num_prefix_tokens:], '(h w) d -> h w d',
                                             h=gh, w=gw)

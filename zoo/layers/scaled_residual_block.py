@@ -21,9 +21,7 @@ class ScaledResidualBlock(Block):
     def residual_forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None,
                          return_attention: bool = False, valid: torch.Tensor | None = None):
         s = self.branch_scale
-        kw = {} if grid is None else {'grid': grid}
-        if valid is not None and grid is not None:
-            kw['valid'] = valid
+        kw = self.mlp_kwargs(grid, valid)
         y, attn = self.mix_tokens(self.norm1(x * s), grid, return_attention, valid)
         x = x + self.drop_path1(self.ls1(y)) / s
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x * s), **kw))) / s

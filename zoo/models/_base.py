@@ -20,7 +20,7 @@ from einops import rearrange
 from torch import nn
 
 from ..layers import Block, init_weights_trunc_normal, prepend_tokens, resample_pos_embed
-from ..layers.padding import Padding
+from ..layers.padding import Padding, zero_outside
 from ..layers.pos_embed import resample_pos_embed_per_image
 from ..layers.window import global_block_indices
 from ..layers.linear import Linear
@@ -74,7 +74,7 @@ def zero_padded_pixels(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tens
     """Images (B, C, H, W) with the padding of ``mask`` (B, H, W) (True on padding) at zero,
     whatever value the caller padded with: the stems then read what they read past the border
     of an image alone."""
-    return x if mask is None else x * (~mask[:, None]).to(x.dtype)
+    return x if mask is None else zero_outside(x, ~mask[:, None])
 
 
 class TokenBackbone(nn.Module):

@@ -106,7 +106,7 @@ def checkpoint_filter_fn(state_dict: dict, model: CPVT) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # Registered variants: DeiT-Ti / S / B widths (DeiT README), PEG after block 0 (paper, default).
-# GAP variants: PEGs after blocks 0-4 (paper's "0-5" placement, ../shared/reference/backbones.md);
+# GAP variants: PEGs after blocks 0-4 (the CPVT paper's "0-5" placement, Chu et al. 2021);
 # pass peg_positions=(0,) for the single-PEG form. Params / top-1: CPVT paper; GMACs are DeiT's
 # (a PEG adds < 0.01 GMACs). No weights were released (url=None).
 

@@ -227,8 +227,8 @@ def checkpoint_filter_fn(state_dict: dict, model: ConvolutionalVisionTransformer
 
 
 # ---------------------------------------------------------------------------------------------
-# Registered variants. Figures: the CvT README (params rounded to 1M there; backbones.md gives
-# 20.0 / 31.6 counted from the code), GFLOPs as the README reports them (multiply-adds).
+# Registered variants. Figures: the CvT README (params rounded to 1M there; 20.0 / 31.6 counted
+# from the official code), GFLOPs as the README reports them (multiply-adds).
 # The official README links its weights to a OneDrive folder only (no direct file URLs); the
 # same weights, converted by Microsoft / Hugging Face, are on the Hugging Face hub under
 # microsoft/cvt-*, in the layout checkpoint_filter_fn converts.

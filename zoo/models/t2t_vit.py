@@ -108,8 +108,8 @@ def checkpoint_filter_fn(state_dict: dict, model: T2TViT) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Registered variants. Figures: ../shared/reference/backbones.md (official README; paper Tab. 6
-# for the ResNeXt-like, wide and SE variants, which have no released weights).
+# Registered variants. Figures: the official T2T-ViT README; paper Tab. 6 for the ResNeXt-like,
+# wide and SE variants, which have no released weights.
 
 _RELEASE = 'https://github.com/yitu-opensource/T2T-ViT/releases/download/main/'
 _SOURCE = 'T2T-ViT README'

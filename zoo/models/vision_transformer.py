@@ -130,7 +130,7 @@ def checkpoint_filter_fn(state_dict: dict, model: VisionTransformer) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Registered variants. Paper figures: ../shared/reference/backbones.md (timm tables, DeiT README).
+# Registered variants. Figures: timm's ImageNet results (ViT, AugReg weights) and the DeiT README.
 
 _VIT_JAX = 'https://storage.googleapis.com/vit_models/augreg/'
 _DEIT = 'https://dl.fbaipublicfiles.com/deit/'
