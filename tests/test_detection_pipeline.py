@@ -1,5 +1,4 @@
 """The detector end to end: learning, the tools, resume, bad input, distributed evaluation."""
-import importlib
 import json
 import os
 import shutil
@@ -279,28 +278,3 @@ def test_checkpoint_with_other_class_count_loads_without_the_head(tmp_path):
     # the class heads re-initialised for 2 classes, with one line (detection.finetune), not mmengine's mismatch list
     assert "re-initialised 5 for this model's 2 classes: class_embed" in log and 'size mismatch' not in log.lower()
     assert os.path.isfile(tmp_path / 'work2' / 'epoch_1.pth')
-
-
-def _import_tool(name: str):
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.pop(0)
-
-
-def test_convergence_probe_oracles_and_loop(tmp_path):
-    probe = _import_tool('detr_convergence_probe')
-    x = torch.arange(2 * 3 * 32 * 48, dtype=torch.float32).reshape(2, 3, 32, 48)
-    plain, coords = probe.ColourOracle(coords=False)(x)[0], probe.ColourOracle(coords=True)(x)[0]
-    assert plain.shape == (2, 3, 2, 3) and coords.shape == (2, 5, 2, 3)
-    torch.testing.assert_close(plain[1, 2, 1, 2], x[1, 2, 16:32, 32:48].mean())
-    torch.testing.assert_close(coords[:, :3], plain)
-    torch.testing.assert_close(coords[0, 3], torch.tensor([[-1., 0., 1.], [-1., 0., 1.]]))  # x along width
-    torch.testing.assert_close(coords[1, 4], torch.tensor([[-1., -1., -1.], [1., 1., 1.]]))  # y along height
-    out = tmp_path / 'curve.json'
-    probe.main(['--backbone', 'colour-coords-oracle', '--steps', '3', '--eval-every', '2', '--batch-size', '2',
-                '--num-images', '6', '3', '--root', str(tmp_path / 'shapes'), '--out', str(out)])
-    curve = json.loads(out.read_text())['curve']
-    assert [c['step'] for c in curve] == [2, 3]
-    assert all(0.0 <= c['AP50'] <= 1.0 for c in curve)

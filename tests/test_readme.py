@@ -3,7 +3,7 @@ import os.path as osp
 
 import pytest
 
-import tools.readme_commands as readme
+import tools.dev.readme_commands as readme
 
 
 def test_readme_shows_the_setup_and_the_walkthrough():

@@ -4,9 +4,8 @@ _base_ = ['../_base_/models/detr.py', '../_base_/datasets/shapes_detection.py',
           '../_base_/schedules/detr_150e.py', '../_base_/default_runtime.py']
 # 4 queries for at most 3 objects: with few queries nearly every one is matched on every image,
 # so each step teaches every query a class and a box. This is what lets DETR learn the set in
-# minutes: with a position-aware oracle backbone, 4 / 8 / 16 / 100 queries reach AP50
-# 0.74 / 0.50 / 0.31 / 0.04 after 1000 steps (tools/detr_convergence_probe.py, README).
-# Two training-only aids make it learn on every seed (README: the per-seed table): query denoising
+# minutes: with a position-aware oracle backbone, fewer queries learn faster (docs/small_data.md).
+# Two training-only aids make it learn on every seed (docs/small_data.md: the per-seed table): query denoising
 # (DN-DETR's 5 groups, label flips 0.2, box noise 0.4) and an FCOS-style dense head on the encoder
 # output (detection/dense_head.py), which gives the from-scratch backbone a localisation signal
 # from step one.

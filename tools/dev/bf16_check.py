@@ -1,10 +1,10 @@
 """bfloat16 (or float16) autocast against float32 on real images: the largest logit difference and top-1
 agreement, per model (inference, the CPU by default).
 
-    python tools/bf16_check.py                                    # every family, random init
-    python tools/bf16_check.py --models vit_small_patch16_224,cvt_13 --images 64
-    python tools/bf16_check.py --config CONFIG --checkpoint CKPT  # a trained classifier
-    python tools/bf16_check.py --device cuda --dtype float16      # on a GPU
+    python tools/dev/bf16_check.py                                    # every family, random init
+    python tools/dev/bf16_check.py --models vit_small_patch16_224,cvt_13 --images 64
+    python tools/dev/bf16_check.py --config CONFIG --checkpoint CKPT  # a trained classifier
+    python tools/dev/bf16_check.py --device cuda --dtype float16      # on a GPU
 
 Images: the first ``--images`` of Fashion-MNIST's test split (the Debian package
 dataset-fashion-mnist), grayscale repeated to 3 channels, resized to the model's input size and
@@ -17,8 +17,11 @@ scale), the mean absolute difference, and the share of images whose top-1 class 
 """
 import argparse
 import json
+import os
+import sys
 
-import _bootstrap  # noqa: F401
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/, for _bootstrap
+import _bootstrap  # noqa: E402,F401
 import torch
 
 import zoo

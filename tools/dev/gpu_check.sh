@@ -11,8 +11,8 @@
 #   7. the tests that have GPU paths.
 # About 14 minutes on an H200 (one step-table point: about 16 s). A step that would not finish
 # inside BUDGET_S (default 1200) seconds from the start is skipped.
-#   tools/gpu_check.sh [OUT_DIR]        (default work_dirs/gpu_check)
-#   DRY_RUN=1 tools/gpu_check.sh        prints the commands without running them (any machine)
+#   tools/dev/gpu_check.sh [OUT_DIR]        (default work_dirs/gpu_check)
+#   DRY_RUN=1 tools/dev/gpu_check.sh        prints the commands without running them (any machine)
 #   FMNIST=DIR                           Fashion-MNIST's folder, if not the Debian package's
 set -u
 cd "$(dirname "$0")/.."
@@ -54,8 +54,8 @@ step backbones-bf16 100 "$PY" tools/benchmark.py --device cuda --dtype bfloat16 
   --rounds 5 --iters 10 --no-memory --json "$OUT/backbones.json"
 step deformable-fp32 90 "${TABLE[@]}" --configs "$DEFORM" --size 800 1333 --steps 10
 step deformable-bf16 90 "${TABLE[@]}" --configs "$DEFORM" --size 800 1333 --steps 10 --amp bfloat16
-step logits-bf16 40 "$PY" tools/bf16_check.py --device cuda --images 64 --root "${FMNIST:-/usr/share/datasets/fashion-mnist}"
-step logits-fp16 40 "$PY" tools/bf16_check.py --device cuda --images 64 --dtype float16 --root "${FMNIST:-/usr/share/datasets/fashion-mnist}"
+step logits-bf16 40 "$PY" tools/dev/bf16_check.py --device cuda --images 64 --root "${FMNIST:-/usr/share/datasets/fashion-mnist}"
+step logits-fp16 40 "$PY" tools/dev/bf16_check.py --device cuda --images 64 --dtype float16 --root "${FMNIST:-/usr/share/datasets/fashion-mnist}"
 step detr-fp16 220 "${TABLE[@]}" --configs "$DETR" --size 800 1333 --steps 10 --amp float16
 step tests-gpu-paths 60 "$PY" -m pytest -q -x tests/test_bfloat16.py -m "not slow"
 [ -n "${DRY_RUN:-}" ] || cat "$SUMMARY"

@@ -2,8 +2,8 @@
 per-seed table: validation AP50 at every evaluation, the training wall time, and the minute at which
 AP50 first reached the target.
 
-    python tools/seed_sweep.py configs/demo/detr_t2t_shapes.py --seeds 0 1 2 3 4
-    python tools/seed_sweep.py configs/demo/detr_t2t_shapes.py --seeds 0 1 --name no-dn \
+    python tools/dev/seed_sweep.py configs/demo/detr_t2t_shapes.py --seeds 0 1 2 3 4
+    python tools/dev/seed_sweep.py configs/demo/detr_t2t_shapes.py --seeds 0 1 --name no-dn \
         --cfg-options model.detector.denoising=None model.detector.anchor_queries=False
 
 Runs go to ``work_dirs/sweep/<name>/seed<k>`` (a finished seed is not trained again: its table row
@@ -17,7 +17,8 @@ import subprocess
 import sys
 import time
 
-import _bootstrap  # noqa: F401
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/, for _bootstrap
+import _bootstrap  # noqa: E402,F401
 from plot_curves import read_scalars
 
 ROOT = _bootstrap.ROOT
@@ -67,7 +68,7 @@ def main(argv=None):
         print(f'[seed {seed}] {args.metric}: ' + ', '.join(f'{s}: {v:.3f}' for s, v in r['curve'])
               + f'; {r["seconds"] / 60:.1f} min', flush=True)
     steps = sorted({s for r in rows.values() for s, _ in r['curve']})
-    lines = [f'{name}: `python tools/seed_sweep.py {args.config} --seeds {" ".join(map(str, args.seeds))}'
+    lines = [f'{name}: `python tools/dev/seed_sweep.py {args.config} --seeds {" ".join(map(str, args.seeds))}'
              + (f' --cfg-options {" ".join(args.cfg_options)}' if args.cfg_options else '') + '`', '',
              '| seed | ' + ' | '.join(f'step {s}' for s in steps)
              + f' | training min | min to {args.metric.split("/")[-1]} {args.target} |',

@@ -4,12 +4,12 @@ then weighted), at Deformable DETR's real sizes: by default an 800 x 1333 input,
 8/16/32/64, M=8 heads of D=32, P=4 points; the decoder (300 queries) and the encoder (every
 pixel a query). Forward alone (no grad) and forward + backward.
 
-    python tools/benchmark_deform_attn.py [--image 800 1333] [--batch 1] [--threads T] [--repeat 5]
+    python tools/dev/benchmark_deform_attn.py [--image 800 1333] [--batch 1] [--threads T] [--repeat 5]
         [--device cpu|cuda] [--cases decoder encoder] [--modes fwd fwd+bwd]
 
 e.g. the 512 x 512 training size, batch 2, two threads, forward + backward only:
 
-    python tools/benchmark_deform_attn.py --image 512 512 --batch 2 --threads 2 --modes fwd+bwd
+    python tools/dev/benchmark_deform_attn.py --image 512 512 --batch 2 --threads 2 --modes fwd+bwd
 
 Peak memory: every (form, case, mode) runs in a fresh process, so each peak is its own: on CPU
 the peak resident memory above the process's resident size with the inputs allocated, on CUDA
@@ -28,7 +28,8 @@ import subprocess
 import sys
 import time
 
-import _bootstrap  # noqa: F401
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/, for _bootstrap
+import _bootstrap  # noqa: E402,F401
 import torch
 import torch.nn.functional as F
 

@@ -1,7 +1,7 @@
 """Check that the README's commands run as written.
 
-    python tools/readme_commands.py          # every command: its tool, configs and arguments are valid
-    python tools/readme_commands.py --run    # and run the cheap ones, tiny, in a fresh clone
+    python tools/dev/readme_commands.py          # every command: its tool, configs and arguments are valid
+    python tools/dev/readme_commands.py --run    # and run the cheap ones, tiny, in a fresh clone
 
 A command is a line of a fenced ``bash`` block or an inline code span that starts with
 ``python tools/``, ``torchrun``, ``srun``, ``make`` or an installed ``vitzoo-*`` command. Every one
@@ -28,7 +28,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 README = osp.join(ROOT, 'README.md')
 _START = re.compile(r'^(python |torchrun |srun |make |vitzoo-\w+ )')
 COMMANDS = ('vitzoo-train', 'vitzoo-test', 'vitzoo-infer', 'vitzoo-export')  # pyproject's [project.scripts]
