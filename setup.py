@@ -2,7 +2,7 @@
 
 zoo, classification and detection are the packages. configs/ (every config, with the _base_ files
 they inherit by relative path) and tools/ (the scripts behind the vitzoo-* commands) go in whole,
-as the packages vitzoo_configs and vitzoo_tools, where zoo/cli.py finds them after an install.
+as the packages vitzoo_configs and vitzoo_tools, where zoo/runtime/cli.py finds them after an install.
 Found here at build time, so a new config folder or subpackage needs no listing.
 """
 from setuptools import find_namespace_packages, setup

@@ -16,8 +16,8 @@ from mmengine.registry import (DATA_SAMPLERS, DATASETS, FUNCTIONS, METRICS, MODE
                                OPTIM_WRAPPER_CONSTRUCTORS)
 from torch import nn
 
-import zoo.engine  # noqa: F401  (checkpoint loading fix, CPU torchrun)
-from zoo.divergence import DIVERGED
+import zoo.runtime.engine  # noqa: F401  (checkpoint loading fix, CPU torchrun)
+from zoo.runtime.divergence import DIVERGED
 
 from . import transforms as recipes
 from .data import FashionMNIST, ImageFolderDataset
@@ -79,7 +79,7 @@ class Classifier(BaseModel):
     @staticmethod
     def config_callees(model_cfg: dict) -> dict:
         """What each nested dict of a Classifier config is handed to, by its path under ``model``,
-        so that ``zoo.config_check`` can check its keys against the signature (and accept an
+        so that ``zoo.runtime.config_check`` can check its keys against the signature (and accept an
         argument the config file does not write)."""
         return {'backbone': build_network, 'distillation': DistillationLoss, 'distillation.teacher': build_teacher}
 

@@ -45,7 +45,7 @@ class SetCriterion(nn.Module):
             # That is a weighted mean over this process's queries, with weights that depend on
             # how many of them were matched; rescaled to the weight sum of all processes, DDP's
             # average of the gradients is the whole batch's (the official code's is not: 12% off
-            # with 2 processes in tests/test_detection_pipeline.py). One process: times exactly 1.
+            # with 2 processes in tests/detection/test_detection_pipeline.py). One process: times exactly 1.
             weight = self.empty_weight[target_classes].sum()
             return loss * (weight / all_reduce_mean(weight))
         onehot = F.one_hot(target_classes, self.num_classes + 1)[..., :-1].to(logits.dtype)

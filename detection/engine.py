@@ -11,9 +11,9 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import DATASETS, FUNCTIONS, HOOKS, METRICS, MODELS
 
-import zoo.engine  # noqa: F401  (checkpoint loading fix, optimiser constructor)
-from zoo.divergence import DIVERGED, Diverged
-from zoo.config_check import Accepts
+import zoo.runtime.engine  # noqa: F401  (checkpoint loading fix, optimiser constructor)
+from zoo.runtime.divergence import DIVERGED, Diverged
+from zoo.runtime.config_check import Accepts
 
 from .backbone import backbone_arguments, build_backbone
 from .checkpoints import LAYOUTS, to_detector_layout
@@ -86,7 +86,7 @@ class Detector(BaseModel):
         """Start a training run from the detector checkpoint ``filename`` (``load_from``,
         ``tools/train.py --load-from``): any layout and class count; the class heads are
         re-initialised where the classes differ, everything else must fit
-        (``detection.finetune``). ``zoo.engine.Runner`` calls this in place of mmengine's
+        (``detection.finetune``). ``zoo.runtime.engine.Runner`` calls this in place of mmengine's
         non-strict load."""
         from .finetune import load_for_finetuning
         dataset = getattr(runner.train_dataloader, 'dataset', None)
@@ -96,7 +96,7 @@ class Detector(BaseModel):
     @staticmethod
     def config_callees(model_cfg: dict) -> dict:
         """What each nested dict of a Detector config is handed to, by its path under ``model``,
-        so that ``zoo.config_check`` can check its keys against the signature (and accept an
+        so that ``zoo.runtime.config_check`` can check its keys against the signature (and accept an
         argument the config file does not write)."""
         callees = {'matcher': HungarianMatcher, 'criterion': SetCriterion}
         detector = model_cfg.get('detector') or {}

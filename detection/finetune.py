@@ -24,7 +24,7 @@ import torch
 from mmengine.config import Config
 
 from zoo.pretrained import read_checkpoint
-from zoo.stop import StopWithMessage
+from zoo.runtime.stop import StopWithMessage
 
 from .checkpoints import LAYOUTS, convert_layout, select_coco_classes
 

@@ -93,7 +93,7 @@ def load_detector(cfg: Config, checkpoint: str):
     """The config's detector (eval mode) with the checkpoint's weights loaded strictly
     (``zoo.pretrained.load_exactly``: another architecture or class count raises a ValueError
     naming the disagreeing keys), and the checkpoint's ``meta`` (None without one)."""
-    from zoo.engine import without_pretrained
+    from zoo.runtime.engine import without_pretrained
     from zoo.pretrained import load_exactly
     model = MODELS.build(without_pretrained(cfg.model))  # the checkpoint replaces every weight
     state = load_exactly(model, checkpoint)
@@ -104,7 +104,7 @@ def _use_run_settings(cfg: Config, checkpoint: str) -> str:
     """``checkpoint`` resolved to a file (a work dir: its last checkpoint), with the run settings
     it records put into ``cfg`` (``detection.run_settings``: the class count, the test transforms
     or ``--img-size``; the data folder is not read)."""
-    from zoo.checkpointing import resolve_checkpoint
+    from zoo.runtime.checkpointing import resolve_checkpoint
 
     from .data.folder import set_img_size
     from .run_settings import apply_run_settings, read_meta, settings_from_meta

@@ -10,7 +10,7 @@ tools/infer.py and tools/export.py read them back (:func:`use_checkpoint_setting
 
 evaluates a ``--data`` run without repeating ``--data``, ``--img-size`` or
 ``--cfg-options model.num_classes=...``, and without the run's dumped config. A work dir stands for
-its last checkpoint (``zoo.checkpointing.resolve_checkpoint``), so no command names an epoch.
+its last checkpoint (``zoo.runtime.checkpointing.resolve_checkpoint``), so no command names an epoch.
 What the command line says wins over the checkpoint, and the checkpoint over the config file.
 Checkpoints written before this record get the same settings from the config text mmengine
 stores in their meta.
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import torch
 from mmengine.config import Config
 
-from zoo.checkpointing import CheckpointNotFoundError, CheckpointReadError, resolve_checkpoint
+from zoo.runtime.checkpointing import CheckpointNotFoundError, CheckpointReadError, resolve_checkpoint
 
 META_KEY = 'run_settings'
 
@@ -57,7 +57,7 @@ def read_meta(path: str) -> dict:
     try:
         checkpoint = torch.load(path, map_location='cpu', weights_only=False, mmap=True)
     except Exception:
-        from zoo.checkpointing import read_checkpoint
+        from zoo.runtime.checkpointing import read_checkpoint
         checkpoint = read_checkpoint(path, map_location='cpu')
     meta = checkpoint.get('meta') if isinstance(checkpoint, Mapping) else None
     return dict(meta) if isinstance(meta, Mapping) else {}

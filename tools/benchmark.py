@@ -13,7 +13,7 @@ rounds and prints the speed-up of the dtype over float32.
 
 Throughput: ours and the peer alternate round by round (so drift in machine load hits both),
 each going first in every other round, each round timing ``--iters`` forwards; the median
-round gives images/s. Both run with freed CPU memory kept for reuse (:mod:`zoo.allocator`; without
+round gives images/s. Both run with freed CPU memory kept for reuse (:mod:`zoo.runtime.allocator`; without
 it glibc unmaps large blocks and every forward faults them in again, slowing whichever model the
 allocation history disfavours by up to 20%); ``--default-allocator`` measures without. The zoo's float32 linears run on oneDNN
 (:mod:`zoo.layers.linear`; twice MKL's rate on an AMD CPU); ``--no-onednn`` measures them on
@@ -33,7 +33,7 @@ import _bootstrap  # noqa: F401
 import torch
 
 import zoo
-from zoo.allocator import reuse_freed_memory
+from zoo.runtime.allocator import reuse_freed_memory
 from zoo.layers import set_onednn_linear
 from zoo.layers.linear import onednn_linear_active
 
@@ -213,7 +213,7 @@ def main(argv=None):
     p.add_argument('--compile', action='store_true',
                    help="also time the zoo model under torch.compile (inductor) and print the gain over eager")
     p.add_argument('--default-allocator', action='store_true',
-                   help="leave glibc's malloc as it is (by default freed blocks are kept for reuse: zoo.allocator)")
+                   help="leave glibc's malloc as it is (by default freed blocks are kept for reuse: zoo.runtime.allocator)")
     p.add_argument('--no-onednn', action='store_true',
                    help="zoo models: float32 linears through torch's own matmul (MKL) instead of oneDNN "
                         '(zoo.layers.linear)')

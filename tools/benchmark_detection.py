@@ -43,7 +43,7 @@ vs ``DetrForObjectDetection``, ``configs/deformable_detr_r50.py`` vs
 
 Backbones are randomly initialised (speed does not depend on the weights). Targets: 8 random
 boxes per image. Freed memory is kept for reuse, as ``tools/train.py`` keeps it
-(:mod:`zoo.allocator`); ``--default-allocator`` measures with glibc's defaults, under which a
+(:mod:`zoo.runtime.allocator`); ``--default-allocator`` measures with glibc's defaults, under which a
 DETR-R50 step at 800x1333 spends about a quarter of its time faulting pages in.
 """
 import argparse
@@ -64,8 +64,8 @@ import detection.engine  # noqa: F401
 from benchmark import _rss_kib, machine
 from benchmark import sync as _sync
 from detection import coco_evaluate
-from zoo.allocator import return_freed_memory, reuse_freed_memory
-from zoo.engine import autocast_for, use_amp
+from zoo.runtime.allocator import return_freed_memory, reuse_freed_memory
+from zoo.runtime.engine import autocast_for, use_amp
 
 
 def _batch(batch_size, size, device):
@@ -414,7 +414,7 @@ def main(argv=None):
     p.add_argument('--compile', action='store_true', help='also time each config under torch.compile (inductor)')
     p.add_argument('--peer', choices=['hf'], help="time against Hugging Face transformers' DETR / Deformable DETR")
     p.add_argument('--default-allocator', action='store_true',
-                   help="leave glibc's malloc as it is (by default freed blocks are kept for reuse: zoo.allocator)")
+                   help="leave glibc's malloc as it is (by default freed blocks are kept for reuse: zoo.runtime.allocator)")
     p.add_argument('--amp', choices=['bfloat16', 'float16'],
                    help='mixed-precision training and inference, as train.py / test.py --amp set it up')
     p.add_argument('--child-scaling', nargs=2, help=argparse.SUPPRESS)
@@ -436,7 +436,7 @@ def main(argv=None):
         size = tuple(int(v) for v in size.split('x'))
         print(json.dumps(scaling_point(config, size, args.steps, torch.device(args.device), args.amp)))
         return
-    allocator = 'glibc default allocator' if args.default_allocator else 'freed memory kept (zoo.allocator)'
+    allocator = 'glibc default allocator' if args.default_allocator else 'freed memory kept (zoo.runtime.allocator)'
     print(f'# {machine()}; torch {torch.__version__}; {allocator}')
     if args.step_table:
         configs = args.configs

@@ -23,15 +23,15 @@ import detection.engine  # noqa: F401  (registers Detector)
 from detection.export import OnnxDetector, export_onnx
 from detection.run_settings import use_checkpoint_settings
 from infer import load_detector
-from zoo.cli import resolve_config
-from zoo.config_check import merge_options
+from zoo.runtime.cli import resolve_config
+from zoo.runtime.config_check import merge_options
 
 
 def build(config: str, checkpoint: str | None, cfg_options=None):
     """The config's detector, eval mode, with the checkpoint's weights (random without one), and
     its class names. An unknown config, a config that is not a detector, or a checkpoint of
     another model: SystemExit / ValueError saying which."""
-    config = resolve_config(config)  # or the name of a shipped config (zoo.cli)
+    config = resolve_config(config)  # or the name of a shipped config (zoo.runtime.cli)
     if not osp.isfile(config):
         raise SystemExit(f'config {config} not found; the detector configs are configs/detr_*.py and '
                          'configs/deformable_detr_*.py')

@@ -53,11 +53,11 @@ from detection.run_settings import use_checkpoint_settings
 from detection.engine import predictions_to_coco
 from detection.predictor import Predictor, checkpoint_categories
 from detection.predictor import load_detector as load_weights
-from zoo.allocator import reuse_freed_memory
-from zoo.cli import resolve_config
-from zoo.config_check import merge_options
-from zoo.stop import stop_cleanly
-from zoo.engine import autocast_for
+from zoo.runtime.allocator import reuse_freed_memory
+from zoo.runtime.cli import resolve_config
+from zoo.runtime.config_check import merge_options
+from zoo.runtime.stop import stop_cleanly
+from zoo.runtime.engine import autocast_for
 
 COLORS = ['#e6194b', '#3cb44b', '#4363d8', '#f58231', '#911eb4', '#42d4f4', '#f032e6', '#bfef45']
 
@@ -110,7 +110,7 @@ def draw(image_uint8: torch.Tensor, pred: dict, classes: list[str], score_thr: f
 
 
 def read_config(path: str) -> Config:
-    """The config at ``path`` (or the shipped config it names: ``zoo.cli.resolve_config``); a
+    """The config at ``path`` (or the shipped config it names: ``zoo.runtime.cli.resolve_config``); a
     missing file ends the command with "config not found: PATH"."""
     path = resolve_config(path)
     if not osp.isfile(path):
@@ -195,7 +195,7 @@ def visualize_val(cfg, model, classes, n: int, out: str, score_thr: float) -> st
 @torch.no_grad()
 def main(argv=None):
     """Draw detections. A misspelt config key, bad data or an unreadable checkpoint stop with
-    their message, no traceback (``zoo.stop``)."""
+    their message, no traceback (``zoo.runtime.stop``)."""
     with stop_cleanly():
         return infer(argv)
 

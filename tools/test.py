@@ -19,14 +19,14 @@ import classification.engine  # noqa: F401  (registers the classifier, datasets 
 import detection.engine  # noqa: F401
 from detection.data.folder import add_data_arguments, apply_data_arguments
 from detection.run_settings import use_checkpoint_settings
-from zoo.engine import (Runner, add_runtime_arguments, apply_runtime_arguments, close_distributed, load_config,
+from zoo.runtime.engine import (Runner, add_runtime_arguments, apply_runtime_arguments, close_distributed, load_config,
                         use_amp_evaluation, without_pretrained)
-from zoo.stop import stop_cleanly
+from zoo.runtime.stop import stop_cleanly
 
 
 def main(argv=None):
     """Evaluate. A misspelt config key, an unreadable checkpoint or one of another model, and a
-    diverged model stop with their message, no traceback (``zoo.stop``)."""
+    diverged model stop with their message, no traceback (``zoo.runtime.stop``)."""
     with stop_cleanly():
         return evaluate(argv)
 

@@ -12,7 +12,7 @@
     torchrun --nproc_per_node=2 tools/train.py CONFIG --launcher pytorch   # CPU (gloo) or GPU
     srun --ntasks=16 --ntasks-per-node=8 python tools/train.py CONFIG --launcher slurm
 
-CONFIG is a file, or the name of a shipped config (detr_t2t, demo/detr_t2t_shapes: zoo.cli).
+CONFIG is a file, or the name of a shipped config (detr_t2t, demo/detr_t2t_shapes: zoo.runtime.cli).
 """
 import argparse
 import os
@@ -23,12 +23,12 @@ from mmengine.config import Config, DictAction
 import classification.engine  # noqa: F401  (registers the classifier, datasets and metric)
 import detection.engine  # noqa: F401  (registers the detectors, datasets and metric)
 from detection.data.folder import add_data_arguments, apply_data_arguments
-from zoo.engine import (Runner, add_runtime_arguments, apply_runtime_arguments, close_distributed, load_config,
+from zoo.runtime.engine import (Runner, add_runtime_arguments, apply_runtime_arguments, close_distributed, load_config,
                         use_amp, without_pretrained)
-from zoo.hook_args import check_hook_arguments
-from zoo.stop import stop_cleanly
-from zoo.training_options import LAUNCHERS, add_training_arguments, apply_training_arguments
-from zoo.work_dir_lock import hold_work_dir
+from zoo.runtime.hook_args import check_hook_arguments
+from zoo.runtime.stop import stop_cleanly
+from zoo.runtime.training_options import LAUNCHERS, add_training_arguments, apply_training_arguments
+from zoo.runtime.work_dir_lock import hold_work_dir
 
 
 def parse_args(argv=None):
@@ -85,9 +85,9 @@ def build_config(args) -> Config:
 
 
 def main(argv=None):
-    """Train. A full disk, a work dir in use by another run (``zoo.work_dir_lock``), a hook
+    """Train. A full disk, a work dir in use by another run (``zoo.runtime.work_dir_lock``), a hook
     argument that does not exist or an unreadable checkpoint stop with a message, no traceback
-    (``zoo.stop``)."""
+    (``zoo.runtime.stop``)."""
     args = parse_args(argv)
     with stop_cleanly():
         cfg = build_config(args)

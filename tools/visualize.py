@@ -38,7 +38,7 @@ from detection import analysis as det
 from detection.data import transforms as recipes
 from infer import load_detector
 from zoo import analysis as za
-from zoo.allocator import reuse_freed_memory
+from zoo.runtime.allocator import reuse_freed_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = os.path.join(ROOT, 'configs/_base_/datasets/shapes_detection.py')

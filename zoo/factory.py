@@ -33,7 +33,7 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, **over
     elif pretrained is not False and pretrained is not None:
         path = os.fspath(pretrained)
         if os.path.isdir(path):  # a classification run's work dir: its last checkpoint
-            from .checkpointing import resolve_checkpoint
+            from .runtime.checkpointing import resolve_checkpoint
             path = pretrained = resolve_checkpoint(path, 'pretrained')
         checkpoint = read_checkpoint(path)
         classifier = trained_classifier(checkpoint)

@@ -1,5 +1,5 @@
 default_scope = None
-# SafeCheckpointHook (zoo.checkpointing): mmengine's CheckpointHook, same arguments, whose files
+# SafeCheckpointHook (zoo.runtime.checkpointing): mmengine's CheckpointHook, same arguments, whose files
 # survive a kill or a full disk and whose checkpoints resume exactly (random state included).
 # save_best: the checkpoint with the highest COCO AP so far is also kept, as best_coco_AP_epoch_N.pth
 # (weights only; classification's runtime keeps the best top-1 instead).

@@ -1,6 +1,6 @@
 # cvt_13 on Fashion-MNIST:
 # the paper's widths and depths at 28 x 28 px (strides 4, 2, 2), from scratch.
-# A real (if slow on a CPU) run of the family; tests/test_classification.py trains it a few
+# A real (if slow on a CPU) run of the family; tests/classification/test_classification.py trains it a few
 # steps with a tiny depth and width.
 _base_ = ['./_base_/datasets/fashion_mnist.py', './_base_/schedules/adamw_cosine_30e.py',
           './_base_/default_runtime.py']

@@ -1,5 +1,5 @@
 # t2t_vit_7 on Fashion-MNIST: the paper's widths and depths at 32 x 32 px (stride 16), from scratch.
-# A real (if slow on a CPU) run of the family; tests/test_classification.py trains it a few
+# A real (if slow on a CPU) run of the family; tests/classification/test_classification.py trains it a few
 # steps with a tiny depth and width.
 _base_ = ['./_base_/datasets/fashion_mnist_32px.py', './_base_/schedules/adamw_cosine_30e.py',
           './_base_/default_runtime.py']

@@ -1,7 +1,7 @@
 """Errors in a user's data: the tools print them as one message, without a traceback
-(:func:`zoo.stop.stop_cleanly`), since the fix is in the data, not in the code. They stay a
+(:func:`zoo.runtime.stop.stop_cleanly`), since the fix is in the data, not in the code. They stay a
 ValueError / FileNotFoundError for callers that catch those."""
-from zoo.stop import StopWithMessage
+from zoo.runtime.stop import StopWithMessage
 
 
 class DataError(StopWithMessage, ValueError):

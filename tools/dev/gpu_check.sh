@@ -57,5 +57,5 @@ step deformable-bf16 90 "${TABLE[@]}" --configs "$DEFORM" --size 800 1333 --step
 step logits-bf16 40 "$PY" tools/dev/bf16_check.py --device cuda --images 64 --root "${FMNIST:-/usr/share/datasets/fashion-mnist}"
 step logits-fp16 40 "$PY" tools/dev/bf16_check.py --device cuda --images 64 --dtype float16 --root "${FMNIST:-/usr/share/datasets/fashion-mnist}"
 step detr-fp16 220 "${TABLE[@]}" --configs "$DETR" --size 800 1333 --steps 10 --amp float16
-step tests-gpu-paths 60 "$PY" -m pytest -q -x tests/test_bfloat16.py -m "not slow"
+step tests-gpu-paths 60 "$PY" -m pytest -q -x tests/zoo/test_bfloat16.py -m "not slow"
 [ -n "${DRY_RUN:-}" ] || cat "$SUMMARY"

@@ -6,7 +6,7 @@
 A command is a line of a fenced ``bash`` block or an inline code span that starts with
 ``python tools/``, ``torchrun``, ``srun``, ``make`` or an installed ``vitzoo-*`` command. Every one
 is checked without running it: a ``make`` target exists in the Makefile; a tool exists (a
-``vitzoo-<tool>`` command is tools/<tool>.py, and its config may be given by name: ``zoo.cli``),
+``vitzoo-<tool>`` command is tools/<tool>.py, and its config may be given by name: ``zoo.runtime.cli``),
 the configs it names exist, and its own argument parser accepts the arguments (flags, choices,
 types, positional counts). ``--run`` then runs
 ``SMOKE`` (the README's own-data walk-through, ``make models``' table, a curves picture and an
@@ -160,7 +160,7 @@ def check(command: str) -> str | None:
     if named_config:
         if ROOT not in sys.path:
             sys.path.insert(0, ROOT)
-        from zoo.cli import resolve_config
+        from zoo.runtime.cli import resolve_config
         config = next((a for a in args if not a.startswith('-')), None)
         if config is None or not osp.isfile(resolve_config(config)):
             return f'no config {config} among the shipped configs'

@@ -6,7 +6,7 @@ is None where the running torch lacks it; the fast paths (:mod:`zoo.layers.linea
 :mod:`zoo.layers.leff`, :mod:`zoo.layers.mlp` through :func:`zoo.layers.helpers.unhooked`) ask
 here at every call and take the public ops (``F.linear``, ``nn.Conv2d``, ``nn.BatchNorm2d``,
 ``nn.GELU``) where they are missing. The results are the same up to float rounding
-(``tests/test_private_ops.py`` sets every handle to None and compares).
+(``tests/zoo/test_private_ops.py`` sets every handle to None and compares).
 
 * :data:`linear_pointwise` - ``torch.ops.mkldnn._linear_pointwise``: a oneDNN matrix product with
   an optional fused post-op (the float32 and bfloat16 linears).

@@ -4,7 +4,7 @@ Runner is built (so ``--cfg-options`` and the config file can set the same thing
 * ``--accum N``: gradient accumulation, one optimiser step every N iterations (mmengine's
   ``optim_wrapper.accumulative_counts``: each loss is divided by N, and DDP synchronises only on
   the stepping iteration). The learning-rate rule counts it: the effective batch is
-  batch x processes x N (``zoo.engine.lr_scale_ratio``). Schedules (warm-up included) and
+  batch x processes x N (``zoo.runtime.engine.lr_scale_ratio``). Schedules (warm-up included) and
   ``train_cfg`` still count iterations and epochs, as mmengine does.
 * ``--ema``: an exponential moving average of the weights (mmengine's ``EMAHook`` with
   ``MomentumAnnealingEMA``). After each step ``ema = (1 - m) * ema + m * weights`` with

@@ -30,8 +30,8 @@ from classification import (FashionMNIST, ImageFolderDataset, build_teacher, cla
 from classification.distillation import DistillationLoss
 from classification.engine import (Accuracy, Classifier, LayerDecayOptimWrapperConstructor,
                                    layer_ids)
+from helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, 'configs', 'classification')
 TINY_DEIT = dict(name='deit_tiny_patch16_224', img_size=28, patch_size=4, embed_dim=32, depth=2,
                  num_heads=2)
@@ -313,7 +313,7 @@ def _effective_lrs(tmp_path, config: str, world_size: int, batch_size: int,
                    **overrides) -> tuple[list, str]:
     """The parameter groups' lr after the Runner's scaling (before warm-up) for ``world_size``
     processes of ``batch_size`` images, and what the Runner logged about it."""
-    from zoo.engine import Runner
+    from zoo.runtime.engine import Runner
     cfg = Config.fromfile(os.path.join(CONFIGS, config))
     cfg.merge_from_dict({'model.backbone': dict(TINY_DEIT, depth=1), 'work_dir': str(tmp_path),
                          'train_dataloader.batch_size': batch_size, **overrides})
@@ -562,7 +562,7 @@ def _plain_pretty_text(cfg: Config) -> str:
 
 @pytest.mark.parametrize('config', sorted(FAMILIES))
 def test_every_family_trains_through_its_config(config, tmp_path, monkeypatch):
-    from zoo.engine import Runner
+    from zoo.runtime.engine import Runner
     # The Runner logs and dumps the config through yapf, which takes seconds a time on 2 cores.
     monkeypatch.setattr(Config, 'pretty_text', property(_plain_pretty_text))
     cfg = _tiny(Config.fromfile(os.path.join(CONFIGS, config)), tmp_path, FAMILIES[config])
@@ -586,7 +586,7 @@ IMAGENET_CONFIGS = ['deit_tiny_imagenet.py', 'deit_tiny_distilled_imagenet.py',
 def test_imagenet_configs_train_end_to_end_on_a_tiny_folder(config, tmp_path, monkeypatch):
     """The ImageNet recipes (repeated augmentation, timm's RandAugment, mixup, EMA, distillation,
     lr scaling) on 3 class folders of 4 images, a tiny model at 28 px, one epoch."""
-    from zoo.engine import Runner
+    from zoo.runtime.engine import Runner
     monkeypatch.setattr(Config, 'pretty_text', property(_plain_pretty_text))
     for split in ('train', 'val'):
         _image_folder(tmp_path / 'imagenet' / split, per_class=4, size=36)

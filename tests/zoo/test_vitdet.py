@@ -13,7 +13,7 @@ from detection.deformable_detr import DeformableDETR
 from detection.neck import LayerNorm2d, MultiScaleNeck, ViTDetLevelProjection
 from zoo.layers import Attention, TalkingHeadsAttention
 
-from tests.test_batch_invariance import _batch, _image
+from test_batch_invariance import _batch, _image
 
 
 def _reference(attn, x, grid, key_mask=None):

@@ -1,4 +1,4 @@
-"""zoo.allocator: freed CPU blocks are reused instead of being faulted in again.
+"""zoo.runtime.allocator: freed CPU blocks are reused instead of being faulted in again.
 
 Each case runs in a fresh interpreter: the option is process-wide and cannot be undone, and the
 fault counts depend on the allocation history."""
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 # Allocates, touches and frees float32 tensors of 1, 4, 16 and 64 MiB (one cycle), once to warm
 # up, then prints the median count of minor page faults (one per 4 KiB page first touched) over
@@ -18,7 +18,7 @@ SCRIPT = """
 import resource, sys
 sys.path.insert(0, {root!r})
 import torch
-from zoo.allocator import reuse_freed_memory
+from zoo.runtime.allocator import reuse_freed_memory
 applied = reuse_freed_memory() if {apply} else False
 def cycle():
     for mib in (1, 4, 16, 64):
@@ -57,5 +57,5 @@ def test_freed_blocks_are_reused():
 
 
 def test_calling_twice_is_harmless():
-    from zoo.allocator import reuse_freed_memory
+    from zoo.runtime.allocator import reuse_freed_memory
     assert reuse_freed_memory() == reuse_freed_memory()

@@ -13,9 +13,9 @@ import zipfile
 import pytest
 from mmengine.config import Config
 
-from zoo import cli
+from zoo.runtime import cli
+from helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = {'vitzoo-train': 'main_train', 'vitzoo-test': 'main_test', 'vitzoo-infer': 'main_infer',
             'vitzoo-export': 'main_export'}
 
@@ -51,7 +51,7 @@ def test_config_names_resolve_to_the_shipped_configs(tmp_path, monkeypatch):
 
 
 def test_train_and_test_load_a_config_by_name(tmp_path, monkeypatch):
-    from zoo.engine import load_config
+    from zoo.runtime.engine import load_config
     monkeypatch.chdir(tmp_path)
     cfg = load_config('deformable_detr_r50')
     assert cfg.model.type == 'Detector' and cfg.work_dir == os.path.join('work_dirs', 'deformable_detr_r50')
@@ -97,7 +97,7 @@ def test_pyproject_declares_ranges_and_the_commands():
     assert not pins, pins
     deps = {d.split('>')[0].split('<')[0].split('=')[0]: d for d in project['dependencies']}
     assert deps['torch'] == 'torch>=2.4' and deps['mmengine'] == 'mmengine>=0.10.7,<0.11'
-    assert project['scripts'] == {c: f'zoo.cli:{f}' for c, f in COMMANDS.items()}
+    assert project['scripts'] == {c: f'zoo.runtime.cli:{f}' for c, f in COMMANDS.items()}
 
 
 # the wheel ----------------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ def test_wheel_holds_the_packages_every_config_the_tools_and_the_commands(wheel)
     assert 'vitzoo_configs/_base_/default_runtime.py' in names and 'vitzoo_configs/detr_t2t.py' in names
     missing = {f'vitzoo_tools/{f}' for f in ('_bootstrap.py', 'train.py', 'test.py', 'infer.py', 'export.py')} - names
     assert not missing, missing
-    assert dict(entry_points['console_scripts']) == {c: f'zoo.cli:{f}' for c, f in COMMANDS.items()}
+    assert dict(entry_points['console_scripts']) == {c: f'zoo.runtime.cli:{f}' for c, f in COMMANDS.items()}
     requires = metadata.get_all('Requires-Dist')
     assert 'torch>=2.4' in requires and not [r for r in requires if '==' in r and 'extra' not in r]
 
@@ -150,7 +150,7 @@ def test_installed_wheel_trains_a_config_by_name_outside_the_clone(wheel, tmp_pa
     env = dict(os.environ, PYTHONPATH=str(target))
     away = tmp_path / 'elsewhere'
     away.mkdir()
-    where = subprocess.run([sys.executable, '-c', 'import zoo.cli as c; print(c.__file__); print(c.configs_dir()); '
+    where = subprocess.run([sys.executable, '-c', 'import zoo.runtime.cli as c; print(c.__file__); print(c.configs_dir()); '
                             'print(c.tools_dir())'], cwd=away, env=env, capture_output=True, text=True)
     assert where.returncode == 0, where.stderr[-3000:]
     assert all(line.startswith(str(target)) for line in where.stdout.split()), where.stdout

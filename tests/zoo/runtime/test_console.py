@@ -4,8 +4,8 @@ import logging
 import torch
 from mmengine.logging import MMLogger
 
-from zoo.console import quiet_console, short_metrics_line
-from zoo.engine import QuietOptimWrapperConstructor, busy_cores, set_threads
+from zoo.runtime.console import quiet_console, short_metrics_line
+from zoo.runtime.engine import QuietOptimWrapperConstructor, busy_cores, set_threads
 
 # A training line of the demo (DETR with denoising and the dense head), as mmengine formats it.
 TRAIN_LINE = ('Epoch(train)  [1][16/64]  base_lr: 6.2612e-05 lr: 6.2612e-05  eta: 0:04:36  time: 0.1362  '

@@ -11,12 +11,11 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from test_detection_pipeline import _tiny_config
-from zoo import cli, training_options
-from zoo.engine import Runner, lr_scale_ratio, slurm_environment
-from zoo.hook_args import check_hook_arguments
+from helpers import ROOT, tiny_detr_config
+from zoo.runtime import cli, training_options
+from zoo.runtime.engine import Runner, lr_scale_ratio, slurm_environment
+from zoo.runtime.hook_args import check_hook_arguments
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, 'configs', 'demo', 'detr_t2t_shapes.py')
 train = cli.load_tool('train')
 
@@ -50,7 +49,7 @@ def test_the_learning_rate_counts_accumulated_iterations_in_the_batch(tmp_path):
     assert lr_scale_ratio(dict(base_batch_size=8), 8, 1, 2) == lr_scale_ratio(dict(base_batch_size=8), 16, 1) == 2.0
     assert lr_scale_ratio(dict(base_batch_size=64), 4, 2, 8) == 1.0
     assert lr_scale_ratio(dict(base_batch_size=8, enable=False), 8, 1, 4) == 1.0
-    config = _tiny_config(tmp_path)
+    config = tiny_detr_config(tmp_path, num_val=5, max_epochs=2, local_vis=False)
     lrs = {}
     for accum in (1, 2):
         cfg = _build(tmp_path, '--accum', str(accum), '--cfg-options', 'auto_scale_lr.base_batch_size=4',
@@ -158,7 +157,7 @@ def test_a_slurm_task_starts_a_cpu_process_group():
     env.update(SLURM_PROCID='0', SLURM_NTASKS='1', SLURM_NODELIST='localhost', MASTER_PORT=str(port),
                CUDA_VISIBLE_DEVICES='')
     script = ('import sys; sys.path.insert(0, sys.argv[1]); import torch.distributed as dist; '
-              'from zoo.engine import init_cpu_distributed, close_distributed; init_cpu_distributed("slurm"); '
+              'from zoo.runtime.engine import init_cpu_distributed, close_distributed; init_cpu_distributed("slurm"); '
               'print(dist.get_backend(), dist.get_rank(), dist.get_world_size()); close_distributed()')
     done = subprocess.run([sys.executable, '-c', script, ROOT], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -183,7 +182,7 @@ def test_tiny_training_accumulates_keeps_ema_and_the_best_checkpoint(tmp_path):
     """8 images, batch 2, --accum 2, 2 epochs: 8 iterations and 4 optimiser steps; the checkpoint
     holds the averaged weights and the trained ones beside them; the best COCO AP is kept; the
     TensorBoard events and the log's effective batch are there. Through vitzoo-train's function."""
-    config, work = _tiny_config(tmp_path), str(tmp_path / 'work')
+    config, work = tiny_detr_config(tmp_path, num_val=5, max_epochs=2, local_vis=False), str(tmp_path / 'work')
     assert cli.main_train([config, '--work-dir', work, '--accum', '2', '--ema', '--threads',
                            str(torch.get_num_threads()), '--cfg-options', 'train_dataloader.batch_size=2']) == 0
     checkpoint = torch.load(os.path.join(work, 'epoch_2.pth'), map_location='cpu', weights_only=False)

@@ -1,5 +1,5 @@
 """bfloat16 on the CPU: autocast inference of every family stays close to float32 and really
-runs in bfloat16; ``--amp`` training works without CUDA (zoo.engine.AutocastOptimWrapper);
+runs in bfloat16; ``--amp`` training works without CUDA (zoo.runtime.engine.AutocastOptimWrapper);
 ``test.py --amp`` evaluates under autocast."""
 import os
 
@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 import zoo
-from zoo.engine import (AutocastOptimWrapper, AutocastTestLoop, autocast_for, resolve_amp_dtype,
+from zoo.runtime.engine import (AutocastOptimWrapper, AutocastTestLoop, autocast_for, resolve_amp_dtype,
                         use_amp, use_amp_evaluation)
+from helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # One variant of every family: its real width, two blocks (per stage), a 32 px input.
 FAMILIES = {
@@ -160,7 +160,7 @@ def test_train_py_amp_on_cpu_builds_the_autocast_wrapper_and_trains(tmp_path, mo
         "param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False)]\n")
     cfg = train.build_config(train.parse_args([str(cfg_path), '--amp', '--work-dir', str(tmp_path / 'w')]))
     assert cfg.optim_wrapper.type == 'AutocastOptimWrapper'
-    from zoo.engine import Runner
+    from zoo.runtime.engine import Runner
     runner = Runner.from_cfg(cfg)
     wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
     assert isinstance(wrapper, AutocastOptimWrapper)

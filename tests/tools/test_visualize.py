@@ -15,8 +15,8 @@ import zoo
 from detection.ms_deform_attn import MSDeformAttn, ms_deform_attn
 from zoo import analysis as za
 from zoo.models._base import tokens_to_map
+from helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
 
 

@@ -30,9 +30,8 @@ from mmengine.registry import HOOKS, MODELS
 
 import detection.engine  # noqa: F401  (registers Detector)
 from detection.data.synthetic import make_shapes_dataset
-from helpers import load_tool, plain_pretty_text, tiny_detr_config
+from helpers import ROOT, load_tool, plain_pretty_text, tiny_detr_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIVE = ['square', 'disc', 'triangle', 'star', 'ring']
 
 
@@ -366,7 +365,7 @@ def test_evaluation_builds_the_backbone_as_the_classifier_was_built(classifier):
     """tools/test.py and infer.py build the detector without fetching the backbone's weights
     (``without_pretrained``): for a classifier trained here that adds none of the released weights'
     settings (T2T-ViT's qk_scale), which would change what the trained detector computes."""
-    from zoo.engine import without_pretrained
+    from zoo.runtime.engine import without_pretrained
     assert without_pretrained(dict(name='t2t_vit_7', pretrained=classifier)) == dict(name='t2t_vit_7',
                                                                                       pretrained=False)
     assert without_pretrained(dict(name='t2t_vit_7', pretrained=True))['qk_scale'] == 256 ** -0.5

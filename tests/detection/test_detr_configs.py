@@ -13,8 +13,8 @@ from detection import coco_evaluate
 from detection.data.coco import CocoDetection, collate_detection
 from detection.data.synthetic import make_shapes_dataset
 from detection.data.transforms import shapes_test_transforms
+from helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', 'detr_*.py')))
 FAMILIES = ['cait', 'ceit', 'cpvt', 'cvt', 'deepvit', 'deit', 'r50', 't2t', 'vit']
 # The smallest variant of each config's family keeps the test quick on a 2-core CPU; the config
@@ -49,7 +49,7 @@ def test_official_detr_schedule_ships_and_every_config_names_its_schedule():
 @pytest.mark.parametrize('config, base_lr, base_batch', [('detr_r50.py', 1e-4, 16),
                                                          ('deformable_detr_r50.py', 2e-4, 32)])
 def test_lr_scales_with_the_total_batch(config, base_lr, base_batch):
-    from zoo.engine import lr_scale_ratio
+    from zoo.runtime.engine import lr_scale_ratio
     cfg = Config.fromfile(os.path.join(ROOT, 'configs', config))
     assert cfg.optim_wrapper.optimizer.lr == base_lr
     per_process = cfg.train_dataloader.batch_size
@@ -143,7 +143,7 @@ def test_windows_with_padding_train_through_a_config(tiny_batch):
 def test_evaluating_a_checkpoint_fetches_no_imagenet_weights_and_keeps_their_architecture():
     """test.py / infer.py replace every weight with the checkpoint's: the backbone is built without
     downloading, but as it is with weights (T2T-ViT's attention scale follows them)."""
-    from zoo.engine import without_pretrained
+    from zoo.runtime.engine import without_pretrained
     from zoo.registry import get_model_info
     cfg = Config.fromfile(os.path.join(ROOT, 'configs', 'detr_t2t.py'))
     assert cfg.model.detector.backbone.pretrained

@@ -43,14 +43,14 @@ from .cli import config_not_found, resolve_config
 from .config_check import check_model_arguments, merge_options
 from .console import quiet_console
 from .divergence import DivergenceRunnerMixin
-from .pretrained import trained_classifier, wrong_checkpoint
-from .registry import MODELS as MODEL_REGISTRY
-from .registry import get_model_info
+from ..pretrained import trained_classifier, wrong_checkpoint
+from ..registry import MODELS as MODEL_REGISTRY
+from ..registry import get_model_info
 
 
 def load_from_local(filename, map_location):
     """A local checkpoint with ``weights_only=False``; a missing or unreadable file raises an
-    error that names it and says why (``zoo.checkpointing.read_checkpoint``)."""
+    error that names it and says why (``zoo.runtime.checkpointing.read_checkpoint``)."""
     return read_checkpoint(filename, map_location)
 
 
@@ -119,9 +119,9 @@ def lr_scale_ratio(auto_scale_lr: dict | None, batch_size: int, world_size: int,
 class Runner(DivergenceRunnerMixin, CrashSafeRunnerMixin, _Runner):
     """mmengine's Runner, able to run distributed on CPU, that scales the lr with the total batch
     (:func:`lr_scale_ratio`) and logs the lr it trains at, with a terminal log a user reads
-    (``zoo.console``; ``cfg.verbose_console = True`` or ``--verbose`` prints everything), and whose
-    checkpoints survive kills and full disks and resume exactly (``zoo.checkpointing``). A run
-    that diverges stops or skips the broken steps and saves no broken weights (``zoo.divergence``)."""
+    (``zoo.runtime.console``; ``cfg.verbose_console = True`` or ``--verbose`` prints everything), and whose
+    checkpoints survive kills and full disks and resume exactly (``zoo.runtime.checkpointing``). A run
+    that diverges stops or skips the broken steps and saves no broken weights (``zoo.runtime.divergence``)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -144,7 +144,7 @@ class Runner(DivergenceRunnerMixin, CrashSafeRunnerMixin, _Runner):
         """mmengine's; with ``cfg.strict_load`` (tools/test.py) the weights must fit the model
         exactly, or the run stops with the error tools/infer.py and export.py give
         (:func:`zoo.pretrained.wrong_checkpoint`), where mmengine would warn and evaluate a
-        half-random model. An unreadable file is named by the loader (``zoo.checkpointing``)."""
+        half-random model. An unreadable file is named by the loader (``zoo.runtime.checkpointing``)."""
         if not self.cfg.get('strict_load', False):
             return super().load_checkpoint(filename, map_location, strict, revise_keys)
         try:
@@ -157,7 +157,7 @@ class Runner(DivergenceRunnerMixin, CrashSafeRunnerMixin, _Runner):
 
     def load_or_resume(self) -> None:
         """``load_from`` / ``--resume PATH`` may name a work dir (its last checkpoint:
-        :func:`zoo.checkpointing.resolve_checkpoint`). In training, a model with
+        :func:`zoo.runtime.checkpointing.resolve_checkpoint`). In training, a model with
         ``load_for_finetuning`` (a ``Detector``) loads ``load_from`` through it: any detector
         checkpoint, class heads re-initialised for another class count, anything else that does
         not fit refused (``detection.finetune``). mmengine's own load would take what fits,
@@ -293,7 +293,7 @@ def add_runtime_arguments(parser) -> None:
 
 
 def apply_runtime_arguments(cfg: Config, args) -> Config:
-    """Threads, the allocator (freed memory kept for reuse: :mod:`zoo.allocator`) and the
+    """Threads, the allocator (freed memory kept for reuse: :mod:`zoo.runtime.allocator`) and the
     console's verbosity for this run."""
     reuse_freed_memory()
     set_threads(args.threads)
@@ -351,8 +351,8 @@ def load_config(path: str, cfg_options: dict | None = None, launcher: str = 'non
                 work_dir: str | None = None) -> Config:
     """A config file with command-line overrides, the launcher, and the work dir
     (default ``work_dirs/<config name>``), as train.py and test.py both need it. Misspelt
-    override keys and model arguments stop here, before anything is built (``zoo.config_check``)."""
-    path = resolve_config(path)  # a file, or the name of a config shipped with vitzoo (zoo.cli)
+    override keys and model arguments stop here, before anything is built (``zoo.runtime.config_check``)."""
+    path = resolve_config(path)  # a file, or the name of a config shipped with vitzoo (zoo.runtime.cli)
     if not osp.isfile(path):
         raise SystemExit(config_not_found(path))
     cfg = Config.fromfile(path)

@@ -5,7 +5,7 @@ import sys
 import torch
 from PIL import ImageColor
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools'))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'tools'))
 from infer import COLORS, canvas_scale, draw  # noqa: E402
 
 

@@ -103,7 +103,7 @@ def test_criterion_accepts_images_without_boxes_and_weights_no_object():
 
 def test_criterion_class_loss_on_one_process_is_exactly_cross_entropys_weighted_mean():
     """The class loss is rescaled to the weight sum of all processes (DDP's gradient average is
-    then the whole batch's; tests/test_detection_pipeline.py runs two processes); on one process
+    then the whole batch's; tests/detection/test_detection_pipeline.py runs two processes); on one process
     the factor is exactly 1: value and gradient are F.cross_entropy's to the bit."""
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 4, requires_grad=True)

@@ -24,7 +24,7 @@ Here:
 * :func:`find_resume_checkpoint` is what ``--resume`` continues from: the checkpoint the pointer
   names if it can be read, else the newest ``epoch_*.pth`` / ``iter_*.pth`` of the work dir that
   can, with a log line saying why.
-* :class:`CrashSafeRunnerMixin` (part of ``zoo.engine.Runner``) resumes that way and restores
+* :class:`CrashSafeRunnerMixin` (part of ``zoo.runtime.engine.Runner``) resumes that way and restores
   the random generators (Python, NumPy, torch CPU and CUDA) and the train sampler's seed, so a
   run stopped after epoch N and resumed trains epoch N + 1 as an uninterrupted run does.
 """
@@ -128,7 +128,7 @@ def atomic_write(path: str, data: bytes | str) -> None:
 
 def remove_partial_files(directory: str, logger=None) -> list[str]:
     """Delete the temporary files that :func:`atomic_write` calls in ``directory`` left by a
-    killed run (a work dir holds one run at a time: ``zoo.work_dir_lock``), with a log line;
+    killed run (a work dir holds one run at a time: ``zoo.runtime.work_dir_lock``), with a log line;
     their names."""
     try:
         names = [n for n in os.listdir(directory) if _PARTIAL_NAME.match(n)]
@@ -174,7 +174,7 @@ def describe_read_error(error: BaseException) -> str:
 
 
 def read_checkpoint(filename: str, map_location=None):
-    """``torch.load`` of a checkpoint file as mmengine's local loader (``zoo.engine``), with
+    """``torch.load`` of a checkpoint file as mmengine's local loader (``zoo.runtime.engine``), with
     ``weights_only=False``: these are checkpoints this project wrote or the user chose. A missing
     file raises :class:`CheckpointNotFoundError` ("checkpoint PATH does not exist"), an unreadable
     one :class:`CheckpointReadError` ("could not read checkpoint PATH: <reason>")."""
@@ -452,11 +452,11 @@ def _disk_full_message(error: DiskFullError, what: str, previous: str | None) ->
 # --- the Runner ------------------------------------------------------------------------------------
 
 class CrashSafeRunnerMixin:
-    """Resume and checkpoint behaviour for mmengine's Runner (``zoo.engine.Runner`` mixes it in):
+    """Resume and checkpoint behaviour for mmengine's Runner (``zoo.runtime.engine.Runner`` mixes it in):
 
     * ``--resume`` without a path continues from :func:`find_resume_checkpoint`'s choice; an
       unreadable ``--resume PATH`` stops with "could not read checkpoint PATH: <reason>"
-      (``zoo.engine``'s loader, :func:`read_checkpoint`).
+      (``zoo.runtime.engine``'s loader, :func:`read_checkpoint`).
     * Resuming restores the checkpoint's random state and train-sampler seed (written by
       :class:`SafeCheckpointHook`) after mmengine's resume re-seeded everything from the config:
       the sampler's per-epoch order comes from that seed and the epoch (``DistSamplerSeedHook``
@@ -466,7 +466,7 @@ class CrashSafeRunnerMixin:
       them again, which draws from the restored generators), persistent DataLoader workers (they
       restart from their seeds), and distributed runs (every process gets rank 0's state).
     * A ``CheckpointHook`` in the config becomes :class:`SafeCheckpointHook`, same arguments.
-    * Log files drop lines a full disk refuses, quietly (``zoo.stop.tolerate_full_disk``).
+    * Log files drop lines a full disk refuses, quietly (``zoo.runtime.stop.tolerate_full_disk``).
     """
 
     def register_default_hooks(self, hooks=None) -> None:

@@ -15,7 +15,7 @@ once the Runner builds the model, after the work dir and the logs are set up.
 * :func:`check_model_arguments`: the model's keyword arguments, and those of the parts it
   lists, against the constructors' signatures: file and overrides alike.
 
-``zoo.engine.load_config`` (tools/train.py, tools/test.py) applies both.
+``zoo.runtime.engine.load_config`` (tools/train.py, tools/test.py) applies both.
 """
 import difflib
 import inspect
@@ -28,7 +28,7 @@ from .stop import StopWithMessage
 
 NEW_KEY = '+'
 # Keys read besides the arguments of the dict's reader: this project's top-level switches, and
-# what mmengine's build_optim_wrapper (and zoo.divergence) take out of ``optim_wrapper``.
+# what mmengine's build_optim_wrapper (and zoo.runtime.divergence) take out of ``optim_wrapper``.
 EXTRA_KEYS = {(): {'verbose_console', 'find_unused_parameters', 'strict_load'},
               ('optim_wrapper',): {'constructor', 'paramwise_cfg', 'nonfinite'}}
 PATH_CALLEES = {(name,): DataLoader for name in ('train_dataloader', 'val_dataloader', 'test_dataloader')}

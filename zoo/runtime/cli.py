@@ -26,7 +26,7 @@ import os.path as osp
 import sys
 
 # The folder that holds the zoo package: site-packages once installed, the checkout otherwise.
-_PACKAGE_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+_PACKAGE_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def _data_dir(installed: str, checkout: str, marker: str) -> str:

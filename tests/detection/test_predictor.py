@@ -19,11 +19,12 @@ from PIL import Image
 from torchvision.ops import box_convert
 
 from detection.data.synthetic import make_shapes_dataset
+from helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
 import export as export_tool  # noqa: E402
 import infer  # noqa: E402
+from helpers import ROOT
 
 CLASSES, CAT_IDS = ['cat', 'dog', 'bird'], [5, 9, 11]  # the checkpoint's, not the config's data's
 SYNTHETIC = dict(num_train=2, num_val=4, size=64, max_objects=2, seed=3)

@@ -11,7 +11,7 @@ import torch
 import zoo
 from detection.data.coco import collate_detection
 
-from tests.test_window_attention import ALL_FAMILIES
+from test_window_attention import ALL_FAMILIES
 
 ATOL = 1e-4
 

@@ -25,9 +25,8 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from helpers import load_tool, plain_pretty_text, tiny_detr_config
+from helpers import ROOT, load_tool, plain_pretty_text, tiny_detr_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _names = itertools.count()
 
 
@@ -84,7 +83,7 @@ def _log_text(work) -> str:
 
 
 def _bytes(size: str) -> float:
-    """'10.9 MB' -> 10.9e6 (``zoo.stop.format_size``'s units)."""
+    """'10.9 MB' -> 10.9e6 (``zoo.runtime.stop.format_size``'s units)."""
     number, unit = size.split()
     return float(number) * 1000 ** ['B', 'kB', 'MB', 'GB', 'TB'].index(unit)
 
@@ -169,7 +168,7 @@ def test_random_state_round_trip():
 
     import numpy as np
 
-    from zoo.checkpointing import capture_random_state, restore_random_state
+    from zoo.runtime.checkpointing import capture_random_state, restore_random_state
 
     def draw():
         out = [random.random(), float(np.random.rand()), torch.rand(1).item()]
@@ -352,7 +351,7 @@ import sys, types
 zoo = types.ModuleType('zoo')  # the package without its __init__ (the model zoo): stdlib only
 zoo.__path__ = [sys.argv[1] + '/zoo']
 sys.modules['zoo'] = zoo
-from zoo.work_dir_lock import WorkDirLock
+from zoo.runtime.work_dir_lock import WorkDirLock
 lock = WorkDirLock(sys.argv[2]).acquire()
 print('locked', flush=True)
 sys.stdin.read()
@@ -446,8 +445,8 @@ def test_checkpoint_hook_typo_is_refused_before_training(train_main, tiny, tmp_p
 
 
 def test_hook_argument_check_knows_what_each_hook_takes():
-    import zoo.engine  # noqa: F401  (registers the project's hooks)
-    from zoo.hook_args import HookArgumentError, check_hook_arguments, hook_argument_problems
+    import zoo.runtime.engine  # noqa: F401  (registers the project's hooks)
+    from zoo.runtime.hook_args import HookArgumentError, check_hook_arguments, hook_argument_problems
 
     good = Config(dict(
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=2, priority='LOW'), timer=None,
@@ -470,8 +469,8 @@ def test_hook_argument_check_knows_what_each_hook_takes():
 # --- the write itself ----------------------------------------------------------------------------
 
 def test_atomic_write_fsyncs_then_renames_and_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
-    from zoo import checkpointing
-    from zoo.checkpointing import DiskFullError, atomic_write
+    from zoo.runtime import checkpointing
+    from zoo.runtime.checkpointing import DiskFullError, atomic_write
 
     target = tmp_path / 'epoch_1.pth'
     events = []

@@ -18,8 +18,8 @@ from mmengine.config import Config
 from PIL import Image, ImageFile
 
 from detection.data.coco import CocoDetection
+from helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
 DEMO = os.path.join(ROOT, 'configs/demo/detr_t2t_shapes.py')
 W, H = 48, 32

@@ -1,6 +1,5 @@
 """zoo.layers.private_ops: where the running torch lacks one of the private operators or internals
 that the CPU fast paths use, the models still run, on the public ops, and compute the same."""
-import os
 import subprocess
 import sys
 import textwrap
@@ -9,10 +8,9 @@ import pytest
 import torch
 
 import zoo
-from helpers import spy_calls
+from helpers import ROOT, spy_calls
 from zoo.layers import private_ops
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # What each simulated absence sets in zoo.layers.private_ops.
 ABSENT = {

@@ -12,10 +12,9 @@ from mmengine.registry import MODELS
 
 import detection.engine  # noqa: F401  (registers the detector and the metric)
 from detection.engine import CocoMetric
-from helpers import load_tool, plain_pretty_text, tiny_detr_config
-from zoo.console import short_metrics_line
+from helpers import ROOT, load_tool, plain_pretty_text, tiny_detr_config
+from zoo.runtime.console import short_metrics_line
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One step per epoch (4 images, batch 4). At this rate the tiny DETR's second step has gradient
 # norm NaN while its loss is finite (mmengine applied it: every weight NaN, saved, then scored).
 DIVERGING = ['optim_wrapper.optimizer.lr=1000']
@@ -49,7 +48,7 @@ def _test_args(cfg: str, checkpoint: str, tmp_path) -> list[str]:
 
 
 def _stop_message(tool, args) -> str:
-    """The message ``tool`` stops with: a ``SystemExit``'s (``zoo.stop.stop_cleanly`` prints it
+    """The message ``tool`` stops with: a ``SystemExit``'s (``zoo.runtime.stop.stop_cleanly`` prints it
     alone) or an exception's."""
     with pytest.raises((SystemExit, Exception)) as info:
         tool(args)

@@ -15,9 +15,8 @@ from detection.data.coco import CocoDetection, collate_detection
 from detection.data.synthetic import make_shapes_dataset
 from detection.data.transforms import shapes_test_transforms
 from detection.engine import Detector, predictions_to_coco
-from helpers import tiny_detr_config
+from helpers import ROOT, tiny_detr_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_DETR = dict(num_queries=8, hidden_dim=64, num_heads=4, enc_layers=1, dec_layers=2, ffn_dim=128,
                  dropout=0.0)
 
@@ -87,7 +86,7 @@ def test_missing_image_file_is_named(coco_dir):
 
 
 def test_corrupt_image_file_is_named(coco_dir):
-    """A file that is no picture is refused when the dataset is built (tests/test_data_checks.py);
+    """A file that is no picture is refused when the dataset is built (tests/detection/test_data_checks.py);
     one whose header reads but whose pixels are cut off, when the image is read."""
     root, data = coco_dir
     path = os.path.join(root, 'train', data['images'][0]['file_name'])
@@ -252,7 +251,7 @@ def _initial_weights(config):
     from mmengine.registry import MODELS
     from mmengine.runner import set_random_seed
 
-    from zoo.engine import load_config
+    from zoo.runtime.engine import load_config
     cfg = load_config(str(config))
     set_random_seed(cfg.randomness['seed'])
     return MODELS.build(cfg.model).state_dict()

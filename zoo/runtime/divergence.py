@@ -154,7 +154,7 @@ def diverged_error(error: FloatingPointError, work_dir: str, validating: bool = 
 
 
 class DivergenceRunnerMixin:
-    """What mmengine's Runner needs for the above (``zoo.engine.Runner`` mixes it in): every
+    """What mmengine's Runner needs for the above (``zoo.runtime.engine.Runner`` mixes it in): every
     optimiser wrapper it builds is guarded (``optim_wrapper.nonfinite``), no checkpoint with
     non-finite weights is saved (:class:`FiniteCheckpointHook`), and a run that stops on a
     non-finite number names the checkpoint to resume from (:func:`diverged_error`)."""

@@ -15,8 +15,8 @@ from detection.data.coco import CocoDetection, collate_detection
 from detection.data.synthetic import make_shapes_dataset
 from detection.data.transforms import shapes_test_transforms
 from detection.export import ExportableDetector, OnnxDetector, export_onnx
+from helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
 import export as export_tool  # noqa: E402
 import infer  # noqa: E402
