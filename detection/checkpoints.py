@@ -63,8 +63,8 @@ def detect_layout(state_dict: Mapping) -> str:
 
 
 # The project's own earlier layout: two-layer MLPs that were nn.Sequential(Linear, ReLU, Linear)
-# before they became zoo.layers.Mlp (the denoising position head, anchor embedding, dense box head).
-_SEQUENTIAL_MLPS = re.compile(r'(denoising\.pos_head|dense_head\.box_head|anchor_pos)\.([02])\.')
+# before they became zoo.layers.Mlp (the denoising position head, dense box head).
+_SEQUENTIAL_MLPS = re.compile(r'(denoising\.pos_head|dense_head\.box_head)\.([02])\.')
 
 
 def upgrade_own_keys(state_dict: Mapping) -> dict:

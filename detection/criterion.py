@@ -1,7 +1,6 @@
 """Set prediction losses of DETR (cross-entropy) and Deformable DETR (sigmoid focal)."""
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
@@ -44,8 +43,8 @@ class SetCriterion(nn.Module):
             loss = F.cross_entropy(logits.transpose(1, 2).float(), target_classes, self.empty_weight)
             # That is a weighted mean over this process's queries, with weights that depend on
             # how many of them were matched; rescaled to the weight sum of all processes, DDP's
-            # average of the gradients is the whole batch's (the official code's is not: 12% off
-            # with 2 processes in tests/detection/test_detection_pipeline.py). One process: times exactly 1.
+            # average of the gradients is the whole batch's (the official code's is not: see the
+            # 2-process test in tests/detection/test_detection_pipeline.py). One process: times exactly 1.
             weight = self.empty_weight[target_classes].sum()
             return loss * (weight / all_reduce_mean(weight))
         onehot = F.one_hot(target_classes, self.num_classes + 1)[..., :-1].to(logits.dtype)
@@ -90,8 +89,7 @@ class SetCriterion(nn.Module):
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, torch.Tensor]:
         """outputs: pred_logits, pred_boxes, optional aux_outputs (list of the same per decoder
-        layer), enc_outputs (two-stage), dn_outputs (query denoising) and query_groups (Group DETR:
-        each group matched on its own, the groups' losses summed); targets: per image
+        layer), enc_outputs (two-stage) and dn_outputs (query denoising); targets: per image
         labels (N,), boxes (N, 4). Returns weighted losses: loss_class, loss_bbox, loss_giou,
         d{i}.* per auxiliary layer, enc.* and dn.* / dn.d{i}.*."""
         device = outputs['pred_boxes'].device
@@ -100,9 +98,6 @@ class SetCriterion(nn.Module):
         losses = {}
         if 'dn_outputs' in outputs:
             losses.update(self.denoising_losses(outputs['dn_outputs'], targets, num_boxes))
-        groups = outputs.get('query_groups', 1)
-        if groups > 1:  # Group DETR: each group matched on its own, group losses summed
-            outputs, targets = fold_groups(outputs, groups), [t for t in targets for _ in range(groups)]
         parts = {'': outputs}
         parts.update({f'd{i}.': aux for i, aux in enumerate(outputs.get('aux_outputs', []))})
         if 'enc_outputs' in outputs:
@@ -112,18 +107,5 @@ class SetCriterion(nn.Module):
             if prefix == 'enc.':  # two-stage proposals are class-agnostic
                 tgts = [dict(t, labels=torch.zeros_like(t['labels'])) for t in targets]
             for name, value in self.single(out, tgts, num_boxes).items():
-                if name == 'loss_class' and not self.focal:
-                    value = value * groups  # cross-entropy is a mean over queries: a sum over groups
                 losses[prefix + name] = value * self.weights[name]
         return losses
-
-
-def fold_groups(outputs: dict, groups: int) -> dict:
-    """Group DETR's outputs (B, G * Q, ...) -> (B * G, Q, ...), image-major, for the final and
-    auxiliary layers: each group is then matched as if it were an image of its own."""
-    def fold(out):
-        return {k: rearrange(out[k], 'b (g q) c -> (b g) q c', g=groups) for k in ('pred_logits', 'pred_boxes')}
-    folded = fold(outputs)
-    if 'aux_outputs' in outputs:
-        folded['aux_outputs'] = [fold(aux) for aux in outputs['aux_outputs']]
-    return folded

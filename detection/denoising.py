@@ -48,11 +48,10 @@ class DenoisingQueries:
     def num_queries(self) -> int:
         return self.num_groups * self.group_size
 
-    def attn_mask(self, num_matching: int, matching_groups: int = 1) -> torch.Tensor:
-        """The decoder self-attention mask for these queries followed by ``num_matching`` others
-        (in ``matching_groups`` groups)."""
-        return denoising_attn_mask(self.num_groups, self.group_size, num_matching, matching_groups,
-                                   self.content.device)
+    def attn_mask(self, num_matching: int) -> torch.Tensor:
+        """The decoder self-attention mask (P + Q, P + Q) for these queries followed by
+        ``num_matching`` (Q) others."""
+        return denoising_attn_mask(self.num_groups, self.group_size, num_matching, self.content.device)
 
     def matching_indices(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The fixed assignment that replaces Hungarian matching: per image (query indices,
@@ -122,23 +121,14 @@ def noise_boxes(boxes: torch.Tensor, scale: float, negative: bool | torch.Tensor
     return torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], -1)
 
 
-def denoising_attn_mask(num_groups: int, group_size: int, num_matching: int,
-                        matching_groups: int = 1, device=None) -> torch.Tensor:
+def denoising_attn_mask(num_groups: int, group_size: int, num_matching: int, device=None) -> torch.Tensor:
     """(P + Q, P + Q) bool, True = blocked: matching rows see no denoising column; a group's rows
-    see their own group and the matching queries, never another group. With ``matching_groups``
-    G > 1 (Group DETR) the Q matching queries are G groups of Q / G that see only their own group."""
+    see their own group and the matching queries, never another group."""
     p = num_groups * group_size
     mask = torch.zeros(p + num_matching, p + num_matching, dtype=torch.bool, device=device)
-    mask[p:, :p] = True
-    blocks = [(g * group_size, group_size) for g in range(num_groups)]
-    size = num_matching // matching_groups
-    if matching_groups > 1:
-        blocks += [(p + g * size, size) for g in range(matching_groups)]
-        mask[p:, p:] = True
-    for start, n in blocks:
-        rows = slice(start, start + n)
-        if start < p:
-            mask[rows, :p] = True
+    mask[:, :p] = True  # no row sees a denoising column but those of its own group
+    for g in range(num_groups):
+        rows = slice(g * group_size, (g + 1) * group_size)
         mask[rows, rows] = False
     return mask
 
@@ -160,13 +150,11 @@ class QueryDenoising(nn.Module):
     half-sides, trained to predict no object (DINO, Zhang et al., ICLR 2023, Sec. 3.3).
     ``label_embed`` embeds the noised label in D - 1 channels, the last channel is the indicator
     (1 on denoising queries); ``pos_head`` maps the noised box's sine encoding (4 x D/2) to the
-    query position, as DAB-DETR embeds anchors (a detector with anchor queries passes its own
-    head, so both kinds of query share it).
+    query position, as DAB-DETR embeds anchors.
     """
 
     def __init__(self, num_classes: int, hidden_dim: int, num_groups: int = 5,
-                 label_noise: float = 0.25, box_noise: float = 0.4, contrastive: bool = False,
-                 pos_head: nn.Module | None = None):
+                 label_noise: float = 0.25, box_noise: float = 0.4, contrastive: bool = False):
         super().__init__()
         if num_groups < 1:
             raise ValueError(f'denoising needs num_groups >= 1, got {num_groups}')
@@ -174,10 +162,7 @@ class QueryDenoising(nn.Module):
         self.num_groups, self.label_noise, self.box_noise = num_groups, label_noise, box_noise
         self.contrastive = contrastive
         self.label_embed = nn.Embedding(num_classes, hidden_dim - 1)
-        if pos_head is None:
-            self.pos_head = Mlp(2 * hidden_dim, hidden_dim, hidden_dim, act_layer=nn.ReLU)
-        else:  # the detector's: held, not registered, so no parameter belongs to two modules
-            object.__setattr__(self, 'pos_head', pos_head)
+        self.pos_head = Mlp(2 * hidden_dim, hidden_dim, hidden_dim, act_layer=nn.ReLU)
 
     def embed(self, labels: torch.Tensor, boxes: torch.Tensor, real: torch.Tensor):
         """labels (B, P), boxes (B, P, 4) cxcywh, real (B, P) bool -> content and query_pos

@@ -42,7 +42,8 @@ class FCOSDenseHead(nn.Module):
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0):
         super().__init__()
         self.class_head = Linear(hidden_dim, num_classes)
-        # focal prior 0.01: logit(0.01) = -4.5951 to 3 decimals, the value the README's runs used
+        # focal prior 0.01 (RetinaNet's): logit(0.01) = -4.5951, kept to the 3 decimals that
+        # docs/small_data.md's runs used
         nn.init.constant_(self.class_head.bias, -4.595)
         self.box_head = Mlp(hidden_dim, hidden_dim, 4, act_layer=nn.ReLU)
         nn.init.zeros_(self.box_head.fc2.weight)  # first predictions: the anchors

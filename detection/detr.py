@@ -5,13 +5,12 @@ from einops import rearrange
 from torch import nn
 from torchvision.ops import box_convert
 
-from zoo.layers.mlp import Mlp
 from zoo.layers.linear import Linear
 
 from .backbone import backbone_maps, build_backbone, downsample_mask
 from .dense_head import FCOSDenseHead
-from .denoising import DenoisingQueries, QueryDenoising, denoising_attn_mask, split_denoising
-from .position_encoding import SinePositionEncoding, box_position_encoding
+from .denoising import DenoisingQueries, QueryDenoising, split_denoising
+from .position_encoding import SinePositionEncoding
 from .transformer import Transformer
 
 
@@ -29,14 +28,12 @@ class MLP(nn.Module):
         return x
 
 
-def build_denoising(denoising: bool | dict | None, num_classes: int, hidden_dim: int,
-                    pos_head: nn.Module | None = None):
+def build_denoising(denoising: bool | dict | None, num_classes: int, hidden_dim: int):
     """The config switch: None / False (off), True (DN-DETR's defaults) or QueryDenoising's
     arguments as a dict."""
     if not denoising:
         return None
-    return QueryDenoising(num_classes, hidden_dim, pos_head=pos_head,
-                          **({} if denoising is True else denoising))
+    return QueryDenoising(num_classes, hidden_dim, **({} if denoising is True else denoising))
 
 
 def training_denoising(net: nn.Module, targets: list[dict] | None,
@@ -76,23 +73,12 @@ class DETR(nn.Module):
     query's position is its noised box's sine encoding projected (the anchor embedding of
     DAB-DETR, on which DN-DETR builds) and its content the noised label's embedding.
 
-    ``anchor_queries`` (DAB-DETR, Liu et al., ICLR 2022) makes each matching query a learned box
-    (Q, 4) instead of a free embedding: its position is that box embedded as the denoising
-    queries' are (one shared head), and the box head predicts a change of the box in
-    inverse-sigmoid space, for matching and denoising queries alike. Denoising then teaches the
-    very mapping the matching queries use; DN-DETR is built this way. (DAB-DETR's layer-by-layer
-    anchor update and width / height modulated cross-attention are not included.)
-
-    ``query_groups`` G > 1 (Group DETR, Chen et al., ICCV 2023): in training, G independent groups
-    of ``num_queries`` queries, each group matched one-to-one on its own and blind to the others
-    in self-attention, so each step trains G times as many matched queries; the output carries
-    (B, G * Q, ...) and ``query_groups`` for the criterion. Inference runs the first group only.
-
     ``feature_stride`` is the stride of the map the transformer reads. DETR's paper feeds it C5,
-    stride 32 (the stride-16 DC5 variant costs about twice as much for +1.4 AP); a plain ViT's
-    map is stride 16, which would give the encoder 4x R50's positions and 16x its attention
-    pairs. So a finer backbone map is max-pooled 2x2 down to ``feature_stride`` (the stride-32
-    level of ViTDet's simple pyramid). None reads the backbone's map as it is.
+    stride 32; its stride-16 DC5 variant buys a little AP for about twice the compute (Carion et
+    al., ECCV 2020, Table 1: 43.3 against 42.0 AP, 187 against 86 GFLOPs, R50). A plain ViT's map
+    is stride 16, which would give the encoder four times R50's positions and sixteen times its
+    attention pairs, so a finer backbone map is max-pooled down to ``feature_stride`` (the
+    stride-32 level of ViTDet's simple pyramid). None reads the backbone's map as it is.
 
     ``dense_aux`` (True, or a dict of ``FCOSDenseHead`` arguments) adds an FCOS-style dense head
     on the encoder output in training: every position inside a box learns its class and box
@@ -104,7 +90,6 @@ class DETR(nn.Module):
                  hidden_dim: int = 256, num_heads: int = 8, enc_layers: int = 6,
                  dec_layers: int = 6, ffn_dim: int = 2048, dropout: float = 0.1,
                  aux_loss: bool = True, denoising: bool | dict | None = None,
-                 anchor_queries: bool = False, query_groups: int = 1,
                  dense_aux: bool | dict | None = None, feature_stride: int | None = None):
         super().__init__()
         self.backbone = build_backbone(**backbone) if isinstance(backbone, dict) else backbone
@@ -119,21 +104,11 @@ class DETR(nn.Module):
         self.input_proj = nn.Conv2d(self.backbone.feature_info[-1]['channels'], hidden_dim, 1)
         self.position = SinePositionEncoding(hidden_dim // 2)
         self.transformer = Transformer(hidden_dim, num_heads, enc_layers, dec_layers, ffn_dim, dropout)
-        self.num_queries, self.anchor_queries, self.query_groups = num_queries, anchor_queries, query_groups
-        total = num_queries * query_groups  # the groups beyond the first exist in training only
+        self.num_queries = num_queries
         self.class_embed = Linear(hidden_dim, num_classes + 1)
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
-        if anchor_queries:
-            # centres spread uniformly over the image, sides drawn around 0.5 (logit N(0, 1))
-            anchors = torch.cat([torch.rand(total, 2).clamp(0.05, 0.95).logit(), torch.randn(total, 2)], 1)
-            self.anchor_embed = nn.Parameter(anchors)
-            self.anchor_pos = Mlp(2 * hidden_dim, hidden_dim, hidden_dim, act_layer=nn.ReLU)
-            nn.init.zeros_(self.bbox_embed.layers[-1].weight)  # first predictions: the anchors
-            nn.init.zeros_(self.bbox_embed.layers[-1].bias)
-        else:
-            self.query_embed = nn.Embedding(total, hidden_dim)
-        self.denoising = build_denoising(denoising, num_classes, hidden_dim,
-                                         self.anchor_pos if anchor_queries else None)
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.denoising = build_denoising(denoising, num_classes, hidden_dim)
         self.dense_head = None
         if dense_aux:
             self.dense_head = FCOSDenseHead(hidden_dim, num_classes, **({} if dense_aux is True else dense_aux))
@@ -147,30 +122,11 @@ class DETR(nn.Module):
         mask = downsample_mask(mask, feat.shape[-2:])
         pos = rearrange(self.position(mask), 'b d h w -> b (h w) d')
         src = rearrange(self.input_proj(feat), 'b d h w -> b (h w) d')
-        groups = self.query_groups if self.training else 1
-        n = groups * self.num_queries
-        if self.anchor_queries:
-            anchors = self.anchor_embed[:n]
-            query_pos = self.anchor_pos(box_position_encoding(anchors[None], pos.shape[-1] // 2))[0]
-        else:
-            query_pos = self.query_embed.weight[:n]
-        if dn is not None:
-            attn_mask = dn.attn_mask(n, groups)
-        else:
-            attn_mask = denoising_attn_mask(0, 0, n, groups, images.device) if groups > 1 else None
         memory = self.transformer.encode(src, mask.flatten(1), pos)
-        states = self.transformer.decode(memory, mask.flatten(1), pos, query_pos,
-                                         None if dn is None else dn.content,
-                                         None if dn is None else dn.query_pos, attn_mask)
-        logits, boxes = self.class_embed(states), self.bbox_embed(states)
-        if self.anchor_queries:  # (B, [P +] Q, 4) references in inverse-sigmoid space
-            anchors = anchors[None].expand(len(images), -1, -1)
-            if dn is not None:
-                anchors = torch.cat([dn.boxes.clamp(1e-4, 1 - 1e-4).logit().to(anchors), anchors], 1)
-            boxes = boxes + anchors
-        out = pack_outputs(logits, boxes.sigmoid(), self.aux_loss, dn)
-        if groups > 1:
-            out['query_groups'] = groups
+        # query denoising's queries go first, masked from the matching ones
+        extra = () if dn is None else (dn.content, dn.query_pos, dn.attn_mask(self.num_queries))
+        states = self.transformer.decode(memory, mask.flatten(1), pos, self.query_embed.weight, *extra)
+        out = pack_outputs(self.class_embed(states), self.bbox_embed(states).sigmoid(), self.aux_loss, dn)
         if self.dense_head is not None and self.training:
             out['dense_outputs'] = self.dense_head(memory, mask)
         return out

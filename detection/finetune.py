@@ -36,8 +36,7 @@ _PART_SETTINGS = (
     ('backbone.', 'model.detector.backbone (name and its size settings)'),
     ('denoising.', 'model.detector.denoising'),
     ('dense_head.', 'model.detector.dense_aux'),
-    ('anchor_', 'model.detector.anchor_queries'),
-    ('query_embed', 'model.detector.num_queries / query_groups'),
+    ('query_embed', 'model.detector.num_queries'),
     ('', 'model.detector widths and depths (hidden_dim, ffn_dim, enc_layers, dec_layers, num_feature_levels)'),
 )
 # Settings that may differ between the checkpoint's run and this one.

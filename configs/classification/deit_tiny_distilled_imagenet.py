@@ -1,6 +1,7 @@
 # DeiT-Ti with distillation token on ImageNet-1k, hard distillation from a RegNetY-16GF teacher
-# (DeiT: 74.5%). torchvision's regnet_y_16gf ImageNet weights stand in for DeiT's; a checkpoint
-# of your own works too: model.distillation.teacher.checkpoint=/path/to/teacher.pth.
+# (74.5% top-1 in Touvron et al., ICML 2021, Table 5). torchvision's regnet_y_16gf ImageNet
+# weights stand in for DeiT's; a checkpoint of your own works too:
+# model.distillation.teacher.checkpoint=/path/to/teacher.pth.
 _base_ = ['./deit_tiny_imagenet.py']
 model = dict(
     backbone=dict(name='deit_tiny_distilled_patch16_224'),

@@ -2,8 +2,8 @@
 # 96 px, 3 classes), from scratch, on a CPU: the same data and backbone as detr_t2t_shapes.
 _base_ = ['../_base_/models/deformable_detr.py', '../_base_/datasets/shapes_detection.py',
           '../_base_/schedules/deformable_detr_50e.py', '../_base_/default_runtime.py']
-# qk_scale: the released weights' embed_dim ** -0.5, which the README's figures were measured
-# with; the official code from scratch uses head_dim ** -0.5 (64 ** -0.5), the zoo's default.
+# qk_scale: the released weights' embed_dim ** -0.5, with which docs/small_data.md's figures were
+# measured; the official code from scratch uses head_dim ** -0.5 (64 ** -0.5), the zoo's default.
 model = dict(
     num_classes=3,
     detector=dict(backbone=dict(name='t2t_vit_7', pretrained=False, qk_scale=256 ** -0.5), num_queries=16,

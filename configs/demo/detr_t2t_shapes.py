@@ -10,8 +10,8 @@ _base_ = ['../_base_/models/detr.py', '../_base_/datasets/shapes_detection.py',
 # output (detection/dense_head.py), which gives the from-scratch backbone a localisation signal
 # from step one.
 # Inference is plain DETR.
-# qk_scale: the released weights' embed_dim ** -0.5, which the README's figures were measured
-# with; the official code from scratch uses head_dim ** -0.5 (64 ** -0.5), the zoo's default.
+# qk_scale: the released weights' embed_dim ** -0.5, with which docs/small_data.md's figures were
+# measured; the official code from scratch uses head_dim ** -0.5 (64 ** -0.5), the zoo's default.
 model = dict(
     num_classes=3,
     detector=dict(backbone=dict(name='t2t_vit_7', pretrained=False, qk_scale=256 ** -0.5), num_queries=4,
@@ -24,7 +24,8 @@ model = dict(
 optim_wrapper = dict(optimizer=dict(lr=2e-4),
                      paramwise_cfg=dict(custom_keys={'net.backbone': dict(lr_mult=1.0)}))
 auto_scale_lr = dict(base_batch_size=8)
-# 32 epochs of 64 steps (about 5 minutes on 2 CPU cores) at a constant rate after a short warm-up.
+# 32 epochs of 64 steps (a few minutes on 2 CPU cores, docs/small_data.md) at a constant rate after
+# a short warm-up.
 train_cfg = dict(max_epochs=32, val_interval=8)
 param_scheduler = [dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50)]
 default_hooks = dict(logger=dict(interval=32), checkpoint=dict(interval=8))  # two lines an epoch

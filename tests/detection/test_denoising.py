@@ -212,8 +212,8 @@ def _explicit(dn: DenoisingQueries, **changes) -> DenoisingQueries:
 DEFORMABLE = dict(type='DeformableDETR', num_queries=5, num_feature_levels=3, **SMALL)
 DETECTORS = {  # Detector arguments: the network, and whether it is trained with focal loss
     'detr': (dict(type='DETR', num_queries=5, denoising=dict(num_groups=3), **SMALL), False),
-    'detr_anchor_queries': (dict(type='DETR', num_queries=5, anchor_queries=True,
-                                 denoising=dict(num_groups=3, contrastive=True), **SMALL), False),
+    'detr_contrastive': (dict(type='DETR', num_queries=5, denoising=dict(num_groups=3, contrastive=True),
+                              **SMALL), False),
     'deformable': (dict(DEFORMABLE, denoising=dict(num_groups=3)), True),
     'deformable_refine': (dict(DEFORMABLE, with_box_refine=True, denoising=dict(num_groups=3)), True),
     'deformable_two_stage': (dict(DEFORMABLE, with_box_refine=True, two_stage=True,
@@ -353,65 +353,19 @@ def test_switched_off_the_detector_is_unchanged():
     assert all(k.startswith('denoising.') for k in missing)
 
 
-def test_anchor_queries_start_at_their_anchors_and_share_the_position_head():
-    """DAB-DETR-style queries: before training every query predicts its own anchor box; a
-    denoising query its noised box; the position head is one module for both."""
-    detector = build('detr_anchor_queries')
-    net = detector.net.eval()
-    assert net.denoising.pos_head is net.anchor_pos
-    dn = net.denoising(_targets())
-    with torch.no_grad():
-        out = net(torch.randn(3, 3, 64, 64), torch.zeros(3, 64, 64, dtype=torch.bool), denoising=dn)
-    torch.testing.assert_close(out['pred_boxes'], net.anchor_embed.sigmoid()[None].expand(3, -1, -1))
-    valid = dn.valid
-    torch.testing.assert_close(out['dn_outputs']['pred_boxes'][valid], dn.boxes[valid].clamp(1e-4, 1 - 1e-4),
-                               atol=1e-6, rtol=1e-5)
-
-
-def test_query_groups_are_blind_to_each_other_and_inference_runs_the_first():
-    """Group DETR: group 0's outputs in training equal the inference outputs (dropout is 0), and do
-    not change when another group's queries do; the criterion matches each group on its own and
-    sums their losses."""
-    detector = Detector(dict(type='DETR', backbone=TinyBackbone(), num_queries=4, query_groups=3,
-                             denoising=dict(num_groups=2), **SMALL), num_classes=3)
-    net = detector.net
-    images, masks = torch.randn(3, 3, 64, 64), torch.zeros(3, 64, 64, dtype=torch.bool)
-    with torch.no_grad():
-        train_out = net.train()(images, masks, _targets())
-        eval_out = net.eval()(images, masks)
-        net.query_embed.weight[8:] += 1.0  # group 2
-        changed = net.train()(images, masks, _targets())
-    assert train_out['pred_logits'].shape[1] == 12 and train_out['query_groups'] == 3
-    assert eval_out['pred_logits'].shape[1] == 4 and 'query_groups' not in eval_out
-    torch.testing.assert_close(train_out['pred_boxes'][:, :4], eval_out['pred_boxes'], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(changed['pred_boxes'][:, :8], train_out['pred_boxes'][:, :8], atol=1e-5, rtol=1e-5)
-    assert (changed['pred_boxes'][:, 8:] - train_out['pred_boxes'][:, 8:]).abs().max() > 1e-4
-    criterion = detector.criterion
-    targets = _targets()
-    losses = criterion({k: train_out[k] for k in ('pred_logits', 'pred_boxes', 'query_groups', 'aux_outputs')},
-                       targets)
-
-    def group(out, g):
-        return dict(pred_logits=out['pred_logits'][:, 4 * g:4 * g + 4], pred_boxes=out['pred_boxes'][:, 4 * g:4 * g + 4])
-    per_group = [criterion(dict(group(train_out, g), aux_outputs=[group(a, g) for a in train_out['aux_outputs']]),
-                           targets) for g in range(3)]
-    for name in ('loss_class', 'loss_bbox', 'loss_giou', 'd0.loss_class', 'd1.loss_bbox'):
-        assert losses[name].item() == pytest.approx(sum(p[name].item() for p in per_group), rel=1e-4)
-
-
 def test_checkpoints_from_before_the_shared_mlp_still_load():
-    """Until today's refactor the position head, anchor embedding and dense box head were
+    """Until today's refactor the denoising position head and the dense box head were
     nn.Sequential(Linear, ReLU, Linear), saved as ``.0.`` / ``.2.``: such a checkpoint loads, strict,
     into the same tensors."""
-    detector = Detector(dict(SMALL, backbone=TinyBackbone(), denoising=dict(num_groups=2), dense_aux=True,
-                             anchor_queries=True), num_classes=3)
+    detector = Detector(dict(SMALL, backbone=TinyBackbone(), denoising=dict(num_groups=2), dense_aux=True),
+                        num_classes=3)
     state = detector.state_dict()
     old = {k.replace('.fc1.', '.0.').replace('.fc2.', '.2.')
-           if any(m in k for m in ('pos_head', 'box_head', 'anchor_pos')) else k: v.clone() + 1
+           if any(m in k for m in ('pos_head', 'box_head')) else k: v.clone() + 1
            for k, v in state.items()}
-    assert sum('.0.' in k for k in old) >= 4
-    fresh = Detector(dict(SMALL, backbone=TinyBackbone(), denoising=dict(num_groups=2), dense_aux=True,
-                          anchor_queries=True), num_classes=3)
+    assert sum(k.endswith(('_head.0.weight', '_head.2.bias')) for k in old) == 4  # both heads renamed
+    fresh = Detector(dict(SMALL, backbone=TinyBackbone(), denoising=dict(num_groups=2), dense_aux=True),
+                     num_classes=3)
     fresh.load_state_dict(old, strict=True)
     for key, value in fresh.state_dict().items():
         torch.testing.assert_close(value, state[key] + 1)

@@ -226,7 +226,7 @@ def test_class_dependent_keys_are_exactly_those_shaped_by_the_class_count():
     backbone = dict(name='deit_tiny_patch16_224', depth=1, img_size=64)
     common = dict(hidden_dim=32, num_heads=2, enc_layers=1, dec_layers=2, ffn_dim=64,
                   denoising=dict(num_groups=2), dense_aux=True)
-    for detector in (dict(type='DETR', anchor_queries=True, num_queries=4, **common),
+    for detector in (dict(type='DETR', num_queries=4, **common),
                      dict(type='DeformableDETR', num_queries=6, num_feature_levels=3, with_box_refine=True,
                           two_stage=True, **common)):
         a, b = (MODELS.build(dict(type='Detector', detector=dict(detector, backbone=backbone), num_classes=n)).net

@@ -4,7 +4,7 @@ AP50 first reached the target.
 
     python tools/dev/seed_sweep.py configs/demo/detr_t2t_shapes.py --seeds 0 1 2 3 4
     python tools/dev/seed_sweep.py configs/demo/detr_t2t_shapes.py --seeds 0 1 --name no-dn \
-        --cfg-options model.detector.denoising=None model.detector.anchor_queries=False
+        --cfg-options model.detector.denoising=None
 
 Runs go to ``work_dirs/sweep/<name>/seed<k>`` (a finished seed is not trained again: its table row
 is read back); the table is also appended to ``work_dirs/sweep/<name>/table.md``. Run nothing else

@@ -1,6 +1,6 @@
 # The built-in detection set: generated on first use under data/shapes (no download).
-# 96 px images with 1-3 objects of 0.2-0.45 of the image side: small enough for a CPU step of a
-# quarter second, objects large enough (1.2-2.7 tokens at stride 16) for a stride-16 backbone.
+# 96 px images with 1-3 objects of 0.2-0.45 of the image side: small enough for quick CPU steps,
+# objects large enough (1.2-2.7 tokens at stride 16) for a stride-16 backbone.
 data_root = 'data/shapes/'
 synthetic = dict(root=data_root, num_train=512, num_val=128, size=96, max_objects=3, seed=0,
                  object_scale=(0.2, 0.45))
