@@ -17,7 +17,7 @@ from mmengine.registry import (DATA_SAMPLERS, DATASETS, FUNCTIONS, METRICS, MODE
 from torch import nn
 
 import zoo.runtime.engine  # noqa: F401  (checkpoint loading fix, CPU torchrun)
-from zoo.runtime.divergence import DIVERGED
+from zoo.runtime.divergence import check_finite_losses
 
 from . import transforms as recipes
 from .data import FashionMNIST, ImageFolderDataset
@@ -127,9 +127,7 @@ class Classifier(BaseModel):
             losses = dict(loss_cls=sum(base_loss(o) for o in heads) / len(heads))
         else:
             losses = dict(loss_cls=base_loss(outputs))
-        if not torch.isfinite(sum(losses.values())):
-            values = {k: round(v.item(), 4) for k, v in losses.items()}
-            raise FloatingPointError(f'non-finite training loss {values}. ' + DIVERGED)
+        check_finite_losses(losses)
         return losses
 
 

@@ -1,8 +1,9 @@
 """``create_model``: build a registered variant, optionally with its released weights."""
+import logging
 import os
+import sys
 import warnings
 
-from mmengine.logging import MMLogger
 from torch import nn
 
 from .pretrained import (check_classifier_settings, classifier_mismatch, convert_checkpoint, download_checkpoint,
@@ -58,8 +59,19 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, **over
                       stacklevel=2)
     # Already converted: a second pass of the converter is the identity on the zoo's layout.
     model = load_pretrained(model, state_dict, strict=True, reset_classifier=reset)
-    MMLogger.get_current_instance().info(loading_report(name, where, raw, state_dict, model, classifier, reset))
+    _log_info(loading_report(name, where, raw, state_dict, model, classifier, reset))
     return model
+
+
+def _log_info(message: str) -> None:
+    """``message`` into the run's log where mmengine is in use (its current logger: the training
+    run's log file and console), else into Python's ``logging`` as ``zoo.factory``. mmengine is
+    not imported for this: ``import zoo`` stays free of the training framework."""
+    if 'mmengine' in sys.modules:
+        from mmengine.logging import MMLogger
+        MMLogger.get_current_instance().info(message)
+    else:
+        logging.getLogger(__name__).info(message)
 
 
 def weights_overrides(name: str, overrides: dict) -> dict:

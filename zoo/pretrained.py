@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .runtime.checkpoint_reading import read_checkpoint as read_torch_file
 from .runtime.stop import StopWithMessage
 
 WRAPPER_KEYS = ('model', 'state_dict', 'state_dict_ema', 'model_ema')
@@ -19,13 +20,12 @@ class CheckpointMismatchError(RuntimeError):
 def read_checkpoint(path: str) -> dict:
     """Load a ``.pth`` / ``.pth.tar`` / ``.bin`` (torch) or ``.npz`` (JAX / big_vision) file onto
     the CPU. A missing or unreadable file raises the error every tool gives ("could not read
-    checkpoint PATH: <reason>", ``zoo.runtime.checkpointing.read_checkpoint``)."""
+    checkpoint PATH: <reason>", ``zoo.runtime.checkpoint_reading.read_checkpoint``)."""
     if path.endswith('.npz') and os.path.isfile(path):
         with np.load(path) as npz:
             return {k: torch.from_numpy(npz[k]) for k in npz.files}
     # Released checkpoints sometimes pickle an argparse Namespace next to the weights, which
     # torch >= 2.6's weights_only default refuses; these files are the user's own choice.
-    from .runtime.checkpointing import read_checkpoint as read_torch_file
     return read_torch_file(path, map_location='cpu')
 
 

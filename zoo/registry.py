@@ -1,13 +1,19 @@
-"""One registry for every backbone, built on mmengine's Registry so configs can say
-``backbone=dict(type='t2t_vit_14')``."""
+"""One registry for every backbone: each variant's builder and what is known about it.
+
+A plain dict, not mmengine's Registry, so that ``import zoo`` does not import the training
+framework. Configs name a backbone by ``backbone=dict(name='t2t_vit_14', ...)``, which
+``detection.backbone`` and ``classification`` hand to :func:`zoo.create_model`; no config builds
+a backbone through an mmengine registry.
+"""
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
 from typing import Callable
 
-from mmengine.registry import Registry
+from torch import nn
 
-MODELS = Registry('zoo backbone')
+# name -> builder ``fn(**overrides) -> nn.Module``; :func:`register_model` fills it.
+MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
 @dataclass
@@ -43,7 +49,10 @@ def register_model(url: str | None = None, input_size=(3, 224, 224), mean=None, 
             info.mean = tuple(mean)
         if std is not None:
             info.std = tuple(std)
-        MODELS.register_module(name=fn.__name__, module=fn)
+        if fn.__name__ in MODELS:
+            raise KeyError(f'{fn.__name__} is already registered (by {MODELS[fn.__name__].__module__}); '
+                           'give the builder another name')
+        MODELS[fn.__name__] = fn
         MODEL_INFO[fn.__name__] = info
         return fn
     return wrap

@@ -42,6 +42,9 @@ from mmengine.hooks import CheckpointHook
 from mmengine.registry import HOOKS
 from mmengine.runner import IterBasedTrainLoop
 
+# Re-exported: reading needs no mmengine (zoo.create_model reads weights there).
+from .checkpoint_reading import (CheckpointNotFoundError, CheckpointReadError,  # noqa: F401
+                                 describe_read_error, read_checkpoint)
 from .stop import DISK_FULL, StopWithMessage, format_size, free_space, tolerate_full_disk
 
 POINTER = 'last_checkpoint'
@@ -52,14 +55,6 @@ _CHECKPOINT_NAME = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
 
 class CheckpointSaveError(StopWithMessage, RuntimeError):
     """A checkpoint could not be written (a full disk); the message names what stays resumable."""
-
-
-class CheckpointReadError(StopWithMessage, RuntimeError):
-    """A checkpoint file that cannot be read: "could not read checkpoint PATH: <reason>"."""
-
-
-class CheckpointNotFoundError(StopWithMessage, FileNotFoundError):
-    """A checkpoint path that names no file."""
 
 
 class DiskFullError(OSError):
@@ -159,35 +154,6 @@ class AtomicLocalBackend(LocalBackend):
 
 
 # --- reading checkpoints ---------------------------------------------------------------------------
-
-def describe_read_error(error: BaseException) -> str:
-    """Why a checkpoint could not be read, in one line: the first sentence of torch's message
-    (its zip reader's runs to a paragraph), prefixed with what it usually means."""
-    text = ' '.join(str(error).split()) or type(error).__name__
-    if len(text) > 160 and '. ' in text:
-        text = text[:text.index('. ') + 1]
-    if 'central directory' in text or isinstance(error, EOFError):
-        return f'the file is truncated or corrupted ({text})'
-    if 'load key' in text:
-        return f'not a PyTorch checkpoint ({text})'
-    return text
-
-
-def read_checkpoint(filename: str, map_location=None):
-    """``torch.load`` of a checkpoint file as mmengine's local loader (``zoo.runtime.engine``), with
-    ``weights_only=False``: these are checkpoints this project wrote or the user chose. A missing
-    file raises :class:`CheckpointNotFoundError` ("checkpoint PATH does not exist"), an unreadable
-    one :class:`CheckpointReadError` ("could not read checkpoint PATH: <reason>")."""
-    filename = osp.expanduser(filename)
-    if not osp.isfile(filename):
-        raise CheckpointNotFoundError(f'checkpoint {filename} does not exist')
-    if osp.getsize(filename) == 0:
-        raise CheckpointReadError(f'could not read checkpoint {filename}: the file is empty')
-    try:
-        return torch.load(filename, map_location=map_location, weights_only=False)
-    except Exception as error:
-        raise CheckpointReadError(f'could not read checkpoint {filename}: {describe_read_error(error)}') from error
-
 
 def checkpoint_problem(path: str) -> str | None:
     """None where ``path`` is a checkpoint torch can read; else why not. Cheap for a good file:

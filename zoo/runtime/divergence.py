@@ -37,6 +37,14 @@ DIVERGED = ('Training stops here and the last saved checkpoint is kept; resume f
 NONFINITE_MODES = ('stop', 'skip')
 
 
+def check_finite_losses(losses: dict) -> None:
+    """Raise where the summed training loss is NaN or inf, naming each term's value and what to
+    do (the classifier's and the detectors' ``loss`` mode call this)."""
+    if not torch.isfinite(sum(losses.values())):
+        values = {k: round(v.item(), 4) for k, v in losses.items()}
+        raise FloatingPointError(f'non-finite training loss {values}. ' + DIVERGED)
+
+
 class Diverged(StopWithMessage, FloatingPointError):
     """Training or evaluation met non-finite numbers; the message says where and what to do."""
 
