@@ -1,4 +1,5 @@
-"""The README's commands run as written (issue: a newcomer follows the README line by line)."""
+"""The commands of the README and docs/*.md run as written (issue: a newcomer follows the README
+and the docs line by line)."""
 import os.path as osp
 
 import pytest
@@ -16,6 +17,32 @@ def test_readme_shows_the_setup_and_the_walkthrough():
 @pytest.mark.parametrize('command', [c.text for c in readme.readme_commands()])
 def test_every_readme_command_is_valid(command):
     assert readme.check(command) is None
+
+
+DOCS_COMMANDS = [c for c in readme.documented_commands() if c.page != 'README.md']
+
+
+def test_the_docs_pages_are_checked_too():
+    pages = {c.page for c in DOCS_COMMANDS}
+    assert {'docs/getting_started.md', 'docs/benchmarks.md', 'docs/deployment.md'} <= pages
+    assert 'python tools/export.py configs/demo/detr_t2t_shapes.py work_dirs/demo --out work_dirs/detr.onnx --check' \
+        in {c.text for c in DOCS_COMMANDS}
+
+
+@pytest.mark.parametrize('command', DOCS_COMMANDS, ids=[f'{c.page}:{c.line}' for c in DOCS_COMMANDS])
+def test_every_docs_command_is_valid(command):
+    assert readme.check(command.text) is None
+
+
+def test_a_docs_page_command_is_found_and_caught(tmp_path):
+    page = tmp_path / 'page.md'
+    page.write_text('Text.\n\n```bash\npython tools/train.py configs/no_such_config.py  # a comment\n```\n\n'
+                    'Inline: `python tools/test.py configs/detr_t2t.py`.\n')
+    commands = readme.readme_commands(str(page))
+    assert [(c.line, c.text) for c in commands] == [
+        (4, 'python tools/train.py configs/no_such_config.py'), (7, 'python tools/test.py configs/detr_t2t.py')]
+    assert 'no config' in readme.check(commands[0].text)
+    assert 'required' in readme.check(commands[1].text)
 
 
 @pytest.mark.parametrize('command, problem', [

@@ -1,11 +1,12 @@
-"""Check that the README's commands run as written.
+"""Check that the commands of the README and of docs/*.md run as written.
 
     python tools/dev/readme_commands.py          # every command: its tool, configs and arguments are valid
-    python tools/dev/readme_commands.py --run    # and run the cheap ones, tiny, in a fresh clone
+    python tools/dev/readme_commands.py --run    # and run the README's cheap ones, tiny, in a fresh clone
 
 A command is a line of a fenced ``bash`` block or an inline code span that starts with
-``python tools/``, ``torchrun``, ``srun``, ``make`` or an installed ``vitzoo-*`` command. Every one
-is checked without running it: a ``make`` target exists in the Makefile; a tool exists (a
+``python tools/``, ``torchrun``, ``srun``, ``make`` or an installed ``vitzoo-*`` command. Every one,
+in the README and in every docs/*.md page alike, is checked without running it: a ``make``
+target exists in the Makefile; a tool exists (a
 ``vitzoo-<tool>`` command is tools/<tool>.py, and its config may be given by name: ``zoo.runtime.cli``),
 the configs it names exist, and its own argument parser accepts the arguments (flags, choices,
 types, positional counts). ``--run`` then runs
@@ -16,6 +17,7 @@ tiny settings appended, in a fresh ``git clone`` of this checkout that uses this
 """
 import argparse
 import contextlib
+import glob
 import io
 import itertools
 import os
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 README = osp.join(ROOT, 'README.md')
+DOCS = osp.join(ROOT, 'docs')
 _START = re.compile(r'^(python |torchrun |srun |make |vitzoo-\w+ )')
 COMMANDS = ('vitzoo-train', 'vitzoo-test', 'vitzoo-infer', 'vitzoo-export')  # pyproject's [project.scripts]
 
@@ -50,13 +53,25 @@ SMOKE_SUBSTITUTIONS = {'path/to/mine': 'data/shapes_hard', 'epoch_32.pth': 'epoc
 
 @dataclass
 class Command:
-    line: int  # 1-based line of the README where it starts
+    line: int  # 1-based line of the page where it starts
     text: str
+    page: str = 'README.md'  # the markdown file it is in, relative to the repository root
+
+
+def doc_pages() -> list[str]:
+    """The README and every docs/*.md page, README first."""
+    return [README] + sorted(glob.glob(osp.join(DOCS, '*.md')))
+
+
+def documented_commands() -> list[Command]:
+    """Every command the README and the docs pages show, page by page."""
+    return [c for page in doc_pages() for c in readme_commands(page)]
 
 
 def readme_commands(path: str = README) -> list[Command]:
-    """Every command the README shows, in order, with continuation lines joined and trailing
-    ``# comments`` removed."""
+    """Every command a markdown page (the README by default) shows, in order, with continuation
+    lines joined and trailing ``# comments`` removed."""
+    page = osp.relpath(path, ROOT)
     text = open(path).read()
     commands, in_block = [], False
     lines = text.splitlines()
@@ -74,13 +89,13 @@ def readme_commands(path: str = README) -> list[Command]:
                 line = line[:-1] + ' ' + lines[i].strip()
             command = re.split(r'\s+#', line, maxsplit=1)[0].strip()
             if command and not command.startswith('#'):
-                commands.append(Command(start + 1, ' '.join(command.split())))
+                commands.append(Command(start + 1, ' '.join(command.split()), page))
         i += 1
     outside = re.sub(r'```.*?```', lambda m: '\n' * m.group(0).count('\n'), text, flags=re.S)
     for match in re.finditer(r'`([^`]+)`', outside):
         span = ' '.join(match.group(1).split())
         if _START.match(span):
-            commands.append(Command(outside.count('\n', 0, match.start()) + 1, span))
+            commands.append(Command(outside.count('\n', 0, match.start()) + 1, span, page))
     return sorted(commands, key=lambda c: c.line)
 
 
@@ -125,7 +140,7 @@ def makefile_targets(path: str = osp.join(ROOT, 'Makefile')) -> set[str]:
 
 
 def check(command: str) -> str | None:
-    """What is wrong with a README command, or None."""
+    """What is wrong with a documented command, or None."""
     words = split_command(command)
     if words[0] == 'make':
         missing = [t for t in words[1:] if '=' not in t and t not in makefile_targets()]
@@ -205,15 +220,16 @@ def run_smoke(workdir: str | None = None, keep: bool = False) -> None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--run', action='store_true', help='also run the cheap commands, tiny, in a fresh clone')
+    p.add_argument('--run', action='store_true', help="also run the README's cheap commands, tiny, in a fresh clone")
     args = p.parse_args(argv)
-    commands = readme_commands()
+    commands = documented_commands()
     problems = [(c, check(c.text)) for c in commands]
     for c, problem in problems:
-        print(f'README:{c.line}: {"ok " if problem is None else "BAD"} {c.text}' + (f'\n    {problem}' if problem else ''))
+        print(f'{c.page}:{c.line}: {"ok " if problem is None else "BAD"} {c.text}' + (f'\n    {problem}' if problem else ''))
     bad = [c for c, problem in problems if problem]
     if bad:
-        raise SystemExit(f'{len(bad)} of {len(commands)} README commands would fail')
+        raise SystemExit(f'{len(bad)} of {len(commands)} commands in the README and docs/ would fail: '
+                         + ', '.join(f'{c.page}:{c.line}' for c in bad))
     if args.run:
         run_smoke()
 
