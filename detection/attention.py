@@ -1,16 +1,14 @@
 """DETR's multi-head attention: ``nn.MultiheadAttention`` (same parameters, same state dict, same
-results) whose forward is faster on a CPU.
-
-Two costs of the stock module on a CPU, measured in a DETR-R50 training step at 800x1333 (2.2-2.3 s
-on the project's 2-thread AMD EPYC):
+results) whose forward is faster on a CPU, for two reasons:
 
 * Attention dropout. PyTorch's CPU attention kernel has no dropout, so with ``dropout > 0`` every
-  encoder layer falls back to materialising the (B, 8, 1050, 1050) map and draws its dropout mask
-  with ``bernoulli_``, one generator call per element: 51 ms per map, 0.4-0.5 s of the step
-  (the step takes 1.84-1.87 s with dropout 0). Here the mask is cut from 64-bit draws, four
-  16-bit words each (:func:`dropout_keep_mask`, 9x faster), and applied with ``masked_fill``.
+  encoder layer falls back to materialising the (B, 8, L, S) map and draws its dropout mask with
+  ``bernoulli_``, one generator call per element. Here the mask is cut from 64-bit draws, four
+  16-bit words each (:func:`dropout_keep_mask`), and applied with ``masked_fill``.
 * The projections run on ``torch.mm`` (MKL's AVX2 path on AMD); here they are
-  :func:`zoo.layers.linear`, on oneDNN like every other Linear of the project.
+  :func:`zoo.layers.linear.linear`, on oneDNN like every other Linear of the project.
+
+Measured costs and gains: docs/benchmarks.md, "Detectors at detection resolution (CPU)".
 
 Everything else (CUDA, evaluation, ``dropout=0``) is ``F.scaled_dot_product_attention``. Maps
 under a million elements (B x heads x L x S: the decoder's, and every map of the built-in demo's
@@ -18,6 +16,8 @@ under a million elements (B x heads x L x S: the decoder's, and every map of the
 negligible, and small-input training keeps the exact random stream and sums of the stock module
 (the demo's seed tables stay reproducible). So do calls that ask for the attention weights
 (``need_weights=True``: ``detection.analysis`` does), float masks, and options DETR does not use.
+The ``fast_mha`` switch (:mod:`zoo.layers.config`, read when a layer is built) sends every call
+to the stock forward.
 """
 import math
 
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from zoo.layers.config import use_fast_mha, use_onednn
 from zoo.layers.linear import linear
 
 _WORD = 1 << 16  # the mask's resolution: dropout probability in steps of 1/65536
@@ -68,21 +69,30 @@ class MultiheadAttention(nn.MultiheadAttention):
     bool True where blocked -> ((B, L, D), None). Parameters and state dict are the stock
     module's; see the module docstring for what runs."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Decided once: the faster forward serves DETR's layout only, with the switches as they are now.
+        self.fast_forward = (use_fast_mha() and self.batch_first and self._qkv_same_embed_dim
+                             and self.bias_k is None and not self.add_zero_attn)
+        self.onednn = use_onednn()
+
+    def takes_fast_forward(self, query, key, key_padding_mask, need_weights, attn_mask, is_causal) -> bool:
+        """Whether this call takes the faster forward: a large map (:data:`FAST_PATH_MIN_MAP`), no
+        attention weights asked for, not causal, and bool masks (``attn_mask`` 2-D)."""
+        return (self.fast_forward and not need_weights and not is_causal
+                and query.shape[0] * self.num_heads * query.shape[1] * key.shape[1] >= FAST_PATH_MIN_MAP
+                and (attn_mask is None or (attn_mask.dtype == torch.bool and attn_mask.dim() == 2))
+                and (key_padding_mask is None or key_padding_mask.dtype == torch.bool))
+
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
-        map_elements = query.shape[0] * self.num_heads * query.shape[1] * key.shape[1]
-        stock = (need_weights or map_elements < FAST_PATH_MIN_MAP
-                 or not self.batch_first or not self._qkv_same_embed_dim or self.bias_k is not None
-                 or self.add_zero_attn or is_causal
-                 or (attn_mask is not None and (attn_mask.dtype != torch.bool or attn_mask.dim() != 2))
-                 or (key_padding_mask is not None and key_padding_mask.dtype != torch.bool))
-        if stock:
+        if not self.takes_fast_forward(query, key, key_padding_mask, need_weights, attn_mask, is_causal):
             return super().forward(query, key, value, key_padding_mask=key_padding_mask,
                                    need_weights=need_weights, attn_mask=attn_mask,
                                    average_attn_weights=average_attn_weights, is_causal=is_causal)
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None,) * 3
-        q, k, v = (rearrange(linear(x, w, b), 'b l (h d) -> b h l d', h=self.num_heads)
+        q, k, v = (rearrange(linear(x, w, b, self.onednn), 'b l (h d) -> b h l d', h=self.num_heads)
                    for x, w, b in ((query, w_q, b_q), (key, w_k, b_k), (value, w_v, b_v)))
         allowed = None
         if key_padding_mask is not None:
@@ -90,5 +100,5 @@ class MultiheadAttention(nn.MultiheadAttention):
         if attn_mask is not None:
             allowed = ~attn_mask if allowed is None else allowed & ~attn_mask
         out = attention(q, k, v, allowed, self.dropout if self.training else 0.0)
-        out = linear(rearrange(out, 'b h l d -> b l (h d)'), self.out_proj.weight, self.out_proj.bias)
+        out = linear(rearrange(out, 'b h l d -> b l (h d)'), self.out_proj.weight, self.out_proj.bias, self.onednn)
         return out, None

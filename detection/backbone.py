@@ -5,9 +5,9 @@ import inspect
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet50
-from torchvision.models._utils import IntermediateLayerGetter
-from torchvision.ops.misc import FrozenBatchNorm2d
+from torchvision.models import ResNet50_Weights
+from torchvision.models.resnet import Bottleneck, ResNet
+from torchvision.ops import FrozenBatchNorm2d
 
 import zoo
 
@@ -56,41 +56,63 @@ class ZooBackbone(nn.Module):
         return [maps[i] for i in self.out_indices]
 
 
-class FoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
-    """A frozen batch norm whose affine map the convolution before it applies
-    (:class:`ConvFoldingFrozenBN`); its buffers stay, under their names, for checkpoints."""
+def conv_frozen_norm(conv: nn.Conv2d, norm: FrozenBatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """``norm(conv(x))`` as one convolution, x (B, C, H, W) -> (B, C', H', W'): the frozen norm's
+    affine map (y * scale + shift) is applied to the convolution's weights and bias, which are small,
+    instead of to its output, which is large (docs/benchmarks.md, "Against Hugging Face transformers
+    (CPU)"). Computed at every call, so gradients reach the convolution's weights as through the two
+    steps; the same function up to float rounding."""
+    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+    shift = norm.bias - norm.running_mean * scale
+    bias = shift if conv.bias is None else shift + conv.bias * scale
+    return F.conv2d(x, conv.weight * scale.reshape(-1, 1, 1, 1), bias, conv.stride, conv.padding,
+                    conv.dilation, conv.groups)
+
+
+class FrozenNormBottleneck(Bottleneck):
+    """torchvision's Bottleneck (same modules) with each frozen norm applied through the convolution
+    before it (:func:`conv_frozen_norm`): (B, C, H, W) -> (B, 4 * planes, H / stride, W / stride)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+        out = self.relu(conv_frozen_norm(self.conv1, self.bn1, x))
+        out = self.relu(conv_frozen_norm(self.conv2, self.bn2, out))
+        out = conv_frozen_norm(self.conv3, self.bn3, out)
+        identity = x if self.downsample is None else conv_frozen_norm(self.downsample[0], self.downsample[1], x)
+        return self.relu(out + identity)
 
 
-class ConvFoldingFrozenBN(nn.Conv2d):
-    """conv then frozen batch norm as one convolution: weight x scale, bias = shift, computed on
-    the (small) weights at every call, so gradients reach the conv weights as before while the
-    (large) activations skip the norm's multiply and add (a sixth of DETR-R50's CPU time)."""
-    frozen_bn: FrozenBatchNorm2d
+class FrozenNormResNet(ResNet):
+    """torchvision's ResNet-50 with frozen batch norm (``torchvision.ops.FrozenBatchNorm2d``, as DETR
+    has it), each norm applied through the convolution before it (:func:`conv_frozen_norm`). Same
+    modules, parameters, buffers and state-dict keys as ``resnet50(norm_layer=FrozenBatchNorm2d)``,
+    so torchvision's and DETR's checkpoints load unchanged; the same function up to float rounding.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bn = self.frozen_bn
-        scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
-        shift = bn.bias - bn.running_mean * scale
-        bias = shift if self.bias is None else shift + self.bias * scale
-        return self._conv_forward(x, self.weight * scale.reshape(-1, 1, 1, 1), bias)
+    The norms are not folded into the weights once, at construction: the trained convolutions
+    (layer2-4) would then learn in another parametrisation (their gradients scaled by the norm's),
+    and a checkpoint loaded later brings norms of its own.
 
+    forward(images) -> logits (B, 1000), as torchvision's; :meth:`forward_stages` -> the C2-C5
+    maps. ``head=False``: no pooling and classifier (a backbone; no ``fc`` keys in its state dict).
+    """
 
-def fold_frozen_batch_norms(net: nn.Module) -> nn.Module:
-    """Every (conv, frozen batch norm) pair of a torchvision ResNet computed as one convolution
-    (same function, same parameters and state-dict keys)."""
-    pairs = [(net.conv1, net.bn1)]
-    for block in net.modules():
-        if hasattr(block, 'conv3'):  # Bottleneck
-            pairs += [(block.conv1, block.bn1), (block.conv2, block.bn2), (block.conv3, block.bn3)]
-            if block.downsample is not None:
-                pairs.append((block.downsample[0], block.downsample[1]))
-    for conv, bn in pairs:
-        conv.__class__, bn.__class__ = ConvFoldingFrozenBN, FoldedFrozenBatchNorm2d
-        object.__setattr__(conv, 'frozen_bn', bn)  # not a submodule: its buffers keep their keys
-    return net
+    def __init__(self, layers=(3, 4, 6, 3), head: bool = True):
+        super().__init__(FrozenNormBottleneck, list(layers), norm_layer=FrozenBatchNorm2d)
+        if not head:
+            self.avgpool = self.fc = None
+
+    def forward_stages(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) -> C2, C3, C4, C5: (B, 256 * 2^i, H / 2^(i + 2), W / 2^(i + 2)), i = 0..3."""
+        x = self.maxpool(self.relu(conv_frozen_norm(self.conv1, self.bn1, images)))
+        maps = []
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = stage(x)
+            maps.append(x)
+        return maps
+
+    def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fc is None:
+            raise RuntimeError('this ResNet was built without its classifier (head=False): call forward_stages')
+        return self.fc(torch.flatten(self.avgpool(self.forward_stages(x)[-1]), 1))
 
 
 class ResNetBackbone(nn.Module):
@@ -99,12 +121,13 @@ class ResNetBackbone(nn.Module):
 
     def __init__(self, pretrained: bool = False, out_indices=(-1,)):
         super().__init__()
-        weights = 'IMAGENET1K_V1' if pretrained else None
-        net = fold_frozen_batch_norms(resnet50(weights=weights, norm_layer=FrozenBatchNorm2d))
-        for name, p in net.named_parameters():
+        self.body = FrozenNormResNet(head=False)
+        if pretrained:
+            state = ResNet50_Weights.IMAGENET1K_V1.get_state_dict(progress=True, check_hash=True)
+            self.body.load_state_dict({k: v for k, v in state.items() if not k.startswith('fc.')})  # no classifier
+        for name, p in self.body.named_parameters():
             if not name.startswith(('layer2', 'layer3', 'layer4')):
                 p.requires_grad_(False)
-        self.body = IntermediateLayerGetter(net, {'layer2': '0', 'layer3': '1', 'layer4': '2'})
         all_info = [dict(channels=512, stride=8), dict(channels=1024, stride=16),
                     dict(channels=2048, stride=32)]
         self.out_indices = [i % 3 for i in out_indices]
@@ -113,7 +136,7 @@ class ResNetBackbone(nn.Module):
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """No padding mask (not ``batch_invariant``): as in the official DETR, the convolutions
         carry some of the padding into an image's border."""
-        maps = list(self.body(images).values())
+        maps = self.body.forward_stages(images)[1:]
         return [maps[i] for i in self.out_indices]
 
 

@@ -69,7 +69,9 @@ def build(name: str, impl: str, device, dtype, cast: bool = True, explicit_atten
         for m in model.modules():
             if hasattr(m, 'fused'):
                 m.fused = False
-    return model.eval().to(device=device, dtype=dtype if cast else torch.float32)
+    model = model.eval().to(device=device, dtype=dtype if cast else torch.float32)
+    # as the inference tools run it: LeFF's batch norms folded once (zoo.layers.fuse_for_inference)
+    return zoo.layers.fuse_for_inference(model) if impl == 'zoo' else model
 
 
 def forward_fn(model, x, dtype, cast: bool):

@@ -118,3 +118,34 @@ def test_small_maps_and_large_maps_take_their_paths(monkeypatch):
     big = torch.randn(1, 400, 64)  # 1 x 8 x 400 x 400 = 1.28M elements
     out = ours(big, big, big, need_weights=False)[0]
     assert drawn == [1] and out.shape == (1, 400, 64) and torch.isfinite(out).all()
+
+
+def test_fast_mha_switch_is_read_when_the_layer_is_built(fast_path_for_small_maps):
+    """``fast_mha`` off (zoo.layers.config) when a layer is built: every call of that layer takes
+    the stock forward (its random stream and sums), whatever the switch says later; layers built
+    with it on take the faster forward, with the same results where no dropout is drawn."""
+    from zoo.layers.config import fast_paths
+    with fast_paths(fast_mha=False):
+        stock_like = MultiheadAttention(64, 8, batch_first=True)
+    ours, stock = _pair()
+    stock_like.load_state_dict(stock.state_dict())
+    assert not stock_like.fast_forward and ours.fast_forward
+    assert not MultiheadAttention(64, 8, batch_first=False).fast_forward  # DETR's layout only
+    q, k, padding, _ = _inputs()
+    kwargs = dict(key_padding_mask=padding, need_weights=False)
+    assert not stock_like.takes_fast_forward(q, k, padding, False, None, False)
+    assert ours.takes_fast_forward(q, k, padding, False, None, False)
+    assert not ours.takes_fast_forward(q, k, padding, True, None, False)  # the weights asked for
+    calls = []
+    real = nn.MultiheadAttention.forward
+    try:
+        nn.MultiheadAttention.forward = lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw)
+        out_stock_like = stock_like(q, k, k, **kwargs)[0]
+        assert calls == [1]
+        out_ours = ours(q, k, k, **kwargs)[0]
+        assert calls == [1]
+    finally:
+        nn.MultiheadAttention.forward = real
+    ref = stock(q, k, k, **kwargs)[0]
+    torch.testing.assert_close(out_stock_like, ref)
+    torch.testing.assert_close(out_ours, ref, atol=1e-5, rtol=1e-5)

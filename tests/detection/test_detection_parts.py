@@ -209,25 +209,31 @@ def test_faster_coco_eval_gives_identical_numbers():
 
 
 def test_resnet_frozen_batch_norms_folded_into_their_convs():
-    """DETR-R50's frozen batch norms computed inside the convolution before them: same function
-    (float rounding), same state-dict keys, same gradients on the trained conv weights."""
+    """DETR-R50's frozen batch norms (torchvision's FrozenBatchNorm2d) computed inside the
+    convolution before them: same function (float rounding), same state-dict keys, same gradients
+    on the trained conv weights, and no norm runs as a pass of its own."""
     from torchvision.models import resnet50
     from torchvision.ops.misc import FrozenBatchNorm2d
 
-    from detection.backbone import ConvFoldingFrozenBN, fold_frozen_batch_norms
+    from detection.backbone import FrozenNormResNet
     plain = resnet50(norm_layer=FrozenBatchNorm2d)
     with torch.no_grad():
         for m in plain.modules():
             if isinstance(m, FrozenBatchNorm2d):  # a non-trivial affine map in every norm
                 m.weight.uniform_(0.5, 1.5), m.bias.normal_(), m.running_mean.normal_()
                 m.running_var.uniform_(0.5, 2.0)
-    folded = resnet50(norm_layer=FrozenBatchNorm2d)
+    folded = FrozenNormResNet()
     folded.load_state_dict(plain.state_dict())
-    fold_frozen_batch_norms(folded)
     assert list(folded.state_dict()) == list(plain.state_dict())
-    assert sum(isinstance(m, ConvFoldingFrozenBN) for m in folded.modules()) == 53  # every conv
+    norms = [m for m in folded.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert len(norms) == 53  # one after every conv
+    called = []
+    hooks = [m.register_forward_hook(lambda *a: called.append(1)) for m in norms]
     x = torch.randn(1, 3, 64, 96)
     a, b = plain(x), folded(x)
+    for h in hooks:
+        h.remove()
+    assert called == []  # every norm applied through its conv
     torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
     a.square().mean().backward()
     b.square().mean().backward()

@@ -178,10 +178,11 @@ def _fused_calls(fn) -> int:
 
 @pytest.mark.skipif(not private_ops.onednn_convolution_available(), reason='no oneDNN in this build')
 def test_leff_inference_folds_batch_norms_and_fuses_gelu_with_the_same_result():
-    """Inference (eval, no autograd, CPU): three oneDNN convolutions with the batch norms folded
-    in and GELU as their post-op, equal to the module's eight-step form up to float32 rounding
-    (bfloat16: within its rounding); training, autograd and hooks take the eight steps."""
+    """Inference after fuse() (eval, no autograd, CPU): three oneDNN convolutions with the batch
+    norms folded in and GELU as their post-op, equal to the module's eight-step form up to float32
+    rounding (bfloat16: within its rounding); training, autograd and hooks take the eight steps."""
     leff, x = _leff_with_statistics(), torch.randn(2, 1 + 6 * 5, 48)
+    leff.fuse()
     with torch.enable_grad():
         reference = leff(x, (6, 5)).detach()  # autograd on: the eight steps
     with torch.no_grad():

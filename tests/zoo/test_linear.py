@@ -1,6 +1,6 @@
 """zoo.layers.Linear: the oneDNN float32 path equals F.linear (forward and every gradient), and
 the plain path is taken wherever oneDNN must not run (autocast, bfloat16, FLOP counting,
-torch.compile, export)."""
+torch.compile, export) or is switched off (zoo.layers.config, read when the layer is built)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import zoo
 from helpers import spy_calls
-from zoo.layers import Linear, set_onednn_linear
+from zoo.layers import Linear, fast_paths
 from zoo.layers import linear as linear_module  # the module (the package does not export the function)
 from zoo.layers import private_ops
 from zoo.layers.linear import linear
@@ -68,11 +68,10 @@ def test_plain_path_where_onednn_must_not_run():
     with FlopCounterMode(display=False) as counter:              # FLOP counters see aten.linear
         assert not calls_onednn(lambda: layer(x))
     assert counter.get_total_flops() == 2 * 3 * 8 * 6
-    previous = set_onednn_linear(False)
-    try:
-        assert not calls_onednn(lambda: layer(x))
-    finally:
-        set_onednn_linear(previous)
+    with fast_paths(onednn=False):  # the switch is read when a layer is built
+        off = Linear(8, 6)
+        assert not calls_onednn(lambda: linear(x, layer.weight, layer.bias))  # functional: read per call
+    assert not calls_onednn(lambda: off(x)) and calls_onednn(lambda: layer(x))
     assert not calls_onednn(lambda: torch.compile(linear, backend='eager')(x, layer.weight, layer.bias))
 
 

@@ -24,13 +24,15 @@ ABSENT = {
 
 
 def _models():
-    """Small CeiT (LeFF's fused convolutions, oneDNN linears) and ViT (the fused linear + GELU)."""
+    """Small CeiT (LeFF's fused convolutions after fuse_for_inference, oneDNN linears) and ViT (the
+    fused linear + GELU)."""
     torch.manual_seed(0)
     ceit = zoo.create_model('ceit_t', depth=1, img_size=64, num_classes=7).eval()
     for m in ceit.modules():  # batch-norm statistics away from 0 / 1, so folding them matters
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.normal_(0, 0.5)
             m.running_var.uniform_(0.3, 3.0)
+    zoo.layers.fuse_for_inference(ceit)
     vit = zoo.create_model('deit_tiny_patch16_224', depth=1, img_size=64, num_classes=7).eval()
     return dict(ceit=ceit, vit=vit)
 
@@ -88,7 +90,8 @@ def test_queries_say_absent_when_the_handles_are_missing(monkeypatch):
     monkeypatch.setattr(private_ops, '_GLOBAL_HOOKS', ('_no_such_hooks',))
     assert not private_ops.onednn_linear_available() and not private_ops.onednn_convolution_available()
     assert private_ops.dispatch_mode_active() and private_ops.global_forward_hooks_registered()
-    from zoo.layers.linear import needs_plain_ops, onednn_linear_active
+    from zoo.layers.config import needs_plain_ops
+    from zoo.layers.linear import onednn_linear_active
     assert not onednn_linear_active() and needs_plain_ops()
 
 

@@ -2,6 +2,8 @@
 from .attention import Attention, mix_heads
 from .block import Block, LayerNorm6
 from .class_attention import ClassAttention, ClassAttentionBlock
+from . import config
+from .config import fast_paths, fuse_for_inference, use_fast_mha, use_fused_attn, use_onednn
 from .conv_attention import ConvProjection, ConvProjectionAttention
 from .conv_embed import ConvEmbed
 from .drop import DropPath, drop_path, drop_path_rates
@@ -24,7 +26,8 @@ from .tokens_to_token import TokenAttention, TokenPerformer, TokensToToken, Toke
 from .weight_init import init_weights_trunc_normal
 
 __all__ = [
-    'Attention', 'mix_heads', 'Block', 'LayerNorm6', 'ClassAttention', 'ClassAttentionBlock', 'ConvProjection',
+    'Attention', 'mix_heads', 'Block', 'LayerNorm6', 'config', 'fast_paths', 'fuse_for_inference',
+    'use_fast_mha', 'use_fused_attn', 'use_onednn', 'ClassAttention', 'ClassAttentionBlock', 'ConvProjection',
     'ConvProjectionAttention', 'ConvEmbed', 'DropPath', 'drop_path', 'drop_path_rates',
     'check_image', 'prepend_tokens', 'to_2tuple', 'ImageToTokens', 'LayerClassAttention',
     'LayerClassAttentionBlock', 'LayerScale', 'Linear', 'set_onednn_linear', 'LocallyEnhancedFeedForward', 'Mlp', 'PatchEmbed',

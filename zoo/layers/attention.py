@@ -4,8 +4,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .config import needs_plain_ops, use_fused_attn
 from .helpers import to_2tuple
-from .linear import Linear, needs_plain_ops
+from .linear import Linear
 from .rel_pos import RelPosBias, resize_rel_pos_table
 
 
@@ -38,10 +39,9 @@ def explicit_is_faster(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Whether q k^T, softmax, @ v beats ``F.scaled_dot_product_attention`` for this call.
 
     On a CPU in bfloat16 without autograd, yes: the CPU flash kernel runs bfloat16 at about
-    float32's speed (ViT-S: 136 GFLOP/s, a seventh of the machine's bfloat16 product rate),
-    while the explicit products run on oneDNN's bfloat16 kernels. ViT-S inference, batch 8:
-    1.53x float32's speed through the fused kernel, 1.9x through this. In training the map would
-    be kept for backward, so the fused kernel stays there; very large maps stay fused too.
+    float32's speed, while the explicit products run on oneDNN's bfloat16 kernels
+    (docs/benchmarks.md, "bfloat16 on a CPU"). In training the map would be kept for backward,
+    so the fused kernel stays there; very large maps stay fused too.
     q: (B, h, Nq, d), k: (B, h, Nk, d)."""
     return (q.device.type == 'cpu' and q.dtype == torch.bfloat16 and not torch.is_grad_enabled()
             and q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] <= _EXPLICIT_MAP_LIMIT)
@@ -63,8 +63,9 @@ def mix_heads(attn: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     attn: (B, h, Nq, Nk), weight: (g, h), bias: (g,) -> (B, g, Nq, Nk): at each (query, key),
     out[g] = sum_h weight[g, h] * attn[h] + bias[g]. One batched product weight @ map (h, Nq*Nk)
     per image, in the map's own layout: a Linear on the last axis would first copy the map to
-    heads-last and back (CaiT spent about a tenth of its inference on those copies), and a 1x1
-    convolution reorders it into the convolution library's blocked layout."""
+    heads-last and back (copies of the whole map, twice per block in CaiT; docs/benchmarks.md,
+    "Where the CPU speed comes from"), and a 1x1 convolution reorders it into the convolution
+    library's blocked layout."""
     b, h = attn.shape[:2]
     flat = rearrange(attn, 'b h i j -> b h (i j)')
     weight = weight.expand(b, *weight.shape)
@@ -77,7 +78,8 @@ class Attention(nn.Module):
 
     x: (B, N, D) -> (B, N, D). With ``return_attention=True`` the explicit path runs and the
     softmax-normalised map (B, heads, N, N) is returned as well; otherwise
-    ``F.scaled_dot_product_attention`` runs when ``fused`` is set.
+    ``F.scaled_dot_product_attention`` runs when ``fused`` is set. ``fused=None`` takes the
+    ``fused_attn`` switch as it is when the layer is built (:mod:`zoo.layers.config`).
 
     Subclasses that change the map (talking heads, re-attention) override :meth:`attention_map`
     and set ``fused = False``: the map cannot be changed inside a fused kernel.
@@ -85,7 +87,7 @@ class Attention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False,
                  qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0,
-                 head_dim: int | None = None, fused: bool = True):
+                 head_dim: int | None = None, fused: bool | None = None):
         super().__init__()
         if head_dim is None:
             if dim % num_heads:
@@ -94,7 +96,7 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.scale = qk_scale if qk_scale is not None else head_dim ** -0.5
-        self.fused = fused
+        self.fused = use_fused_attn() if fused is None else fused
         inner_dim = num_heads * head_dim
         self.qkv = Linear(dim, 3 * inner_dim, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
@@ -156,7 +158,7 @@ class Attention(nn.Module):
                return_attention: bool = False, key_mask: torch.Tensor | None = None,
                bias: RelPosBias | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """q, k, v: (B, h, N, d) -> (B, h, Nq, d) and the map (B, h, Nq, Nk) or None."""
-        if self.fused and not return_attention and not explicit_is_faster(q, k):
+        if self.fused and not return_attention and not explicit_is_faster(q, k):  # the fused kernel
             if bias is not None:  # an additive float mask: the bias, -inf at masked keys
                 mask = mask_keys(bias.rows(), key_mask)
             else:

@@ -37,7 +37,7 @@ class Block(nn.Module):
                  qk_scale: float | None = None, drop: float = 0.0, attn_drop: float = 0.0,
                  drop_path: float = 0.0, init_values: float | None = None,
                  act_layer: type[nn.Module] = nn.GELU, norm_layer=LayerNorm6,
-                 attn_layer=Attention, mlp_layer=Mlp, fused_attn: bool = True):
+                 attn_layer=Attention, mlp_layer=Mlp, fused_attn: bool | None = None):
         super().__init__()
         self.norm1 = norm_layer(dim)
         self.attn = attn_layer(dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,

@@ -18,7 +18,7 @@ class ClassAttention(Attention):
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False,
                  qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0,
-                 head_dim: int | None = None, fused: bool = True):
+                 head_dim: int | None = None, fused: bool | None = None):
         super().__init__(dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
                          attn_drop=attn_drop, proj_drop=proj_drop, head_dim=head_dim, fused=fused)
         del self.qkv

@@ -39,7 +39,7 @@ class ConvProjectionAttention(Attention):
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False,
                  qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0,
-                 fused: bool = True, kernel_size: int = 3, stride_q: int = 1, stride_kv: int = 2,
+                 fused: bool | None = None, kernel_size: int = 3, stride_q: int = 1, stride_kv: int = 2,
                  num_prefix_tokens: int = 0):
         super().__init__(dim, num_heads, qkv_bias=qkv_bias,
                          qk_scale=dim ** -0.5 if qk_scale is None else qk_scale,
@@ -74,7 +74,7 @@ class ConvProjectionAttention(Attention):
             real = valid_map(key_mask, grid)
             s = self.conv_proj_k.conv.stride
             kv_mask = torch.cat([key_mask[:, :p], real[:, 0, ::s[0], ::s[1]].flatten(1)], 1)
-        q, k, v = [rearrange(linear(t, wt, bs), 'b n (h d) -> b h n d', h=self.num_heads)
+        q, k, v = [rearrange(linear(t, wt, bs, self.qkv.onednn), 'b n (h d) -> b h n d', h=self.num_heads)
                    for t, wt, bs in zip(self.project_inputs(x, grid, real), weights, biases)]
         out, attn = self.attend(q, k, v, return_attention, kv_mask)
         out = self.proj_drop(self.proj(rearrange(out, 'b h n d -> b n (h d)')))

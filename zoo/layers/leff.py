@@ -1,11 +1,12 @@
 """Locally-enhanced feed-forward (LeFF) of CeiT (Yuan et al., 2021)."""
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from . import private_ops  # the private oneDNN convolution, or None without it
+from .config import needs_plain_ops, use_onednn
 from .helpers import unhooked
-from .linear import needs_plain_ops, onednn_linear_active
 from .padding import valid_map, zero_outside
 
 
@@ -41,6 +42,9 @@ class LocallyEnhancedFeedForward(nn.Module):
         self.bn3 = nn.BatchNorm2d(in_features)
         self.act = act_layer()
         # ``drop`` is accepted for Mlp's signature and unused: the official LeFF has no dropout.
+        self.onednn = use_onednn()
+        self.norms_folded = False  # fuse(): the batch norms folded into the convolutions, for inference
+        self.folded_weights = None  # their folded (weight, bias) pairs, computed once; not in the state dict
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int],
                 valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -50,9 +54,8 @@ class LocallyEnhancedFeedForward(nn.Module):
         prefix, tokens = x[:, :num_prefix], x[:, num_prefix:]
         fmap = rearrange(tokens, 'b (h w) d -> b d h w', h=grid[0], w=grid[1])
         real = valid_map(valid, grid)
-        dtype = self._fused_dtype(fmap)
-        if dtype is not None:
-            fmap = self._fused(fmap, dtype, real)
+        if self._folded_path():
+            fmap = self._folded_forward(fmap, real)
         else:
             fmap = self.act(self.bn1(self.conv1(fmap)))
             fmap = zero_outside(fmap, real)
@@ -61,36 +64,82 @@ class LocallyEnhancedFeedForward(nn.Module):
         tokens = rearrange(fmap, 'b d h w -> b (h w) d')
         return torch.cat([prefix, tokens], dim=1)
 
-    def _fused(self, fmap: torch.Tensor, dtype: torch.dtype,
-               real: torch.Tensor | None = None) -> torch.Tensor:
-        """Inference: each batch norm folded into its convolution and each GELU run as the
-        convolution's post-op, three oneDNN calls instead of eight passes over the (B, 4D, h, w)
-        maps. The same function up to rounding; CeiT-S inference 1.06x faster in float32, 1.14x in
-        bfloat16 (batch 8, 2 threads)."""
-        fmap = fmap.to(dtype)
-        for conv, bn, post_op in ((self.conv1, self.bn1, 'gelu'), (self.conv2, self.bn2, 'gelu'),
-                                  (self.conv3, self.bn3, 'none')):
-            if conv is self.conv2:
+    def _pairs(self) -> tuple[tuple[nn.Conv2d, nn.BatchNorm2d], ...]:
+        return (self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)
+
+    def fuse(self) -> None:
+        """Fold each batch norm into its convolution, for inference (eval mode): the forward then
+        runs three convolutions instead of eight steps over the (B, 4D, h, w) maps, on oneDNN with
+        the GELUs as their post-ops where the ``onednn`` switch (read when this layer was built)
+        and the operator allow. The same function up to float rounding.
+
+        Inference only, and nothing else changes: the convolutions and batch norms keep their
+        parameters, buffers and state-dict keys. The folded weights are computed here, once;
+        loading a state dict or moving the module (``.to``) folds again at the next forward, and
+        ``train()`` undoes the fusion (call ``fuse()`` again after training)."""
+        if self.training:
+            raise RuntimeError('LeFF.fuse() folds the batch norms\' running statistics, which only eval '
+                               'mode uses: call .eval() first')
+        for conv, bn in self._pairs():
+            if type(conv) is not nn.Conv2d or not isinstance(bn, nn.BatchNorm2d) or bn.running_var is None:
+                raise TypeError(f'LeFF.fuse() folds nn.Conv2d -> nn.BatchNorm2d with running statistics; this '
+                                f'layer has {type(conv).__name__} -> {type(bn).__name__}'
+                                f'{" without running statistics" if getattr(bn, "running_var", 1) is None else ""}')
+        self.norms_folded = True
+        self.folded_weights = self._fold()
+
+    def _fold(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        with torch.no_grad():
+            return [fold_batch_norm(conv, bn) for conv, bn in self._pairs()]
+
+    def train(self, mode: bool = True):
+        if mode:
+            self.norms_folded, self.folded_weights = False, None
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self.folded_weights = None  # moved or cast: folded again, from the moved weights, when next used
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.folded_weights = None  # new weights: folded again when next used
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _folded_path(self) -> bool:
+        """Whether the forward runs on the folded weights: after :meth:`fuse`, in eval mode without
+        autograd (the folded weights carry no gradient to the parameters), and while no forward
+        hook watches a part whose call the folded forward would skip."""
+        return self.norms_folded and not self.training and not torch.is_grad_enabled() and unhooked(
+            self.conv1, self.bn1, self.conv2, self.bn2, self.conv3, self.bn3, self.act)
+
+    def _folded_forward(self, fmap: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D, h, w) -> (B, D, h, w) through the folded convolutions: three oneDNN calls, each GELU
+        its convolution's post-op, where :meth:`_onednn_dtype` allows; else three ``F.conv2d``."""
+        if self.folded_weights is None:
+            self.folded_weights = self._fold()
+        dtype = self._onednn_dtype(fmap)
+        if dtype is not None:
+            fmap = fmap.to(dtype)
+        for i, ((weight, bias), conv) in enumerate(zip(self.folded_weights, (self.conv1, self.conv2, self.conv3))):
+            if i == 1:
                 fmap = zero_outside(fmap, real)
-            weight, bias = fold_batch_norm(conv, bn)
-            fmap = private_ops.convolution_pointwise(fmap, weight.to(dtype), bias.to(dtype), conv.padding,
-                                                     conv.stride, conv.dilation, conv.groups, post_op, [],
-                                                     'none' if post_op == 'gelu' else '')
+            if dtype is None:
+                fmap = F.conv2d(fmap, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+                fmap = self.act(fmap) if i < 2 else fmap
+            else:
+                post_op = 'gelu' if i < 2 else 'none'
+                fmap = private_ops.convolution_pointwise(
+                    fmap, weight.to(dtype), bias.to(dtype), conv.padding, conv.stride, conv.dilation,
+                    conv.groups, post_op, [], 'none' if post_op == 'gelu' else '')
         return fmap
 
-    def _fused_dtype(self, fmap: torch.Tensor) -> torch.dtype | None:
-        """The dtype of the fused path (:meth:`_fused`), or None where it must not run: with
-        autograd or in training mode, off the CPU, outside float32 / bfloat16, where plain ops are
-        needed (export, tracing, FLOP counting), when a hook watches a part or a part was
-        replaced, or where this torch lacks the operator (:mod:`zoo.layers.private_ops`)."""
-        if not private_ops.onednn_convolution_available() or not onednn_linear_active() \
-                or torch.is_grad_enabled() or self.training or fmap.device.type != 'cpu' or needs_plain_ops():
-            return None
+    def _onednn_dtype(self, fmap: torch.Tensor) -> torch.dtype | None:
+        """The dtype the folded convolutions run in on oneDNN, or None where ``F.conv2d`` must: the
+        switch on, a CPU map in float32 or bfloat16 (autocast's dtype when it is on), the activation
+        an exact GELU (the post-op), plain ops not needed, and the operator in this torch."""
         dtype = torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else fmap.dtype
-        parts = (self.conv1, self.bn1, self.conv2, self.bn2, self.conv3, self.bn3, self.act)
-        if dtype not in (torch.float32, torch.bfloat16) or type(self.act) is not nn.GELU \
-                or self.act.approximate != 'none' or not unhooked(*parts) \
-                or not all(type(m) is nn.Conv2d for m in parts[0:6:2]) \
-                or not all(type(m) is nn.BatchNorm2d and m.affine and m.running_var is not None for m in parts[1:6:2]):
+        if not self.onednn or fmap.device.type != 'cpu' or dtype not in (torch.float32, torch.bfloat16) \
+                or type(self.act) is not nn.GELU or self.act.approximate != 'none' \
+                or not private_ops.onednn_convolution_available() or needs_plain_ops():
             return None
         return dtype

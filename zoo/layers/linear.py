@@ -1,48 +1,38 @@
-"""The Linear layer every family uses: on a CPU in float32 its three matrix products (forward,
-input gradient, weight gradient) run on oneDNN instead of the BLAS behind ``torch.mm``.
+"""The Linear layer every family uses: on a CPU its matrix products run on oneDNN instead of the
+BLAS behind ``torch.mm``.
 
 Why: PyTorch's x86 wheels do float32 ``mm`` / ``addmm`` with Intel MKL, which on AMD processors
-takes its AVX2 code path. On the project's machine (AMD EPYC with AVX-512, 2 threads) a ViT-S
-MLP product, (4200 x 384) @ (384 x 1536), runs at 181-207 GFLOP/s through ``mm`` and at
-413-481 GFLOP/s through oneDNN (its input-gradient product likewise; the weight gradient at
-about 300), in IEEE float32 both: the results differ only in summation order (relative error
-1e-6). ViT-S inference goes from 20.7 to 38.6 images/s. On Intel processors MKL takes its
-AVX-512 path and the gap should be small; that is not measured here.
-
-The oneDNN path runs only where it applies and where the running torch has its private operator
-(:mod:`zoo.layers.private_ops`): a CPU tensor in float32 with autocast off, outside
-``torch.compile`` (inductor picks its own kernels), tracing and ONNX export, and outside any
-``TorchDispatchMode`` (FLOP counters and fake tensors see a plain ``aten.linear``). Everywhere
-else, and when turned off (:func:`set_onednn_linear`, ``tools/benchmark.py --no-onednn``), it is
-``F.linear``. State dicts are ``nn.Linear``'s.
+takes its AVX2 code path; oneDNN, which PyTorch also ships, uses AVX-512 there. In float32 the
+three products of a linear (forward, input gradient, weight gradient) run on oneDNN in IEEE
+float32 both ways: the results differ only in summation order. On Intel processors MKL takes its
+AVX-512 path and the gap should be small. Measured rates: docs/benchmarks.md, "Where the CPU
+speed comes from".
 
 Inference in bfloat16 (autocast to bfloat16, or a model cast with ``.to(torch.bfloat16)``), with
-autograd off, also runs on oneDNN: operands cast to bfloat16 as autocast casts them, one
-product with the bias, and :func:`linear_gelu` adds the MLP's exact GELU as the product's
-post-op instead of a second pass. On the ViT-S MLP product that is 845 against 765 GFLOP/s
-through ``addmm``; with the attention map's own shortcut (``zoo.layers.attention``) ViT-S
-bfloat16 inference is 5-6% faster (README, "bfloat16 on this CPU").
+autograd off, also runs on oneDNN: operands cast to bfloat16 as autocast casts them, one product
+with the bias, and :func:`linear_gelu` adds the MLP's exact GELU as the product's post-op
+instead of a second pass (docs/benchmarks.md, "bfloat16 on a CPU").
+
+Which path runs: the ``onednn`` switch (:mod:`zoo.layers.config`, read when a :class:`Linear` is
+built) chooses whether oneDNN may run at all; per call, :func:`onednn_dtype` says whether it
+applies (a CPU tensor, float32 or bfloat16 inference, not while compiling, tracing, exporting or
+counting FLOPs, and an operator this torch has: :mod:`zoo.layers.private_ops`). Everywhere else
+it is ``F.linear``. State dicts are ``nn.Linear``'s.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import private_ops  # the private oneDNN operator and dispatch-mode query, or None without them
+from . import private_ops  # the private oneDNN operator, or None without it
+from .config import needs_plain_ops, set_onednn, use_onednn
 
-_enabled = True
-
-
-def set_onednn_linear(enabled: bool) -> bool:
-    """Turn the oneDNN path on or off for the whole process; returns the previous setting."""
-    global _enabled
-    previous, _enabled = _enabled, bool(enabled)
-    return previous
+set_onednn_linear = set_onednn  # the name tools/benchmark.py --no-onednn uses
 
 
 def onednn_linear_active() -> bool:
-    """Whether float32 CPU linears currently take the oneDNN path (available in this torch and
-    turned on; :mod:`zoo.layers.private_ops`)."""
-    return _enabled and private_ops.onednn_linear_available()
+    """Whether linears built now take the oneDNN path where it applies (switched on, and available
+    in this torch on this machine)."""
+    return use_onednn() and private_ops.onednn_linear_available()
 
 
 def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -70,33 +60,28 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-def needs_plain_ops() -> bool:
-    """Whether the ops called now must be the plain aten ones, no fast-path substitutes: while
-    compiling, tracing, exporting to ONNX, or under a dispatch mode (FLOP counters, fake tensors;
-    always, where this torch cannot tell: :func:`zoo.layers.private_ops.dispatch_mode_active`)."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() \
-        or private_ops.dispatch_mode_active()
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 
 
-def _plain_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    if not onednn_linear_active() or x.device.type != 'cpu':
-        return True
-    if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.dim() < 2 or x.numel() == 0:
-        return True
-    return torch.is_autocast_enabled('cpu') or needs_plain_ops()
-
-
-def _bfloat16_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """A CPU product computed in bfloat16 with autograd off, where oneDNN applies."""
-    if not onednn_linear_active() or x.device.type != 'cpu' or torch.is_grad_enabled() \
-            or x.dim() < 2 or x.numel() == 0:
-        return False
+def onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
+    """The dtype x (..., K) @ weight (N, K)^T runs in on oneDNN now, or None where ``F.linear`` must
+    run. float32: CPU float32 operands, autocast off (autograd on or off). bfloat16: autograd off,
+    and autocast to bfloat16 or bfloat16 operands. Never while plain ops are needed
+    (:func:`zoo.layers.config.needs_plain_ops`) or where this torch lacks the operator."""
+    # plain ops first: under tracing, x.numel() would be recorded as a constant
+    if x.device.type != 'cpu' or x.dim() < 2 or needs_plain_ops() or x.numel() == 0 \
+            or not private_ops.onednn_linear_available():
+        return None
     if torch.is_autocast_enabled('cpu'):
-        bf16 = torch.get_autocast_dtype('cpu') == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16) \
-            and weight.dtype in (torch.float32, torch.bfloat16)
+        if torch.get_autocast_dtype('cpu') != torch.bfloat16 or x.dtype not in _ONEDNN_DTYPES \
+                or weight.dtype not in _ONEDNN_DTYPES:
+            return None
+        dtype = torch.bfloat16
+    elif x.dtype == weight.dtype and x.dtype in _ONEDNN_DTYPES:
+        dtype = x.dtype
     else:
-        bf16 = x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16
-    return bf16 and not needs_plain_ops()
+        return None
+    return None if dtype == torch.bfloat16 and torch.is_grad_enabled() else dtype  # no bfloat16 backward
 
 
 def _bfloat16_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -104,33 +89,43 @@ def _bfloat16_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     """post_op(x W^T + b) in bfloat16 on oneDNN: x (..., K) -> (..., N); 'none' or 'gelu' (exact)."""
     bf16 = torch.bfloat16
     y = private_ops.linear_pointwise(x.to(bf16).reshape(-1, x.shape[-1]), weight.to(bf16),
-                          None if bias is None else bias.to(bf16), post_op, [],
-                          'none' if post_op == 'gelu' else '')
+                                     None if bias is None else bias.to(bf16), post_op, [],
+                                     'none' if post_op == 'gelu' else '')
     return y.view(*x.shape[:-1], y.shape[-1])
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear``: x (..., K), weight (N, K), bias (N,) -> (..., N); on oneDNN where it applies."""
-    if _bfloat16_inference(x, weight):
-        return _bfloat16_product(x, weight, bias, 'none')
-    if _plain_path(x, weight):
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           onednn: bool | None = None) -> torch.Tensor:
+    """``F.linear``: x (..., K), weight (N, K), bias (N,) -> (..., N); on oneDNN where it applies.
+    ``onednn``: the caller's setting of the switch (a layer's, read when it was built); None reads
+    :func:`zoo.layers.config.use_onednn` now."""
+    dtype = onednn_dtype(x, weight) if (use_onednn() if onednn is None else onednn) else None
+    if dtype is None:
         return F.linear(x, weight, bias)
+    if dtype == torch.bfloat16:
+        return _bfloat16_product(x, weight, bias, 'none')
     # The reshapes stay outside the autograd Function: an output that is a view made inside one
     # may not be changed in place (DETR's layers do), one made outside may.
     y = _OneDNNLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias)
     return y.view(*x.shape[:-1], y.shape[-1])
 
 
-def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                onednn: bool | None = None) -> torch.Tensor:
     """GELU (exact, erf form) of :func:`linear`: x (..., K) -> (..., N). The activation is fused
     into the product on the bfloat16 inference path, a second op everywhere else."""
-    if _bfloat16_inference(x, weight):
+    if (use_onednn() if onednn is None else onednn) and onednn_dtype(x, weight) == torch.bfloat16:
         return _bfloat16_product(x, weight, bias, 'gelu')
-    return F.gelu(linear(x, weight, bias))
+    return F.gelu(linear(x, weight, bias, onednn))
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters, same state dict) whose forward is :func:`linear`."""
+    """``nn.Linear`` (same parameters, same state dict) whose forward is :func:`linear`. The
+    ``onednn`` switch is read when the layer is built (``self.onednn``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.onednn = use_onednn()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, self.onednn)

@@ -26,13 +26,13 @@ class Mlp(nn.Module):
         """``grid`` and ``valid`` (the padding mask) are accepted and ignored: Block hands them
         to its mlp_layer whenever it has them, and this feed-forward is per token."""
         if self._gelu_fusable():
-            hidden = linear_gelu(x, self.fc1.weight, self.fc1.bias)
+            hidden = linear_gelu(x, self.fc1.weight, self.fc1.bias, self.fc1.onednn)
         else:
             hidden = self.act(self.fc1(x))
         return self.drop2(self.fc2(self.drop1(hidden)))
 
     def _gelu_fusable(self) -> bool:
-        """fc1 and an exact GELU as one call (:func:`linear_gelu`, one pass in bfloat16), without
-        autograd only, and unless a hook watches either module or either was replaced."""
+        """fc1 and an exact GELU as one call (:func:`linear_gelu`, one pass in bfloat16 inference),
+        without autograd only, and unless a hook watches either module or either was replaced."""
         return (not torch.is_grad_enabled() and type(self.fc1) is Linear and type(self.act) is nn.GELU
                 and self.act.approximate == 'none' and unhooked(self.fc1, self.act))

@@ -39,7 +39,7 @@ convolution_pointwise = _operator('mkldnn', '_convolution_pointwise')
 current_dispatch_mode = getattr(_python_dispatch, '_get_current_dispatch_mode', None)
 _GLOBAL_HOOKS = ('_global_forward_hooks', '_global_forward_pre_hooks')
 
-# oneDNN in this build, on x86 (elsewhere oneDNN is not the faster path the timings were taken on).
+# oneDNN in this build, on x86: the fast paths were measured there only (docs/benchmarks.md).
 ONEDNN_CPU = torch.backends.mkldnn.is_available() and platform.machine().lower() in ('x86_64', 'amd64')
 
 

@@ -27,7 +27,7 @@ class TokenAttention(Attention):
 
     def __init__(self, dim: int, out_dim: int = 64, num_heads: int = 1, qkv_bias: bool = False,
                  qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0,
-                 fused: bool = True):
+                 fused: bool | None = None):
         if out_dim % num_heads:
             raise ValueError(f'out_dim {out_dim} is not divisible by num_heads {num_heads}')
         super().__init__(dim, num_heads=num_heads, qkv_bias=qkv_bias,
@@ -54,7 +54,7 @@ class TokenTransformer(nn.Module):
                  qkv_bias: bool = False, qk_scale: float | None = None, drop: float = 0.0,
                  attn_drop: float = 0.0, drop_path: float = 0.0,
                  act_layer: type[nn.Module] = nn.GELU, norm_layer=nn.LayerNorm,
-                 fused_attn: bool = True):
+                 fused_attn: bool | None = None):
         super().__init__()
         self.norm1 = norm_layer(dim)
         self.attn = TokenAttention(dim, out_dim, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
@@ -166,7 +166,7 @@ class TokensToToken(nn.Module):
     stride = 16
 
     def __init__(self, tokens_type: str = 'performer', in_chans: int = 3, embed_dim: int = 768,
-                 token_dim: int = 64, fused_attn: bool = True):
+                 token_dim: int = 64, fused_attn: bool | None = None):
         super().__init__()
         self.soft_split0 = nn.Unfold(kernel_size=7, stride=4, padding=2)
         self.soft_split1 = nn.Unfold(kernel_size=3, stride=2, padding=1)

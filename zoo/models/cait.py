@@ -31,7 +31,8 @@ class Cait(TokenBackbone):
     Class-attention stage: the class token (B, 1, D) reads the patches; forward_features returns
     the normalised [cls, patches] (B, 1 + N, D). Inputs of any size whose sides are multiples of
     the patch size are accepted: the position table is resampled bicubically to the input's grid.
-    ``fused_attn`` concerns the class-attention blocks: talking heads has no fused path.
+    ``fused_attn`` (None: the switch in :mod:`zoo.layers.config`) concerns the class-attention
+    blocks: talking heads has no fused path.
     """
     classifier_keys = ('head',)
     num_prefix_tokens = 1
@@ -42,7 +43,7 @@ class Cait(TokenBackbone):
                  drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, init_values: float = 1e-5,
                  depth_token_only: int = 2, mlp_ratio_token_only: float = 4.0,
-                 fused_attn: bool = True, norm_layer=LayerNorm6):
+                 fused_attn: bool | None = None, norm_layer=LayerNorm6):
         super().__init__()
         self.num_classes = num_classes
         self.embed_dim = self.num_features = embed_dim

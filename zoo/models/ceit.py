@@ -41,7 +41,7 @@ class CeiT(TokenBackbone):
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, qk_scale: float | None = None,
                  drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, leff_kernel_size: int = 3,
-                 fused_attn: bool = True, norm_layer=LayerNorm6):
+                 fused_attn: bool | None = None, norm_layer=LayerNorm6):
         super().__init__()
         self.num_classes = num_classes
         self.embed_dim = self.num_features = embed_dim

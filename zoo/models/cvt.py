@@ -37,7 +37,7 @@ class CvTStage(nn.Module):
                  patch_size: int, patch_stride: int, patch_padding: int, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, cls_token: bool = False, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 act_layer=QuickGELU, norm_layer=nn.LayerNorm, fused_attn: bool = True):
+                 act_layer=QuickGELU, norm_layer=nn.LayerNorm, fused_attn: bool | None = None):
         super().__init__()
         self.num_prefix_tokens = int(cls_token)
         self.patch_embed = ConvEmbed(in_chans, embed_dim, patch_size, patch_stride, patch_padding,
@@ -88,7 +88,7 @@ class ConvolutionalVisionTransformer(TokenBackbone):
                  patch_paddings: Sequence[int] = (2, 1, 1),
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float | Sequence[float] = 0.0,
-                 act_layer=QuickGELU, norm_layer=nn.LayerNorm, fused_attn: bool = True):
+                 act_layer=QuickGELU, norm_layer=nn.LayerNorm, fused_attn: bool | None = None):
         super().__init__()
         num_stages = len(embed_dims)
         if not isinstance(drop_path_rate, Sequence):

@@ -77,7 +77,7 @@ class DeepViT(TokenBackbone):
                  qk_scale: float | None = None, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  num_reattention_blocks: int = 5, scale_reattention_map: bool = False,
-                 branch_scale: float = 0.5, fused_attn: bool = True, norm_layer=LayerNorm6):
+                 branch_scale: float = 0.5, fused_attn: bool | None = None, norm_layer=LayerNorm6):
         super().__init__()
         self.num_classes = num_classes
         self.embed_dim = self.num_features = embed_dim

@@ -38,7 +38,7 @@ class T2TViT(TokenBackbone):
                  num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = False,
                  qk_scale: float | None = None, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, token_dim: int = 64,
-                 attn_layer=Attention, fused_attn: bool = True, norm_layer=nn.LayerNorm):
+                 attn_layer=Attention, fused_attn: bool | None = None, norm_layer=nn.LayerNorm):
         super().__init__()
         self.num_classes = num_classes
         self.embed_dim = self.num_features = embed_dim

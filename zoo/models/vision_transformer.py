@@ -31,7 +31,7 @@ class VisionTransformer(TokenBackbone):
                  qk_scale: float | None = None, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  distilled: bool = False, global_pool: str = 'token',
-                 init_values: float | None = None, fused_attn: bool = True,
+                 init_values: float | None = None, fused_attn: bool | None = None,
                  norm_layer=LayerNorm6):
         super().__init__()
         if global_pool not in ('token', 'avg'):

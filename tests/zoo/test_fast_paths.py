@@ -1,0 +1,225 @@
+"""zoo.layers.config: every fast-path switch (environment variable, setter, context manager, read
+when a layer is built) and the explicit inference step fuse_for_inference (LeFF's batch norms
+folded once, state dict unchanged, undone by train())."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zoo
+from helpers import ROOT, spy_calls
+from zoo.layers import Attention, Linear, config, fast_paths, fuse_for_inference, private_ops
+from zoo.layers import leff as leff_module
+from zoo.layers import linear as linear_module
+from zoo.layers.leff import LocallyEnhancedFeedForward
+
+SWITCHES = ('fused_attn', 'onednn', 'fast_mha')
+
+
+def fused_kernel_calls(fn) -> int:
+    """How many times ``fn()`` calls ``F.scaled_dot_product_attention``."""
+    calls, real = [], F.scaled_dot_product_attention
+
+    def record(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    F.scaled_dot_product_attention = record
+    try:
+        fn()
+    finally:
+        F.scaled_dot_product_attention = real
+    return len(calls)
+
+
+def _settings() -> dict:
+    return dict(fused_attn=config.use_fused_attn(), onednn=config.use_onednn(), fast_mha=config.use_fast_mha())
+
+
+def test_every_switch_is_on_by_default_and_set_from_its_environment_variable():
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {ROOT!r})
+        from zoo.layers import config
+        print(config.use_fused_attn(), config.use_onednn(), config.use_fast_mha())
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith('VITZOO_')}
+
+    def run(**variables):
+        return subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                              env=dict(env, **variables))
+    assert run().stdout.split() == ['True'] * 3
+    off = run(VITZOO_FUSED_ATTN='0', VITZOO_ONEDNN='off', VITZOO_FAST_MHA='false')
+    assert off.stdout.split() == ['False'] * 3, off.stderr[-2000:]
+    assert run(VITZOO_ONEDNN='0').stdout.split() == ['True', 'False', 'True']
+    bad = run(VITZOO_FUSED_ATTN='maybe')
+    assert bad.returncode != 0
+    assert "VITZOO_FUSED_ATTN='maybe' is not a switch setting: set it to 1" in bad.stderr
+
+
+def test_setters_return_the_previous_setting_and_the_context_manager_restores_every_switch():
+    before = _settings()
+    assert before == dict.fromkeys(SWITCHES, True)  # nothing in the tests leaves one off
+    with fast_paths(False):
+        assert _settings() == dict.fromkeys(SWITCHES, False)
+        with fast_paths(onednn=True):
+            assert _settings() == dict(fused_attn=False, onednn=True, fast_mha=False)
+        assert not config.use_onednn()
+    assert _settings() == before
+    with pytest.raises(KeyError), fast_paths(fused_attn=False):
+        assert not config.use_fused_attn()
+        raise KeyError('an error inside the block')
+    assert _settings() == before  # restored on the way out of an error too
+    assert config.set_onednn(False) is True
+    try:
+        assert config.set_onednn(True) is False and config.use_onednn()
+    finally:
+        config.set_onednn(True)
+    # the name tools/benchmark.py --no-onednn uses
+    assert linear_module.set_onednn_linear is config.set_onednn
+
+
+def test_attention_reads_the_switch_when_built_and_its_argument_overrides_it():
+    with fast_paths(fused_attn=False):
+        off, forced = Attention(16, num_heads=2), Attention(16, num_heads=2, fused=True)
+        model = zoo.create_model('deit_tiny_patch16_224', depth=2, img_size=32, patch_size=8).eval()
+    on = Attention(16, num_heads=2)
+    assert (off.fused, forced.fused, on.fused) == (False, True, True)
+    assert all(not m.fused for m in model.modules() if isinstance(m, Attention))
+    fused = zoo.create_model('deit_tiny_patch16_224', depth=2, img_size=32, patch_size=8).eval()
+    fused.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 32, 32, requires_grad=True)
+    # Built with the switch off, the model stays off after the block: no fused kernel runs.
+    assert fused_kernel_calls(lambda: model(x)) == 0
+    assert fused_kernel_calls(lambda: fused(x)) == 2
+    # fused and explicit: the same outputs and input gradients
+    out, ref = fused(x), model(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    (g_fused,) = torch.autograd.grad(out.square().sum(), x)
+    (g_explicit,) = torch.autograd.grad(ref.square().sum(), x)
+    torch.testing.assert_close(g_fused, g_explicit, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not private_ops.onednn_linear_available(), reason='no oneDNN linear in this torch build')
+def test_onednn_is_read_when_a_linear_is_built():
+    with fast_paths(onednn=False):
+        off = Linear(8, 6)
+        model = zoo.create_model('deit_tiny_patch16_224', depth=1, img_size=32, patch_size=8)
+    on = Linear(8, 6)
+    on.load_state_dict(off.state_dict())
+    x = torch.randn(3, 8)
+    assert not off.onednn and on.onednn
+    assert not spy_calls(linear_module, '_product', lambda: off(x))
+    assert spy_calls(linear_module, '_product', lambda: on(x))
+    torch.testing.assert_close(on(x), off(x), rtol=1e-5, atol=1e-5)
+    assert all(not m.onednn for m in model.modules() if isinstance(m, Linear))
+    images = torch.randn(1, 3, 32, 32)
+    assert not spy_calls(private_ops, 'linear_pointwise', lambda: model(images))
+
+
+def _leff(**kw):
+    torch.manual_seed(0)
+    leff = LocallyEnhancedFeedForward(16, 64, **kw).eval()
+    for bn in (leff.bn1, leff.bn2, leff.bn3):  # statistics and affine terms away from 0 / 1
+        bn.running_mean.normal_(0, 0.5)
+        bn.running_var.uniform_(0.3, 3.0)
+        bn.weight.data.normal_(1, 0.5)
+        bn.bias.data.normal_(0, 0.5)
+    return leff
+
+
+@pytest.mark.parametrize('onednn', [True, False])
+@torch.no_grad()
+def test_fuse_folds_once_and_computes_what_the_eight_steps_compute(onednn):
+    with fast_paths(onednn=onednn):
+        leff = _leff()
+    x, grid = torch.randn(2, 1 + 5 * 4, 16), (5, 4)
+    valid = torch.ones(2, 1 + 5 * 4, dtype=torch.bool)
+    valid[1, 1 + 12:] = False  # the second image is padded: zeros at its padding, as unfused
+    ref, ref_masked = leff(x, grid), leff(x, grid, valid)
+    state = {k: v.clone() for k, v in leff.state_dict().items()}
+    folds = spy_calls(leff_module, 'fold_batch_norm', leff.fuse)
+    assert len(folds) == 3
+    # folded once, in fuse(): two forwards fold nothing again
+    assert not spy_calls(leff_module, 'fold_batch_norm', lambda: (leff(x, grid), leff(x, grid)))
+    onednn_calls = spy_calls(private_ops, 'convolution_pointwise', lambda: leff(x, grid))
+    assert len(onednn_calls) == (3 if onednn and private_ops.onednn_convolution_available() else 0)
+    torch.testing.assert_close(leff(x, grid), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    torch.testing.assert_close(leff(x, grid, valid), ref_masked, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    # nothing in the state dict changed: keys, values, parameters
+    assert list(leff.state_dict()) == list(state)
+    assert all(torch.equal(leff.state_dict()[k], v) for k, v in state.items())
+
+
+def test_fuse_is_for_eval_mode_and_train_undoes_it():
+    leff = _leff().train()
+    with pytest.raises(RuntimeError, match=r'call \.eval\(\) first'):
+        leff.fuse()
+    with pytest.raises(RuntimeError, match=r'call model.eval\(\) first'):
+        fuse_for_inference(zoo.create_model('ceit_t', depth=1, img_size=32))
+    leff.eval().fuse()
+    x, grid = torch.randn(2, 1 + 4 * 4, 16, requires_grad=True), (4, 4)
+    leff.train()
+    assert not leff.norms_folded and leff.folded_weights is None
+    twin = _leff().train()
+    out, ref = leff(x, grid), twin(x, grid)  # batch statistics again, as a model never fused
+    torch.testing.assert_close(out, ref)
+    out.square().sum().backward()
+    assert leff.bn2.weight.grad is not None and leff.conv1.weight.grad is not None
+    assert not torch.equal(leff.bn1.running_mean, _leff().bn1.running_mean)  # statistics moved
+
+
+def test_a_fused_leff_with_autograd_takes_the_eight_steps_with_their_gradients():
+    fused, plain = _leff(), _leff()
+    fused.fuse()
+    x = torch.randn(2, 1 + 4 * 4, 16)
+    grads = []
+    for leff in (fused, plain):
+        xx = x.clone().requires_grad_()
+        leff(xx, (4, 4)).square().sum().backward()
+        grads.append([xx.grad, leff.conv2.weight.grad, leff.bn3.bias.grad])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+@torch.no_grad()
+def test_loading_or_moving_a_fused_leff_folds_the_new_weights():
+    leff, other = _leff(), _leff()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x, grid = torch.randn(2, 4 * 4, 16), (4, 4)
+    expected = other(x, grid)
+    leff.fuse()
+    leff.load_state_dict(other.state_dict())
+    torch.testing.assert_close(leff(x, grid), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    assert leff.norms_folded and leff.folded_weights is not None
+    leff.double()
+    assert leff.folded_weights is None  # dropped with the float32 weights
+    out = leff(x.double(), grid)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, expected.double(), rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
+@torch.no_grad()
+def test_fuse_for_inference_fuses_every_leff_of_a_model_and_keeps_its_state_dict():
+    torch.manual_seed(0)
+    model = zoo.create_model('ceit_t', depth=2, img_size=64, num_classes=5).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.5)
+            m.running_var.uniform_(0.3, 3.0)
+    x = torch.randn(2, 3, 64, 64)
+    ref, keys = model.forward_feature_maps(x), list(model.state_dict())
+    assert fuse_for_inference(model) is model
+    leffs = [m for m in model.modules() if isinstance(m, LocallyEnhancedFeedForward)]
+    assert len(leffs) == 2 and all(m.norms_folded for m in leffs)
+    assert list(model.state_dict()) == keys
+    out = model.forward_feature_maps(x)
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+    model.train()
+    assert not any(m.norms_folded for m in leffs)
