@@ -12,7 +12,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import DATASETS, FUNCTIONS, HOOKS, METRICS, MODELS
 
 import zoo.runtime.engine  # noqa: F401  (checkpoint loading fix, optimiser constructor)
-from zoo.runtime.divergence import DIVERGED, Diverged
+from zoo.runtime.divergence import DIVERGED, Diverged, check_finite_losses
 from zoo.runtime.config_check import Accepts
 
 from .backbone import backbone_arguments, build_backbone
@@ -125,9 +125,7 @@ class Detector(BaseModel):
             losses = self.criterion(outputs, data_samples)
             if 'dense_outputs' in outputs:
                 losses.update(self.net.dense_head.loss(outputs['dense_outputs'], data_samples))
-            if not torch.isfinite(sum(losses.values())):
-                values = {k: round(v.item(), 4) for k, v in losses.items()}
-                raise FloatingPointError(f'non-finite training loss {values}. ' + DIVERGED)
+            check_finite_losses(losses)
             return losses
         if mode == 'predict':
             sizes = torch.stack([t['orig_size'] for t in data_samples]).to(inputs.device)
@@ -172,13 +170,14 @@ class CocoMetric(BaseMetric):
     ``ann_file`` defaults to the evaluated dataset's; ``outfile`` also saves the detections
     (COCO results json). ``classwise`` logs the per-class AP, AP50 and ground-truth counts;
     ``per_class_dir`` also writes them as json there with precision-recall curves and a confusion
-    matrix at ``score_threshold`` (``detection.per_class``; tools/test.py sets it to the work dir).
+    matrix at ``score_threshold`` (``detection.per_class``; default 0.5; tools/test.py and the last
+    validation of a training run set both: the work dir, and 0.3 for focal-loss scores).
     """
     default_prefix = 'coco'
 
     def __init__(self, ann_file: str | None = None, backend: str = 'pycocotools',
                  outfile: str | None = None, classwise: bool = True, per_class_dir: str | None = None,
-                 score_threshold: float = 0.5, collect_device: str = 'cpu', prefix=None):
+                 score_threshold: float | None = None, collect_device: str = 'cpu', prefix=None):
         super().__init__(collect_device=collect_device, prefix=prefix)
         self.ann_file, self.backend, self.outfile = ann_file, backend, outfile
         self.classwise, self.per_class_dir, self.score_threshold = classwise, per_class_dir, score_threshold
@@ -199,7 +198,9 @@ class CocoMetric(BaseMetric):
         evaluation = coco_evaluation(ann_file, detections, backend=self.backend)
         if self.classwise or self.per_class_dir:
             from mmengine.logging import MMLogger
-            report_per_class(evaluation, detections, self.per_class_dir, self.score_threshold,
+            from .per_class import SCORE_THRESHOLD
+            threshold = SCORE_THRESHOLD if self.score_threshold is None else self.score_threshold
+            report_per_class(evaluation, detections, self.per_class_dir, threshold,
                              MMLogger.get_current_instance(), log_table=self.classwise)
         return evaluation.stats
 
@@ -238,8 +239,10 @@ def _explain_missing_coco(img_dir, ann_file):
 class ClassCountCheckHook(Hook):
     """Stops a run whose detector's ``num_classes`` disagrees with the categories of the data it
     is trained or evaluated on, before the first step, with the fix in the message; and records
-    the run's class count, class names and data settings in each checkpoint's meta
-    (``detection.run_settings``), which tools/test.py, infer.py and export.py read back."""
+    the run's class count, class names, data settings and the model settings its command line
+    changed in each checkpoint's meta (``detection.run_settings``), which tools/test.py, infer.py,
+    export.py and the Predictor read back. The last validation of a training run also writes the
+    per-class results to the work dir (``detection.per_class.write_at_final_validation``)."""
 
     def _check(self, runner, loader):
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
@@ -248,10 +251,17 @@ class ClassCountCheckHook(Hook):
             check_class_count(model.net.num_classes, list(meta['classes']), meta.get('ann_file', 'the data'))
 
     def before_train(self, runner):
+        from .run_settings import model_options
         self._check(runner, runner.train_dataloader)
+        # read once, as training starts: the config file may be edited while the run goes on
+        self._model_options = model_options(runner.cfg)
 
     def before_val(self, runner):
+        from .per_class import write_at_final_validation
         self._check(runner, runner.val_dataloader)
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        if isinstance(model, Detector):
+            write_at_final_validation(runner, model.focal)
 
     def before_test(self, runner):
         self._check(runner, runner.test_dataloader)
@@ -261,7 +271,10 @@ class ClassCountCheckHook(Hook):
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         if isinstance(model, Detector):
             classes = (getattr(runner.train_dataloader.dataset, 'metainfo', None) or {}).get('classes')
-            checkpoint.setdefault('meta', {})[META_KEY] = run_settings(runner.cfg, classes)
+            if not hasattr(self, '_model_options'):  # a checkpoint saved outside train()
+                from .run_settings import model_options
+                self._model_options = model_options(runner.cfg)
+            checkpoint.setdefault('meta', {})[META_KEY] = run_settings(runner.cfg, classes, self._model_options)
 
 
 FUNCTIONS.register_module(name='collate_detection', module=collate_detection)

@@ -10,6 +10,16 @@ The graph (``export_onnx``):
     Batch, H and W are dynamic. Pre-processing (resize, normalise, pad) stays outside, as in
     ``tools/infer.py``.
 
+Padding: the transformer takes ``mask`` as the PyTorch model does, but a token backbone (every
+zoo family; :class:`detection.backbone.ZooBackbone`) is traced without it, since its masked path
+resamples each image's position table to the image's own grid, a size the trace cannot keep
+dynamic. The graph's backbone then reads the padding as if it were image, so on a padded image
+its boxes differ slightly from the PyTorch model's, which masks it. Where the input has no padding
+(the resized sides already multiples of 32, so the collate pads nothing) the two agree to float32
+rounding. ``detection.Predictor`` therefore runs a graph one image at a time, so that no
+batch-mate adds padding, and warns on an image that needs some (``pad_exact`` in the metadata:
+False for a token backbone; ResNet-50 takes no mask in PyTorch either, so it is exact padded too).
+
 ``torch.export`` does not take these models (see the README's Export section): the TorchScript
 exporter records the input sizes as graph values, which is what keeps H and W dynamic here.
 """
@@ -47,8 +57,9 @@ class ExportableDetector(nn.Module):
 def export_onnx(detector: nn.Module, path: str, size: tuple[int, int] = (320, 416), batch: int = 2,
                 metadata: dict | None = None) -> str:
     """Trace ``detector`` (a ``Detector``) on a random padded batch of ``size`` and write the
-    graph to ``path``, with ``metadata`` (e.g. class names) in the model's metadata_props as
-    JSON strings. ``size`` only seeds the trace: every size runs (two-stage models need at least
+    graph to ``path``, with ``metadata`` (e.g. class names) and ``pad_exact`` (whether padded
+    inputs give the PyTorch model's outputs: see the module docstring) in the model's
+    metadata_props as JSON strings. ``size`` only seeds the trace: every size runs (two-stage models need at least
     ``num_queries`` encoder positions at run time, which 320 x 416 gives by far)."""
     import onnx
     h, w = size
@@ -70,17 +81,26 @@ def export_onnx(detector: nn.Module, path: str, size: tuple[int, int] = (320, 41
         torch.onnx.export(wrapper, (images, mask, orig_sizes), path, input_names=INPUTS,
                           output_names=OUTPUTS, dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
     model = onnx.load(path)
-    for key, value in (metadata or {}).items():
+    metadata = {'pad_exact': pad_exact(detector), **(metadata or {})}
+    for key, value in metadata.items():
         model.metadata_props.add(key=key, value=json.dumps(value))
     onnx.save(model, path)
     return path
+
+
+def pad_exact(detector: nn.Module) -> bool:
+    """Whether the exported graph of ``detector`` gives the PyTorch outputs on padded inputs: no
+    part of it takes the padding mask only outside a trace (a token backbone,
+    ``batch_invariant``), as ResNet-50 takes none at all."""
+    return not any(getattr(m, 'batch_invariant', False) for m in detector.modules())
 
 
 class OnnxDetector:
     """An exported detector in onnxruntime with ``Detector``'s predict interface:
     ``detector(inputs (B, 3, H, W), masks (B, H, W), data_samples (each with ``orig_size``),
     mode='predict')`` -> per image dict(scores, labels, boxes xyxy in original pixels, image_id).
-    ``metadata`` holds what the export stored (``classes``, ``focal``, ``config``)."""
+    ``metadata`` holds what the export stored (``classes``, ``focal``, ``config``, ``pad_exact``);
+    ``pad_exact`` is False for a graph exported without that key (taken as a token backbone's)."""
 
     def __init__(self, path: str):
         import onnx
@@ -92,6 +112,7 @@ class OnnxDetector:
                              f'expected {INPUTS}')
         self.metadata = {p.key: json.loads(p.value) for p in onnx.load(path, load_external_data=False).metadata_props}
         self.focal = bool(self.metadata.get('focal', False))
+        self.pad_exact = bool(self.metadata.get('pad_exact', False))
 
     def run(self, images: torch.Tensor, mask: torch.Tensor, orig_sizes: torch.Tensor) -> dict:
         """-> dict of the graph's outputs as tensors."""

@@ -2,7 +2,8 @@
 curves and a confusion matrix, from the one COCO evaluation that gives the mAP.
 
 ``CocoMetric`` (``detection.engine``) logs the table after every evaluation; given a folder
-(``per_class_dir``, which tools/test.py sets to the work dir) it also writes there
+(``per_class_dir``: tools/test.py, and the last validation of a training run, set it to the work
+dir, :func:`write_at_final_validation`) it also writes there
 
     per_class.json          the table, and the confusion matrix with its rule
     pr_curves.png           precision against recall at IoU 0.5, one panel per class
@@ -190,6 +191,41 @@ def plot_confusion_matrix(matrix: np.ndarray, names: list[str], out: str, score_
     ax.set_ylabel('ground truth (background: false positive)')
     ax.set_title(f'confusion matrix, IoU 0.5, score >= {score_threshold:g}', fontsize=9)
     return _save(fig, out)
+
+
+def is_final_validation(runner) -> bool:
+    """Whether the validation about to run is the last one of a training run: the epoch-based loop
+    has reached its ``max_epochs`` (which ``--time-budget`` lowers to the epoch it ends with), the
+    iteration-based one its ``max_iters``. False outside training (tools/test.py, ``runner.val()``)."""
+    from mmengine.runner import BaseLoop, IterBasedTrainLoop
+    loop = getattr(runner, '_train_loop', None)  # a dict until train() builds it
+    if not isinstance(loop, BaseLoop):
+        return False
+    if isinstance(loop, IterBasedTrainLoop):
+        return runner.iter >= loop.max_iters
+    return runner.epoch >= loop.max_epochs
+
+
+def write_at_final_validation(runner, focal: bool) -> list:
+    """Before a validation (``ClassCountCheckHook.before_val``): where it is the last of a training
+    run, the val evaluator's COCO metrics write ``per_class.json`` and the two figures to the work
+    dir, as tools/test.py does, with its score threshold for the confusion matrix (0.3 for
+    ``focal`` scores, else 0.5) unless the config sets one. Returns the metrics changed.
+
+    Only the last validation writes them: the table is logged after every validation anyway, and
+    the figures cost seconds each time (matplotlib, a panel per class; the confusion matrix loops
+    over every image in Python), which on the demo's minute-long epochs would be several per cent
+    of the run for files that the next validation overwrites."""
+    if not is_final_validation(runner):
+        return []
+    changed = []
+    for metric in getattr(runner.val_loop.evaluator, 'metrics', []):
+        if hasattr(metric, 'per_class_dir') and metric.per_class_dir is None:
+            metric.per_class_dir = runner.work_dir
+            if metric.score_threshold is None:
+                metric.score_threshold = 0.3 if focal else SCORE_THRESHOLD
+            changed.append(metric)
+    return changed
 
 
 def report_per_class(evaluation: CocoEvaluation, detections: list[dict], out_dir: str | None = None,

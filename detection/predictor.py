@@ -15,6 +15,7 @@ import json
 import os
 import os.path as osp
 import types
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -93,26 +94,32 @@ def load_detector(cfg: Config, checkpoint: str):
     """The config's detector (eval mode) with the checkpoint's weights loaded strictly
     (``zoo.pretrained.load_exactly``: another architecture or class count raises a ValueError
     naming the disagreeing keys), and the checkpoint's ``meta`` (None without one)."""
+    from zoo.layers import fuse_for_inference
     from zoo.runtime.engine import without_pretrained
     from zoo.pretrained import load_exactly
     model = MODELS.build(without_pretrained(cfg.model))  # the checkpoint replaces every weight
     state = load_exactly(model, checkpoint)
-    return model.eval(), state.get('meta') if isinstance(state, Mapping) else None
+    # LeFF's batch norms folded once for inference (train() undoes it)
+    return fuse_for_inference(model.eval()), state.get('meta') if isinstance(state, Mapping) else None
 
 
 def _use_run_settings(cfg: Config, checkpoint: str) -> str:
     """``checkpoint`` resolved to a file (a work dir: its last checkpoint), with the run settings
-    it records put into ``cfg`` (``detection.run_settings``: the class count, the test transforms
-    or ``--img-size``; the data folder is not read)."""
+    it records put into ``cfg`` (``detection.run_settings``: the class count, the model settings
+    the run's ``--cfg-options`` changed, the test transforms or ``--img-size``; the data folder is
+    not read), and a log line naming those that differ from the config."""
+    from mmengine.logging import MMLogger
     from zoo.runtime.checkpointing import resolve_checkpoint
 
     from .data.folder import set_img_size
     from .run_settings import apply_run_settings, read_meta, settings_from_meta
     checkpoint = resolve_checkpoint(checkpoint)
     given = types.SimpleNamespace(checkpoint=checkpoint, cfg_options=None, data=None, img_size=None)
-    apply_run_settings(cfg, settings_from_meta(read_meta(checkpoint)), given, need_data=False)
+    taken = apply_run_settings(cfg, settings_from_meta(read_meta(checkpoint)), given, need_data=False)
     if given.img_size:
         set_img_size(cfg, given.img_size)
+    if taken:
+        MMLogger.get_current_instance().info(f'Predictor: from the checkpoint {checkpoint}: {", ".join(taken)}')
     return checkpoint
 
 
@@ -153,12 +160,15 @@ class Predictor:
     ``.pth`` (loaded strictly), the work dir of a training run (its last checkpoint), or a
     ``.onnx`` graph written by tools/export.py (run in onnxruntime on the CPU). With
     ``run_settings`` the checkpoint's record of its run (``detection.run_settings``: the class
-    count and the test size of a ``--data`` / ``--img-size`` run) goes into the config first.
+    count, the model settings its ``--cfg-options`` changed, such as ``num_queries``, and the test
+    size of a ``--data`` / ``--img-size`` run) goes into the config first, with a log line.
     Class names come from the checkpoint (its training set's ``dataset_meta``), else from the
     config's data. ``classes`` and ``cat_ids`` (the dataset's category id of each label) are
-    attributes. Images are run ``batch_size`` at a time; an ``.onnx`` graph one at a time, and it
-    gives the PyTorch model's boxes only where no padding is needed (resized sides multiples of
-    32): its backbone was traced without the padding mask."""
+    attributes. Images are run ``batch_size`` at a time; an ``.onnx`` graph one at a time, so that
+    no batch-mate adds padding: alone, an image whose resized sides are multiples of 32 gets none,
+    and the graph then gives the PyTorch model's boxes (to float32 rounding, ~1e-4 px). A token
+    backbone's graph was traced without the padding mask (``detection.export``), so an image that
+    needs padding alone gets slightly other boxes from it than from the ``.pth``: a warning says so."""
 
     def __init__(self, config, checkpoint, device='cpu', score_threshold: float | None = None,
                  batch_size: int = 8, run_settings: bool = True):
@@ -204,6 +214,7 @@ class Predictor:
         # The exported graph's backbone does not take the padding mask (it is traced unmasked), so
         # a batch-mate's size would change an image's boxes: it runs one image at a time.
         self.one_at_a_time = isinstance(model, OnnxDetector)
+        self._warn_padding = self.one_at_a_time and not model.pad_exact
         loader = _test_loader(cfg)
         recipe = dict(loader['dataset']['transforms'])
         self.transform = getattr(recipes, recipe.pop('type'))(**recipe)
@@ -231,6 +242,16 @@ class Predictor:
         batch = self.collate([(self.transform(img).as_subclass(torch.Tensor),
                                dict(image_id=i, orig_size=torch.tensor(img.shape[-2:])))
                               for i, img in enumerate(pictures)])
+        if self._warn_padding and batch['masks'].any():
+            self._warn_padding = False  # once: every image of a folder may need it
+            real = ~batch['masks'][0]
+            h, w = int(real.any(1).sum()), int(real.any(0).sum())
+            padded_h, padded_w = batch['inputs'].shape[-2:]
+            warnings.warn(f'{names[0]} is resized to {h} x {w}, which is padded to {padded_h} x {padded_w}: this '
+                          'exported graph\'s backbone was traced without the padding mask, so on padded images its '
+                          'boxes differ slightly from the PyTorch model\'s (images whose resized sides are multiples '
+                          'of 32 get no padding). For the same boxes on every image, run the .pth checkpoint: '
+                          'Predictor(config, checkpoint)', stacklevel=4)  # the caller's line (under no_grad)
         if hasattr(self.model, 'test_step'):  # the Runner's path: data preprocessor (device), then predict
             preds = self.model.test_step(batch)
         else:

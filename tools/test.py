@@ -8,6 +8,8 @@ confusion_matrix.png (detection/per_class.py says how each is computed).
     python tools/test.py CONFIG work_dirs/mine     # a work dir: its last checkpoint, with the run's data and classes
     python tools/test.py configs/classification/deit_tiny_fashion_mnist.py work_dirs/x/epoch_5.pth
     python tools/test.py CONFIG CHECKPOINT --amp    # bfloat16 autocast on a CPU, float16 on a GPU
+    torchrun --nproc_per_node=2 tools/test.py CONFIG CHECKPOINT --launcher pytorch
+    srun --ntasks=16 --ntasks-per-node=8 python tools/test.py CONFIG CHECKPOINT --launcher slurm
 """
 import argparse
 import os
@@ -22,6 +24,8 @@ from detection.run_settings import use_checkpoint_settings
 from zoo.runtime.engine import (Runner, add_runtime_arguments, apply_runtime_arguments, close_distributed, load_config,
                         use_amp_evaluation, without_pretrained)
 from zoo.runtime.stop import stop_cleanly
+from zoo.layers import fuse_for_inference
+from zoo.runtime.training_options import LAUNCHERS
 
 
 def main(argv=None):
@@ -31,7 +35,7 @@ def main(argv=None):
         return evaluate(argv)
 
 
-def evaluate(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('config')
     p.add_argument('checkpoint', help='a checkpoint, or a work dir (its last checkpoint)')
@@ -43,10 +47,17 @@ def evaluate(argv=None):
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
     add_data_arguments(p)
     add_runtime_arguments(p)
-    p.add_argument('--launcher', choices=['none', 'pytorch'], default='none')
+    p.add_argument('--launcher', choices=LAUNCHERS, default='none',
+                   help='pytorch: started by torchrun; slurm: by srun (one task per process), as tools/train.py')
     p.add_argument('--local-rank', '--local_rank', type=int, default=0)
     args = p.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def build_config(args):
+    """The config tools/test.py evaluates with: the checkpoint's run settings, the data
+    arguments, strict loading of the checkpoint and the per-class outputs in the work dir."""
     cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
     use_checkpoint_settings(cfg, args)  # a work dir -> its last checkpoint; the run's classes and data
     apply_data_arguments(cfg, args)
@@ -65,7 +76,14 @@ def evaluate(argv=None):
             evaluator.setdefault('score_threshold', 0.3 if cfg.model.get('focal') else 0.5)
             if args.out:
                 evaluator['outfile'] = args.out
+    return cfg
+
+
+def evaluate(argv=None):
+    args = parse_args(argv)
+    cfg = build_config(args)
     runner = Runner.from_cfg(cfg)
+    fuse_for_inference(runner.model.eval())  # LeFF's batch norms folded; the checkpoint loaded next refolds them
     metrics = runner.test()
     if runner.rank == 0:
         print('\n'.join(f'{k:>16s} {v:.4f}' for k, v in metrics.items()))

@@ -77,6 +77,19 @@ def test_export_matches_onnxruntime_on_other_sizes(config, shapes, tmp_path):
     model = tiny(config)
     path = export_onnx(model, str(tmp_path / 'model.onnx'), size=(64, 96))
     assert_onnx_matches(model, path, shapes)
+    assert OnnxDetector(path).pad_exact is False  # a token backbone, traced without the padding mask
+
+
+def test_the_graph_records_whether_padded_inputs_are_exact():
+    """``pad_exact``: False where PyTorch masks the padding in the backbone and the trace cannot (a
+    zoo backbone), True for ResNet-50, which takes no mask in PyTorch either (built on the meta
+    device: only its modules are looked at)."""
+    from detection.export import pad_exact
+    with torch.device('meta'):
+        for config, exact in (('detr_r50.py', True), ('detr_t2t.py', False), ('deformable_detr_r50.py', True)):
+            cfg = Config.fromfile(os.path.join(ROOT, 'configs', config))
+            cfg.merge_from_dict({'model.detector.backbone.pretrained': False})
+            assert pad_exact(MODELS.build(cfg.model)) is exact, config
 
 
 @pytest.mark.slow

@@ -286,6 +286,91 @@ def test_test_and_infer_take_a_data_runs_work_dir_without_options(runs, tools, t
     assert os.path.getsize(picture) > 0
 
 
+@pytest.fixture(scope='module')
+def options_run(runs, tools):
+    """A run given a model setting on the command line (``num_queries`` 6 where the config has 4)
+    on a YOLO folder without a val split, half of it held out (``--val-fraction 0.5``)."""
+    from test_formats import write_yolo
+    yolo = write_yolo(str(runs['base'] / 'yolo'), with_val=False)
+    work = str(runs['base'] / 'w_options')
+    tools['train']([runs['config'], '--work-dir', work, '--threads', '1', '--data', yolo, '--img-size', '64',
+                    '--val-fraction', '0.5', '--cfg-options', 'model.detector.num_queries=6',
+                    'experiment_name=options'])
+    return dict(work=work, data=yolo)
+
+
+def _val_files(ann_file) -> list[str]:
+    with open(ann_file) as f:
+        return sorted(img['file_name'] for img in json.load(f)['images'])
+
+
+def test_a_runs_cfg_options_and_val_fraction_need_not_be_repeated(runs, options_run, tools, tmp_path, capsys):
+    """The checkpoint records the model settings the run's --cfg-options changed and its
+    --val-fraction: tools/test.py, infer.py and the Predictor, given the config file and the work
+    dir alone, build the 6-query detector the weights belong to (strict loading would refuse the
+    config's 4) and evaluate the same held-out images; each says so in one line. tools/export.py
+    too: its graph answers with 6 queries."""
+    from detection import Predictor
+    from detection.run_settings import read_meta
+    settings = read_meta(os.path.join(options_run['work'], 'epoch_1.pth'))['run_settings']
+    assert settings['model_options'] == {'model.detector.num_queries': 6}
+    assert settings['val_fraction'] == 0.5
+    out, test_work = str(tmp_path / 'dets.json'), tmp_path / 't'
+    capsys.readouterr()
+    tools['test']([runs['config'], options_run['work'], '--work-dir', str(test_work), '--out', out,
+                   '--threads', '1'])
+    printed = capsys.readouterr().out
+    (line,) = [t for t in printed.splitlines() if t.startswith('from the checkpoint: ')]
+    assert 'model.detector.num_queries=6' in line and '--val-fraction 0.5' in line and '--data ' in line
+    held_out = _val_files(os.path.join(options_run['work'], 'data', 'val.json'))
+    assert len(held_out) == 3 and _val_files(test_work / 'data' / 'val.json') == held_out  # 0.1 would hold out 1
+    with open(out) as f:
+        detections = json.load(f)
+    per_image = {}
+    for d in detections:
+        per_image[d['image_id']] = per_image.get(d['image_id'], 0) + 1
+    assert len(per_image) == 3 and set(per_image.values()) == {6}  # one detection per query
+    image = os.path.join(options_run['data'], 'images', 'train', held_out[0])
+    tools['infer']([runs['config'], options_run['work'], image, '--out-dir', str(tmp_path / 'vis'), '--score-thr', '0'])
+    assert 'model.detector.num_queries=6' in capsys.readouterr().out
+    with open(tmp_path / 'vis' / 'detections.json') as f:
+        assert len(json.load(f)) == 6
+    result = Predictor(runs['config'], options_run['work'])(image)
+    assert result['boxes'].shape == (6, 4)
+    onnx = str(tmp_path / 'six.onnx')
+    load_tool('export', 'vitzoo_tool_export_finetune').main([runs['config'], options_run['work'], '--out', onnx,
+                                                            '--size', '64', '64'])
+    assert 'model.detector.num_queries=6' in capsys.readouterr().out
+    assert Predictor(runs['config'], onnx)(image)['boxes'].shape == (6, 4)
+    assert os.path.getsize(os.path.join(options_run['work'], 'per_class.json')) > 0  # the run's last validation
+
+
+def test_options_given_now_win_over_the_checkpoints(runs, options_run):
+    """``apply_run_settings``: a setting the command line gives (or a dict holding it) is left as
+    given; the checkpoint's fill in the rest."""
+    from types import SimpleNamespace
+
+    from detection.run_settings import apply_run_settings, read_meta
+    settings = read_meta(os.path.join(options_run['work'], 'epoch_1.pth'))['run_settings']
+    for given, queries in (({}, 6), ({'model.detector.num_queries': 5}, 5),
+                           ({'model.detector': dict(num_queries=7)}, 7)):
+        cfg = Config.fromfile(runs['config'])
+        cfg.merge_from_dict(given)
+        args = SimpleNamespace(cfg_options=given, data=None, img_size=None, val_fraction=None)
+        taken = apply_run_settings(cfg, settings, args, need_data=False)
+        assert cfg.model.detector.num_queries == queries
+        assert ('model.detector.num_queries=6' in taken) == (queries == 6)
+
+
+def test_the_last_validation_of_a_run_writes_its_per_class_results(runs):
+    """A training run's final validation (epoch 1 of 1) writes what tools/test.py writes."""
+    with open(os.path.join(runs['w3'], 'per_class.json')) as f:
+        report = json.load(f)
+    assert [r['name'] for r in report['classes']] == ['square', 'disc', 'triangle']
+    assert report['confusion_matrix']['score_threshold'] == 0.5  # DETR's softmax scores
+    assert 'per class (COCO AP' in _log_text(runs['w3']) and 'per-class results: ' in _log_text(runs['w3'])
+
+
 def test_a_work_dir_without_checkpoints_is_named(runs, tools, tmp_path):
     (tmp_path / 'empty').mkdir()
     with pytest.raises(SystemExit, match=r'is a folder without checkpoints'):
@@ -379,4 +464,8 @@ def test_older_checkpoints_give_the_same_settings_from_their_config_text(runs):
     recorded = meta.pop(META_KEY)
     assert recorded['num_classes'] == 5 and recorded['classes'] == FIVE and recorded['img_size'] == 64
     assert recorded['data_root'] == os.path.abspath(runs['five'])
-    assert settings_from_meta(meta) == recorded
+    assert recorded['model_options'] == {}  # its --cfg-options changed no model setting
+    older = settings_from_meta(meta)
+    # the config text holds the run's model, but not which of its settings the command line gave
+    assert older.pop('model_options') is None
+    assert older == {k: v for k, v in recorded.items() if k != 'model_options'}

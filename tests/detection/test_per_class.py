@@ -170,10 +170,45 @@ def test_no_detections_scores_zero_per_class(tmp_path):
 
 
 def test_validation_in_training_logs_the_table_without_writing_files(tmp_path, log_messages):
-    """The metric as configs have it (no per_class_dir): the table is logged, nothing written."""
+    """The metric as configs have it (no per_class_dir), as every validation of a training run but
+    the last uses it: the table is logged, nothing written."""
     _run_metric(tmp_path)
     assert any('gt boxes' in m for m in log_messages)
     assert sorted(os.listdir(tmp_path)) == ['gt.json']
+
+
+def _runner_at(loop, position: int, work_dir, *metrics):
+    """A stand-in for a Runner about to validate, ``position`` its epoch (or iteration)."""
+    from types import SimpleNamespace
+    return SimpleNamespace(_train_loop=loop, epoch=position, iter=position, work_dir=str(work_dir),
+                           val_loop=SimpleNamespace(evaluator=SimpleNamespace(metrics=list(metrics))))
+
+
+def test_only_the_last_validation_of_a_training_run_writes_the_per_class_files(tmp_path):
+    """``ClassCountCheckHook.before_val``'s rule: the epoch that ends the run (its max_epochs, which
+    --time-budget lowers) or the last iteration of an iteration-based one points the COCO metric at
+    the work dir, with tools/test.py's score threshold (0.3 for focal-loss scores); earlier ones, a
+    validation outside training and a metric the config gave a folder are left as they are."""
+    from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
+
+    from detection.per_class import write_at_final_validation
+    epochs = EpochBasedTrainLoop.__new__(EpochBasedTrainLoop)
+    epochs._max_epochs = 3
+    metric = CocoMetric()
+    assert write_at_final_validation(_runner_at(epochs, 2, tmp_path, metric), focal=True) == []
+    assert metric.per_class_dir is None and metric.score_threshold is None
+    assert write_at_final_validation(_runner_at(dict(type='EpochBasedTrainLoop'), 3, tmp_path, metric), True) == []
+    assert write_at_final_validation(_runner_at(epochs, 3, tmp_path, metric), focal=True) == [metric]
+    assert metric.per_class_dir == str(tmp_path) and metric.score_threshold == 0.3
+    epochs._max_epochs = 2  # --time-budget made epoch 2 the last
+    softmax, configured = CocoMetric(), CocoMetric(per_class_dir=str(tmp_path / 'mine'), score_threshold=0.7)
+    assert write_at_final_validation(_runner_at(epochs, 2, tmp_path, softmax, configured), False) == [softmax]
+    assert softmax.score_threshold == 0.5 and configured.per_class_dir == str(tmp_path / 'mine')
+    iters = IterBasedTrainLoop.__new__(IterBasedTrainLoop)
+    iters._max_iters = 100
+    late = CocoMetric()
+    assert write_at_final_validation(_runner_at(iters, 50, tmp_path, late), False) == []
+    assert write_at_final_validation(_runner_at(iters, 100, tmp_path, late), False) == [late]
 
 
 def test_tools_test_writes_the_per_class_results_in_the_work_dir(tmp_path):

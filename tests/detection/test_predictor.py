@@ -8,6 +8,7 @@ import shutil
 import sys
 import textwrap
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -276,11 +277,14 @@ def test_the_predictor_gives_what_tools_test_gives(trained, predictor, tmp_path,
 
 def test_the_exported_onnx_graph_gives_the_predictors_boxes(trained, predictor, tmp_path):
     """tools/export.py's graph in onnxruntime, fed the Predictor's pre-processing, and the
-    Predictor on the .onnx itself: the Predictor's boxes to 1e-3 px and scores to 1e-5 (float32
-    through two runtimes; measured about 1e-5 px). Pictures of three shapes whose resized sides
-    are multiples of 32 (64 x 64, 64 x 128, 128 x 64): the graph's backbone was traced without the
-    padding mask, so it agrees with PyTorch where the collate adds no padding (the .onnx
-    Predictor runs one image at a time for that reason)."""
+    Predictor on the .onnx itself, against the PyTorch Predictor called once on all the pictures
+    (five sizes padded into one batch, as tools/infer.py batches them): the same labels, boxes to
+    1e-3 px and scores to 1e-5 (float32 through two runtimes; measured about 1e-5 px). The
+    pictures' resized sides are multiples of 32 (80 x 80, 96 x 48 wide, 50 x 100 tall, 96 x 144
+    and 128 x 128 -> 64 x 64, 64 x 128, 128 x 64, 64 x 96, 64 x 64), so alone none is padded: the
+    graph's T2T-ViT backbone was traced without the padding mask (``detection.export``) and agrees
+    with PyTorch exactly where the input has no padding, which is why the .onnx Predictor runs one
+    image at a time. An image that needs padding even alone gets a warning saying so."""
     from detection import Predictor
     from detection.export import OnnxDetector
     path = str(tmp_path / 'tiny.onnx')
@@ -288,7 +292,13 @@ def test_the_exported_onnx_graph_gives_the_predictors_boxes(trained, predictor, 
     val = sorted((Path(trained.data_root) / 'val').iterdir())
     Image.open(val[3]).resize((96, 48), Image.BILINEAR).save(tmp_path / 'wide.png')
     Image.open(val[1]).resize((50, 100), Image.BILINEAR).save(tmp_path / 'tall.png')
-    images = [trained.images[0], str(tmp_path / 'wide.png'), str(tmp_path / 'tall.png')]
+    Image.open(val[2]).resize((144, 96), Image.BILINEAR).save(tmp_path / 'h96_w144.png')
+    Image.open(val[0]).resize((128, 128), Image.BILINEAR).save(tmp_path / 'h128_w128.png')
+    images = [trained.images[0], str(tmp_path / 'wide.png'), str(tmp_path / 'tall.png'),
+              str(tmp_path / 'h96_w144.png'), str(tmp_path / 'h128_w128.png')]
+    batch = predictor.collate([(predictor.transform(torch.from_numpy(np.array(Image.open(p).convert('RGB')))
+                                                    .permute(2, 0, 1)), {}) for p in images])
+    assert batch['masks'].any()  # batched, the PyTorch Predictor pads all but the largest
     expected = predictor(images)
     session = OnnxDetector(path)
     for image, result in zip(images, expected):
@@ -302,7 +312,20 @@ def test_the_exported_onnx_graph_gives_the_predictors_boxes(trained, predictor, 
         assert_same(result, graph, atol=ONNX_BOX_ATOL, score_atol=ONNX_SCORE_ATOL)
     onnx_predictor = Predictor(trained.config, path)
     assert onnx_predictor.classes == CLASSES and onnx_predictor.one_at_a_time
-    for result, other in zip(expected, onnx_predictor(images)):
+    assert session.pad_exact is False  # a token backbone: exact without padding only
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # no image here needs padding: no warning either
+        got = onnx_predictor(images)
+    for result, other in zip(expected, got):
         assert_same(result, other, atol=ONNX_BOX_ATOL, score_atol=ONNX_SCORE_ATOL)
+    # 90 x 40 is resized to 56 x 128 (the longer side capped at 128), padded to 64 x 128 even alone:
+    # said once, with the way out
+    Image.open(val[3]).resize((90, 40), Image.BILINEAR).save(tmp_path / 'padded.png')
+    with pytest.warns(UserWarning, match=r'padded.png is resized to 56 x 128, which is padded to 64 x 128: .*traced '
+                                         r'without the padding mask.*Predictor\(config, checkpoint\)'):
+        onnx_predictor(str(tmp_path / 'padded.png'))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        onnx_predictor(str(tmp_path / 'padded.png'))
     with pytest.raises(ValueError, match="runs on the CPU in onnxruntime; pass device='cpu'"):
         Predictor(trained.config, path, device='cuda')

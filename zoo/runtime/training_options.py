@@ -17,7 +17,8 @@ Runner is built (so ``--cfg-options`` and the config file can set the same thing
 * ``--logger tensorboard|wandb|mlflow``: where scalars go besides ``vis_data/scalars.json`` (the
   local copy every run keeps). TensorBoard is the default and a dependency; Weights & Biases and
   MLflow run only where their package is installed, and ask for it otherwise.
-* ``--launcher none|pytorch|slurm``: the process launcher (:data:`LAUNCHERS`).
+* ``--launcher none|pytorch|slurm``: the process launcher (:data:`LAUNCHERS`; tools/test.py takes
+  the same choices).
 """
 import argparse
 import importlib.util

@@ -1,6 +1,6 @@
 """tools/train.py's options practitioners reach for: --accum (gradient accumulation, counted in the
 learning-rate scaling), --ema (mmengine's EMAHook), --logger tensorboard|wandb|mlflow,
---launcher slurm; and the detection runtime's best-COCO-AP checkpoint."""
+--launcher slurm (tools/test.py's too); and the detection runtime's best-COCO-AP checkpoint."""
 import glob
 import os
 import socket
@@ -133,6 +133,49 @@ def test_a_logger_that_is_not_installed_says_what_to_install(tmp_path, monkeypat
 
 def test_slurm_is_a_launcher(tmp_path):
     assert _build(tmp_path, '--launcher', 'slurm').launcher == 'slurm'
+
+
+def test_tools_test_takes_the_same_launchers(tmp_path):
+    """tools/test.py --launcher: train.py's choices (slurm included), into the config the Runner gets."""
+    from mmengine.registry import MODELS
+    evaluate = cli.load_tool('test')
+    cfg = Config.fromfile(DEMO)
+    cfg.merge_from_dict({'model.detector.backbone.pretrained': False})
+    checkpoint = str(tmp_path / 'model.pth')
+    torch.save(dict(state_dict=MODELS.build(cfg.model).state_dict(), meta={}), checkpoint)
+    for launcher in training_options.LAUNCHERS:
+        args = evaluate.parse_args([DEMO, checkpoint, '--work-dir', str(tmp_path / 'w'), '--threads',
+                                    str(torch.get_num_threads()), '--launcher', launcher])
+        built = evaluate.build_config(args)
+        assert built.launcher == launcher and built.load_from == checkpoint
+    assert evaluate.parse_args([DEMO, checkpoint]).launcher == 'none'
+    with pytest.raises(SystemExit):
+        evaluate.parse_args([DEMO, checkpoint, '--launcher', 'mpi'])
+
+
+@pytest.mark.slow
+def test_tools_test_runs_as_a_slurm_task(tmp_path):
+    """One srun task on a CPU evaluating a checkpoint: a gloo group of one, the metrics printed."""
+    config = tiny_detr_config(tmp_path, num_val=2, local_vis=False)
+    from mmengine.registry import MODELS
+    import detection.engine  # noqa: F401  (registers Detector)
+    checkpoint = str(tmp_path / 'model.pth')
+    torch.save(dict(state_dict=MODELS.build(Config.fromfile(config).model).state_dict(), meta={}), checkpoint)
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR')}
+    env.update(SLURM_PROCID='0', SLURM_NTASKS='1', SLURM_NODELIST='localhost', MASTER_PORT=str(port),
+               CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1')
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'test.py'), config, checkpoint,
+                           '--work-dir', str(tmp_path / 'w'), '--launcher', 'slurm', '--threads', '1'],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert 'coco/AP50' in done.stdout
+    (log,) = glob.glob(str(tmp_path / 'w' / '*' / '*.log'))
+    text = open(log).read()
+    assert 'Distributed launcher: slurm' in text and 'Distributed training: True' in text
+    assert (tmp_path / 'w' / 'per_class.json').exists()
 
 
 def test_slurm_tasks_become_torch_distributed_ranks(monkeypatch):
