@@ -76,6 +76,9 @@ def build_teacher(name: str, checkpoint: str | None, num_classes: int, **overrid
             f'teacher.pretrained to released weights')
     teacher = build_network(name, num_classes, **overrides)
     if checkpoint:
+        if os.path.isdir(checkpoint):  # a classification run's work dir: its last checkpoint
+            from zoo.runtime.checkpointing import resolve_checkpoint
+            checkpoint = resolve_checkpoint(checkpoint, 'teacher checkpoint')
         sd = classifier_state_dict(checkpoint)
         if name.startswith(TORCHVISION_PREFIX):
             own = teacher.state_dict()

@@ -1,7 +1,7 @@
 """Export a whole DETR / Deformable DETR (any backbone family, refinement and two-stage too) to
 ONNX: dynamic batch and image size, raw outputs and top-k detections in pixels.
 
-    python tools/export.py configs/demo/detr_t2t_shapes.py work_dirs/demo/epoch_32.pth --out detr.onnx
+    python tools/export.py configs/demo/detr_t2t_shapes.py work_dirs/demo --out detr.onnx
     python tools/export.py configs/deformable_detr_r50.py --out smoke.onnx   # random weights: a smoke test
 
 Graph inputs: images (B, 3, H, W) float32, normalised and padded to multiples of 32; mask (B, H, W)

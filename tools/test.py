@@ -3,10 +3,10 @@ optionally saves the detections json. A detector's per-class AP, AP50 and ground
 printed too and written to the work dir as per_class.json, with pr_curves.png and
 confusion_matrix.png (detection/per_class.py says how each is computed).
 
-    python tools/test.py configs/detr_t2t.py work_dirs/detr_t2t/epoch_150.pth --out dets.json
+    python tools/test.py configs/detr_t2t.py work_dirs/detr_t2t --out dets.json
     python tools/test.py CONFIG CHECKPOINT --data my_coco_folder --img-size 256   # its val split
     python tools/test.py CONFIG work_dirs/mine     # a work dir: its last checkpoint, with the run's data and classes
-    python tools/test.py configs/classification/deit_tiny_fashion_mnist.py work_dirs/x/epoch_5.pth
+    python tools/test.py configs/classification/deit_tiny_fashion_mnist.py work_dirs/x
     python tools/test.py CONFIG CHECKPOINT --amp    # bfloat16 autocast on a CPU, float16 on a GPU
     torchrun --nproc_per_node=2 tools/test.py CONFIG CHECKPOINT --launcher pytorch
     srun --ntasks=16 --ntasks-per-node=8 python tools/test.py CONFIG CHECKPOINT --launcher slurm

@@ -144,7 +144,8 @@ def cmd_rollout(args):
 def cmd_detection(args):
     cfg = Config.fromfile(args.config)
     if args.checkpoint:
-        detector, classes = load_detector(cfg, args.checkpoint)
+        from zoo.runtime.checkpointing import resolve_checkpoint
+        detector, classes = load_detector(cfg, resolve_checkpoint(args.checkpoint))  # a work dir: its last
     else:
         from mmengine.registry import MODELS
         detector = MODELS.build(cfg.model).eval()
