@@ -20,8 +20,19 @@ allocation history disfavours by up to 20%); ``--default-allocator`` measures wi
 ``torch.mm``, as timm's run. Peak memory: on CUDA
 ``max_memory_allocated``; on CPU the growth of the resident set during one forward, each model in
 a fresh subprocess so one implementation's freed pages cannot hide the other's.
+
+The machine's own ratio (``--vs-float32``; ``--no-linear-mix`` skips it): what the dtype can gain
+over float32 is bounded by what the machine's matrix products gain on the model's own linears. So
+for each zoo model the linear products of one float32 forward at the benchmark's batch and input
+size are recorded as (M, K, N) with how often each occurs (:func:`linear_shapes`), and that mix
+(:func:`linear_mix`, a weight of its own for every product, as the model has) is timed in float32
+and in the dtype in the same alternating rounds as the models, through the products the zoo's
+Linear calls (:func:`linear_paths`). Printed per model: the model's speed-up, the machine's ratio
+on its mix (float32 time over the dtype's), their quotient against the target of 0.9, and the
+share of each forward that the mix's time makes up: the part the ratio can speed up (Amdahl).
 """
 import argparse
+import collections
 import json
 import platform
 import statistics
@@ -31,11 +42,15 @@ import time
 
 import _bootstrap  # noqa: F401
 import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
 
 import zoo
 from zoo.runtime.allocator import reuse_freed_memory
-from zoo.layers import set_onednn_linear
-from zoo.layers.linear import onednn_linear_active
+from zoo.layers import private_ops, set_onednn_linear
+from zoo.layers.config import use_onednn
+from zoo.layers.linear import linear, onednn_linear_active
 
 DEFAULT_MODELS = ['vit_small_patch16_224', 'deit_small_patch16_224', 'cait_xxs24_224', 'cvt_13',
                   't2t_vit_14', 't2t_vit_t_14', 'deepvit_s', 'ceit_s', 'cpvt_s']
@@ -107,19 +122,122 @@ def time_round(fn, device, iters: int) -> float:
     return (time.perf_counter() - start) / iters
 
 
+TARGET_OF_MACHINE = 0.9  # issue 26: the dtype's speed-up at least 0.9x the machine's ratio on the model's linears
+
+
+class _LinearRecorder(TorchFunctionMode):
+    """While active, counts the (M, K, N) of every linear product: ``F.linear`` (x (..., K),
+    weight (N, K): M = x.numel() / K) and the oneDNN product :mod:`zoo.layers.linear` calls
+    (x (M, K), weight (N, K)), the two ways a linear reaches a kernel here; the model's fast
+    paths stay as they run (a function mode, unlike a dispatch mode, does not turn them off). A
+    product made inside another intercepted function (``F.multi_head_attention_forward``'s
+    projections) is not seen; :func:`linear_shapes` names the nn.Linear modules it missed."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = collections.Counter()
+        self.weights = set()  # storages of the weights seen, to find linears that ran unseen
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear or (func is private_ops.linear_pointwise and func is not None):
+            x = args[0] if args else kwargs['input']
+            weight = args[1] if len(args) > 1 else kwargs['weight']
+            k = x.shape[-1]
+            self.counts[(x.numel() // k, k, weight.shape[0])] += 1
+            self.weights.add(weight.untyped_storage().data_ptr())
+        return func(*args, **kwargs)
+
+
 @torch.inference_mode()
-def throughput(name: str, args, device, dtype) -> dict:
+def linear_shapes(model: nn.Module, forward) -> tuple[dict, list[str]]:
+    """The linear products of one call of ``forward`` (running ``model``): {(M, K, N): count}, in
+    order of first occurrence, M the rows of the product's input (batch x tokens), K its
+    features, N the outputs; and the names of ``model``'s nn.Linear modules (the zoo's Linear
+    included) whose weight entered none of them: used otherwise (CaiT's talking heads mix attention
+    maps with a batched product), not run, or run where this cannot see (:class:`_LinearRecorder`).
+    A weight used in slices (CvT's q, k, v from one qkv) counts as seen."""
+    recorder = _LinearRecorder()
+    with recorder:
+        forward()
+    unseen = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)
+              and m.weight.untyped_storage().data_ptr() not in recorder.weights]
+    return dict(recorder.counts), unseen
+
+
+def linear_paths(dtype, device) -> dict:
+    """{'float32': ..., dtype's name: ...}: which product :func:`linear_mix` times on ``device`` in
+    each dtype, in words. Both go through :func:`zoo.layers.linear.linear` with the zoo's
+    ``onednn`` switch as the models were built with it; bfloat16 runs on bfloat16 operands (as
+    ``--cast`` models run; under autocast the model also casts each weight at each call, and the
+    MLP's first linear carries its GELU as a post-op: both count in the forward's time, not in
+    the mix's, which times the products alone)."""
+    on = torch.device(device).type == 'cpu' and use_onednn() and private_ops.onednn_linear_available()
+    paths = {'float32': 'oneDNN float32 product (zoo.layers.linear)' if on else 'F.linear'}
+    if dtype != torch.float32:
+        name = str(dtype).removeprefix('torch.')
+        paths[name] = f'oneDNN {name} product (zoo.layers.linear on {name} operands)' \
+            if on and dtype == torch.bfloat16 else f'F.linear on {name} operands'
+    return paths
+
+
+def linear_mix(shapes: dict, device, dtype):
+    """A callable running every product of ``shapes`` ({(M, K, N): count}) once, count times
+    each: x (M, K) @ weight (N, K)^T + bias (N,) -> (M, N) in ``dtype`` on ``device`` through
+    :func:`zoo.layers.linear.linear` (the path :func:`linear_paths` names). Each product has a
+    weight of its own, as each of the model's layers has (one weight reused would stay in cache);
+    products of the same (M, K) share their input."""
+    generator = torch.Generator().manual_seed(0)
+    onednn = use_onednn()
+    inputs, products = {}, []
+    for (m, k, n), count in shapes.items():
+        if (m, k) not in inputs:
+            inputs[m, k] = torch.randn(m, k, generator=generator).to(device=device, dtype=dtype)
+        for _ in range(count):
+            weight = (torch.randn(n, k, generator=generator) * k ** -0.5).to(device=device, dtype=dtype)
+            bias = torch.randn(n, generator=generator).to(device=device, dtype=dtype)
+            products.append((inputs[m, k], weight, bias))
+
+    def run():
+        for x, weight, bias in products:
+            linear(x, weight, bias, onednn)
+    return run
+
+
+def against_machine(batch: int, ips: float, ips_fp32: float, mix_s: float, mix_fp32_s: float) -> dict:
+    """The model's speed-up over float32 (``ips`` / ``ips_fp32``, images/s at ``batch``) held
+    against the machine's ratio on its linear mix (``mix_fp32_s`` / ``mix_s``, seconds per run of
+    the mix): 'zoo_speedup', 'machine_ratio', 'of_machine' (their quotient), 'meets_target'
+    (of_machine >= TARGET_OF_MACHINE), and 'linear_share' / 'linear_share_fp32': the mix's time
+    over one forward's, in the dtype and in float32."""
+    speedup, machine_ratio = ips / ips_fp32, mix_fp32_s / mix_s
+    return dict(zoo_speedup=speedup, machine_ratio=machine_ratio, of_machine=speedup / machine_ratio,
+                meets_target=speedup / machine_ratio >= TARGET_OF_MACHINE,
+                linear_share=mix_s / (batch / ips), linear_share_fp32=mix_fp32_s / (batch / ips_fp32))
+
+
+@torch.inference_mode()
+def throughput(name: str, args, device, dtype) -> tuple[dict, dict | None]:
     """images/s keyed 'zoo', 'peer' (at ``dtype``) and, with ``--vs-float32``, 'zoo_fp32',
-    'peer_fp32'; all measured in the same alternating rounds."""
-    impls = ['zoo'] + (['peer'] if peer_builder(name) and not args.no_peer else [])
-    precisions = [dtype] + ([torch.float32] if args.vs_float32 and dtype != torch.float32 else [])
-    fns = {}
+    'peer_fp32'; and, with ``--vs-float32`` unless ``--no-linear-mix``, the zoo model's linear mix
+    (:func:`linear_mix`) as {'shapes': {(M, K, N): count}, 'unseen': [module names], 'seconds':
+    per run in ``dtype``, 'seconds_fp32'}, else None. All measured in the same alternating rounds."""
+    impls = ['zoo'] + (['peer'] if not args.no_peer and peer_builder(name) else [])
+    vs = args.vs_float32 and dtype != torch.float32
+    precisions = [dtype] + ([torch.float32] if vs else [])
+    fns, mix = {}, None
     for i in impls:
         for d in precisions:
             cast = args.cast or d == torch.float32
             model = build(name, i, device, d, cast=cast, explicit_attention=args.explicit_attention)
             x = input_for(name, args.batch_size, args.img_size, device, d if cast else torch.float32)
             fns[i if d == dtype else f'{i}_fp32'] = forward_fn(model, x, d, cast)
+            if i == 'zoo' and d == torch.float32 and vs and not args.no_linear_mix:
+                shapes, unseen = linear_shapes(model, fns['zoo_fp32'])
+                mix = dict(shapes=shapes, unseen=unseen)
+    if mix is not None:  # timed as two more contestants, so drift hits them as it hits the models
+        fns['linears'] = linear_mix(mix['shapes'], device, dtype)
+        fns['linears_fp32'] = linear_mix(mix['shapes'], device, torch.float32)
     if args.compile:  # the same zoo model under torch.compile (inductor), timed in the same rounds
         cast = args.cast or dtype == torch.float32
         model = torch.compile(build(name, 'zoo', device, dtype, cast=cast, explicit_attention=args.explicit_attention))
@@ -134,7 +252,10 @@ def throughput(name: str, args, device, dtype) -> dict:
         # Alternate who goes first, so neither profits from the other's warm caches.
         for k in (keys if r % 2 == 0 else keys[::-1]):
             times[k].append(time_round(fns[k], device, args.iters))
-    return {k: args.batch_size / statistics.median(t) for k, t in times.items()}
+    if mix is not None:
+        mix.update(seconds=statistics.median(times.pop('linears')),
+                   seconds_fp32=statistics.median(times.pop('linears_fp32')))
+    return {k: args.batch_size / statistics.median(t) for k, t in times.items()}, mix
 
 
 def _rss_kib(field: str) -> int:
@@ -193,6 +314,23 @@ def machine() -> str:
     return f'{cpu}, {torch.get_num_threads()} threads'
 
 
+def print_against_machine(rows: list[dict], dtype_name: str, device) -> None:
+    """The table of each model's speed-up against the machine's ratio on its linear mix
+    (``rows``: main's results with :func:`against_machine`'s keys)."""
+    paths = linear_paths(getattr(torch, dtype_name), device)
+    print(f'\n# {dtype_name} over float32: each model against the machine\'s own ratio on its linear shapes, '
+          f'timed in the same rounds; pass at >= {TARGET_OF_MACHINE}x of the machine')
+    print('# linear mix: ' + '; '.join(f'{d} on {p}' for d, p in paths.items()))
+    short = 'bf16' if dtype_name == 'bfloat16' else dtype_name[:4]
+    print(f'{"model":34s} {"fp32 img/s":>10s} {short + " img/s":>10s} {"speed-up":>8s} {"machine":>8s} '
+          f'{"of machine":>10s} {"pass":>4s} {"products":>8s} {"linears % fp32":>14s} {"% " + short:>7s}')
+    for row in rows:
+        products = sum(count for *_, count in row['linear_shapes'])
+        print(f'{row["model"]:34s} {row["zoo_fp32_ips"]:10.1f} {row["zoo_ips"]:10.1f} {row["zoo_speedup"]:7.2f}x '
+              f'{row["machine_ratio"]:7.2f}x {row["of_machine"]:9.2f}x {"yes" if row["meets_target"] else "no":>4s} '
+              f'{products:8d} {100 * row["linear_share_fp32"]:13.0f}% {100 * row["linear_share"]:6.0f}%')
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--models', default=','.join(DEFAULT_MODELS),
@@ -219,6 +357,9 @@ def main(argv=None):
     p.add_argument('--no-onednn', action='store_true',
                    help="zoo models: float32 linears through torch's own matmul (MKL) instead of oneDNN "
                         '(zoo.layers.linear)')
+    p.add_argument('--no-linear-mix', action='store_true',
+                   help="with --vs-float32: skip timing each zoo model's linear shapes in float32 and --dtype "
+                        "(the machine's own ratio the model's speed-up is held against)")
     p.add_argument('--no-memory', action='store_true')
     p.add_argument('--no-peer', action='store_true')
     p.add_argument('--json', help='also write the results here')
@@ -255,7 +396,7 @@ def main(argv=None):
     div = lambda a, b: a / b if a is not None and b else None  # noqa: E731
     results = []
     for name in names:
-        ips = throughput(name, args, device, dtype)
+        ips, mix = throughput(name, args, device, dtype)
         row = dict(model=name, zoo_ips=ips['zoo'], peer_ips=ips.get('peer'))
         if args.compile:
             row.update(compiled_ips=ips['zoo_compiled'], compile_gain=ips['zoo_compiled'] / ips['zoo'])
@@ -263,6 +404,17 @@ def main(argv=None):
             row.update(zoo_fp32_ips=ips['zoo_fp32'], peer_fp32_ips=ips.get('peer_fp32'),
                        zoo_speedup=div(ips['zoo'], ips['zoo_fp32']),
                        peer_speedup=div(ips.get('peer'), ips.get('peer_fp32')))
+        if mix is not None:
+            row.update(against_machine(args.batch_size, ips['zoo'], ips['zoo_fp32'], mix['seconds'],
+                                       mix['seconds_fp32']),
+                       linear_s=mix['seconds'], linear_fp32_s=mix['seconds_fp32'],
+                       linear_shapes=[[*shape, count] for shape, count in mix['shapes'].items()],
+                       linear_unseen=mix['unseen'])
+            if mix['unseen']:
+                print(f'note: {name}: {len(mix["unseen"])} nn.Linear modules ran no linear product '
+                      f'({", ".join(mix["unseen"][:4])}{", ..." if len(mix["unseen"]) > 4 else ""}): their weights '
+                      "are used otherwise (CaiT's talking heads mix attention maps with a batched product) or not "
+                      'at all, so the mix and the machine ratio leave them out', file=sys.stderr)
         if not args.no_memory:
             row['zoo_mib'] = memory_in_subprocess(name, 'zoo', args)
             row['peer_mib'] = memory_in_subprocess(name, 'peer', args) if 'peer' in ips else None
@@ -278,9 +430,14 @@ def main(argv=None):
             mratio = div(row['zoo_mib'], row['peer_mib'])
             line += f' {fmt(row["zoo_mib"], "8.0f")} {fmt(row["peer_mib"], "8.0f")} {fmt(mratio, "8.2f")}x'
         print(line, flush=True)
+    mixed = [row for row in results if 'machine_ratio' in row]
+    if mixed:
+        print_against_machine(mixed, args.dtype, device)
     if args.json:
+        extra = dict(linear_paths=linear_paths(dtype, device), target_of_machine=TARGET_OF_MACHINE) if mixed else {}
         with open(args.json, 'w') as f:
-            json.dump(dict(machine=machine(), torch=torch.__version__, args=vars(args), results=results), f, indent=1)
+            json.dump(dict(machine=machine(), torch=torch.__version__, args=vars(args), **extra, results=results),
+                      f, indent=1)
 
 
 if __name__ == '__main__':
