@@ -103,7 +103,8 @@ def make_photo_scenes(root: str, backgrounds: str, fashion_root: str = FASHION_M
             name = f'{i:06d}.jpg'
             img.save(os.path.join(root, split, name), quality=92)
             images.append(dict(id=i, file_name=name, width=img.width, height=img.height))
-            annotations += [dict(a, id=len(annotations), image_id=i) for a in anns]
+            for a in anns:
+                annotations.append(dict(a, id=len(annotations), image_id=i))
         with open(os.path.join(root, 'annotations', f'instances_{split}.json'), 'w') as f:
             json.dump(dict(info=dict(description='Fashion-MNIST items on photographs (tools/dev/make_photo_scenes.py)',
                                      backgrounds=[os.path.basename(p) for p in paths], seed=seed),
