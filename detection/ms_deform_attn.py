@@ -1,6 +1,9 @@
-"""Multi-scale deformable attention (Zhu et al., 2021), in pure PyTorch: no compiled kernel, so it
-runs on CPU and GPU, in float32, bfloat16 and float16, and exports like any other module."""
+"""Multi-scale deformable attention (Zhu et al., 2021). The pure-PyTorch path needs no compiled
+kernel, so it runs on CPU and GPU, in float32, bfloat16 and float16, and exports like any other
+module; on CUDA, when triton imports, a Triton kernel (:mod:`detection.ms_deform_attn_triton`,
+compiled by Triton at first use, no build step) runs instead, tested against this path."""
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -41,9 +44,71 @@ def _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, 
                          f'sizes {sizes.tolist()} (expected {starts.tolist()})')
 
 
+BACKENDS = ('auto', 'pytorch', 'triton')
+_triton = None  # detection.ms_deform_attn_triton once imported, or the exception importing it raised
+
+
+def _triton_module():
+    """The Triton kernels' module, imported at first use (so the project imports without
+    triton, and TRITON_INTERPRET is read only when the kernels are wanted), or the exception."""
+    global _triton
+    if _triton is None:
+        try:
+            from . import ms_deform_attn_triton
+            _triton = ms_deform_attn_triton
+        except Exception as e:
+            if not (isinstance(e, ModuleNotFoundError) and e.name == 'triton'):
+                # triton present but not as the kernel needs it (another version, say): say so once
+                warnings.warn(f'triton is installed but the deformable-attention kernel could not be '
+                              f'loaded ({type(e).__name__}: {e}); using the pure-PyTorch path', stacklevel=4)
+            _triton = e
+    return _triton
+
+
+def _exporting() -> bool:
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
+def _use_triton(backend, value, sampling_locations, attention_weights) -> bool:
+    """Whether ``backend`` runs the Triton kernel here; for ``'triton'``, an error saying why
+    it cannot, where it cannot."""
+    if backend not in BACKENDS:
+        raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
+    if backend == 'pytorch':
+        return False
+    tensors = (value, sampling_locations, attention_weights)
+    if backend == 'auto':
+        if not value.is_cuda or _exporting():
+            return False
+        module = _triton_module()
+        return (not isinstance(module, Exception)
+                and all(t.dtype in module.DTYPES and t.device == value.device for t in tensors))
+    module = _triton_module()
+    if isinstance(module, Exception):
+        raise RuntimeError(f"backend='triton' needs the triton package, which could not be imported "
+                           f"({type(module).__name__}: {module}); install it (pip install triton: "
+                           f"Linux, NVIDIA GPUs) or use backend='pytorch'") from module
+    if _exporting():
+        raise RuntimeError("backend='triton' cannot be traced or exported (the kernel is opaque to "
+                           "the exporter): use backend='pytorch' or 'auto' for export")
+    if not value.is_cuda and not module.INTERPRETED:
+        raise RuntimeError(f"backend='triton' got tensors on {value.device}: the Triton kernel runs "
+                           f"on CUDA devices, and on the CPU only under Triton's interpreter "
+                           f"(TRITON_INTERPRET=1 set before triton is first imported, for tests); use "
+                           f"backend='pytorch' (or 'auto', which picks it on a CPU)")
+    for name, t in zip(('value', 'sampling_locations', 'attention_weights'), tensors):
+        if t.dtype not in module.DTYPES:
+            raise ValueError(f"backend='triton' takes float32, float16 or bfloat16; {name} is "
+                             f"{t.dtype}: use backend='pytorch' for it")
+        if t.device != value.device:
+            raise ValueError(f"backend='triton' needs every tensor on value's device {value.device}; "
+                             f"{name} is on {t.device}")
+    return True
+
+
 def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor,
                    level_start_index: torch.Tensor, sampling_locations: torch.Tensor,
-                   attention_weights: torch.Tensor) -> torch.Tensor:
+                   attention_weights: torch.Tensor, backend: str = 'auto') -> torch.Tensor:
     """Attention-weighted bilinear samples of multi-level value maps.
 
     value (N, S, M, D): M heads of D channels at the S positions of every level, flattened level
@@ -52,6 +117,26 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor,
     (N, Lq, M, L, P, 2) as (x, y) in [0, 1] of each level's extent (pixel-centre convention,
     outside samples read zeros); attention_weights (N, Lq, M, L, P).
     Returns (N, Lq, M * D): out[n, q, m] = sum_{l, p} A[n, q, m, l, p] * value_l[n, :, m](loc).
+
+    backend: ``'pytorch'`` the pure-PyTorch path below (any device and dtype, traceable for
+    export, the reference); ``'triton'`` the kernel of :mod:`detection.ms_deform_attn_triton`
+    (CUDA tensors in float32 / float16 / bfloat16; on a CPU only under Triton's interpreter);
+    ``'auto'`` Triton on CUDA when triton imports and the dtypes are those, else PyTorch (so
+    always PyTorch on a CPU and while tracing or exporting).
+    """
+    tracing = torch.jit.is_tracing()
+    if not tracing:  # the checks read tensor values, which a traced (exported) graph cannot branch on
+        _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    if _use_triton(backend, value, sampling_locations, attention_weights):
+        return _triton_module().ms_deform_attn_triton(value, spatial_shapes, level_start_index,
+                                                      sampling_locations, attention_weights)
+    return _ms_deform_attn_pytorch(value, spatial_shapes, level_start_index, sampling_locations,
+                                   attention_weights)
+
+
+def _ms_deform_attn_pytorch(value, spatial_shapes, level_start_index, sampling_locations,
+                            attention_weights):
+    """:func:`ms_deform_attn` in pure PyTorch, shapes checked by the caller.
 
     Level by level, the samples of one level are weighted and added into an accumulator of the
     output's size before the next level is sampled, so at most one level's samples exist at a
@@ -62,8 +147,6 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor,
     one level's value being upcast at a time. The result has the value's dtype.
     """
     tracing = torch.jit.is_tracing()
-    if not tracing:  # the checks read tensor values, which a traced (exported) graph cannot branch on
-        _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     n, _, m, d = value.shape
     lq = sampling_locations.shape[1]
     dtype = torch.promote_types(value.dtype, sampling_locations.dtype)

@@ -41,12 +41,21 @@ vs ``DetrForObjectDetection``, ``configs/deformable_detr_r50.py`` vs
 
     python tools/benchmark_detection.py --peer hf --configs configs/detr_r50.py,configs/deformable_detr_r50.py --size 800 1333 --steps 5
 
+With ``--batch-size 2,4,8`` it does so at each batch size (one model of each for all of them),
+printing training images/s and each step's peak memory; ``--train-only`` leaves out inference;
+``--amp bfloat16`` runs ours as ``train.py --amp bfloat16`` and HF's forward and loss under the
+same autocast. Configs with a zoo backbone have no HF peer and are timed alone (same table):
+
+    python tools/benchmark_detection.py --peer hf --train-only --device cuda --batch-size 2,4,8 --amp bfloat16 \
+        --configs configs/detr_r50.py,configs/deformable_detr_r50.py,configs/detr_t2t.py
+
 Backbones are randomly initialised (speed does not depend on the weights). Targets: 8 random
 boxes per image. Freed memory is kept for reuse, as ``tools/train.py`` keeps it
 (:mod:`zoo.runtime.allocator`); ``--default-allocator`` measures with glibc's defaults, under which a
 DETR-R50 step at 800x1333 spends about a quarter of its time faulting pages in.
 """
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -64,6 +73,7 @@ import detection.engine  # noqa: F401
 from benchmark import _rss_kib, machine
 from benchmark import sync as _sync
 from detection import coco_evaluate
+from zoo.layers import fuse_for_inference
 from zoo.runtime.allocator import return_freed_memory, reuse_freed_memory
 from zoo.runtime.engine import autocast_for, use_amp
 
@@ -138,7 +148,7 @@ def detector_timings(config: str, size, batch_size: int, steps: int, device, com
         _sync(device)
         step_times.append(time.perf_counter() - start)
         matcher_share.append(sum(spent) / step_times[-1])
-    model.eval()
+    fuse_for_inference(model.eval())  # as the inference tools run it
     with torch.inference_mode(), autocast_for(model, amp, enabled=amp is not None):
         model.val_step(dict(data))
         infer_s = _median_seconds(lambda: model.val_step(dict(data)), steps, device)
@@ -181,58 +191,82 @@ def hf_peer(model) -> torch.nn.Module:
     return hf
 
 
-def peer_timings(config: str, size, steps: int, device) -> dict:
-    """Ours and Hugging Face's inference and training-step seconds (medians of alternating
-    rounds), same weights, same padded input and targets."""
-    model, optim, data = _warm_detector(config, size, device)
-    hf = hf_peer(model).to(device)
-    hf_optim = torch.optim.AdamW([p for p in hf.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4)
-    images, masks = data['inputs'], data['masks']
-    labels = [dict(class_labels=t['labels'], boxes=t['boxes']) for t in data['data_samples']]
-
-    def ours_step():
-        model.train()
-        model.train_step(dict(data), optim)
-
-    def hf_step():
-        hf.train()
-        hf_optim.zero_grad()
-        out = hf(pixel_values=images, pixel_mask=(~masks).long(), labels=labels)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(hf.parameters(), 0.1)  # the configs clip at 0.1 too
-        hf_optim.step()
-
-    def ours_infer():
-        model.eval()
-        with torch.inference_mode():
-            model.net(images, masks)
-
-    def hf_infer():
-        hf.eval()
-        with torch.inference_mode():
-            hf(pixel_values=images, pixel_mask=(~masks).long())
-
-    fns = dict(ours_infer=ours_infer, hf_infer=hf_infer, ours_step=ours_step, hf_step=hf_step)
-    for fn in fns.values():  # warm-up (HF's optimiser state, allocator)
-        fn()
-    times = {k: [] for k in fns}
-    for r in range(steps):
-        for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-            start = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+def has_hf_peer(config: str) -> bool:
+    """Hugging Face's DETR / Deformable DETR take timm ResNets only: a peer with the same
+    weights exists for the ResNet-50 configs."""
+    return Config.fromfile(config).model.detector.backbone.name == 'resnet50'
 
 
-def step_peak_memory_mib(model, optim, data, device) -> float:
-    """Peak memory of one training step beyond what is held before it, in MiB (CUDA: allocator
-    peak; CPU: growth of the resident-set high-water mark, reset through /proc/self/clear_refs,
-    over the resident set after the freed heap is returned to the system)."""
+def peer_timings(config: str, size, steps: int, device, batch_sizes=(1,), amp: str | None = None,
+                 infer: bool = True):
+    """Yields (batch size, results) per batch size: ours and Hugging Face's training-step (and with
+    ``infer`` inference) seconds, medians of alternating rounds, same weights, same padded input and
+    targets, and each one's training-step peak memory (``step_mib``: :func:`peak_memory_mib`).
+    ``amp='bfloat16'``: ours as ``train.py --amp bfloat16`` sets it up, HF's forward and loss under
+    the same autocast. A config without an HF peer (:func:`has_hf_peer`) times ours alone. One
+    model of each is built for all batch sizes (its optimiser state does not depend on them)."""
+    model, optim, _ = _warm_detector(config, size, device, batch_size=batch_sizes[0], amp=amp)
+    autocast = lambda: torch.autocast(device.type, dtype=getattr(torch, amp or 'float32'),  # noqa: E731
+                                      enabled=amp is not None)
+    hf = hf_peer(model).to(device) if has_hf_peer(config) else None
+    if hf is not None:
+        hf_optim = torch.optim.AdamW([p for p in hf.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4)
+    for batch_size in batch_sizes:
+        data = _batch(batch_size, size, device)
+        images, masks = data['inputs'], data['masks']
+        labels = [dict(class_labels=t['labels'], boxes=t['boxes']) for t in data['data_samples']]
+
+        def ours_step():
+            model.train()
+            model.train_step(dict(data), optim)
+
+        def hf_step():
+            hf.train()
+            hf_optim.zero_grad()
+            with autocast():
+                out = hf(pixel_values=images, pixel_mask=(~masks).long(), labels=labels)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(hf.parameters(), 0.1)  # the configs clip at 0.1 too
+            hf_optim.step()
+
+        def ours_infer():
+            model.eval()
+            with torch.inference_mode(), autocast():
+                model.net(images, masks)
+
+        def hf_infer():
+            hf.eval()
+            with torch.inference_mode(), autocast():
+                hf(pixel_values=images, pixel_mask=(~masks).long())
+
+        fns = dict(ours_step=ours_step, hf_step=hf_step)
+        if infer:
+            fns.update(ours_infer=ours_infer, hf_infer=hf_infer)
+        fns = {k: fn for k, fn in fns.items() if hf is not None or k.startswith('ours')}
+        for fn in fns.values():  # warm-up at this batch size (HF's optimiser state, allocator, kernels)
+            fn()
+        result = {f'{k.split("_")[0]}_step_mib': peak_memory_mib(fn, device)
+                  for k, fn in fns.items() if k.endswith('step')}
+        times = {k: [] for k in fns}
+        for r in range(steps):
+            for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+                _sync(device)
+                start = time.perf_counter()
+                fns[k]()
+                _sync(device)
+                times[k].append(time.perf_counter() - start)
+        yield batch_size, {**result, **{k: statistics.median(v) for k, v in times.items()}}
+
+
+def peak_memory_mib(fn, device) -> float:
+    """Peak memory of ``fn()`` beyond what is held before it, in MiB (CUDA: allocator peak; CPU:
+    growth of the resident-set high-water mark, reset through /proc/self/clear_refs, over the
+    resident set after the freed heap is returned to the system)."""
     if device.type == 'cuda':
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        model.train_step(dict(data), optim)
+        fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     # glibc keeps freed heap blocks resident: without a trim, memory the warm-up step freed
@@ -241,8 +275,13 @@ def step_peak_memory_mib(model, optim, data, device) -> float:
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')
     base = _rss_kib('VmRSS')
-    model.train_step(dict(data), optim)
+    fn()
     return (_rss_kib('VmHWM') - base) / 1024
+
+
+def step_peak_memory_mib(model, optim, data, device) -> float:
+    """Peak memory of one training step beyond what is held before it, in MiB."""
+    return peak_memory_mib(lambda: model.train_step(dict(data), optim), device)
 
 
 def scaling_point(config: str, size, steps: int, device, amp: str | None = None) -> dict:
@@ -250,7 +289,7 @@ def scaling_point(config: str, size, steps: int, device, amp: str | None = None)
     model, optim, data = _warm_detector(config, size, device, amp=amp)
     memory = step_peak_memory_mib(model, optim, data, device)
     step_s = _median_seconds(lambda: model.train_step(dict(data), optim), steps, device)
-    model.eval()
+    fuse_for_inference(model.eval())  # as the inference tools run it
     with torch.inference_mode(), autocast_for(model, amp, enabled=amp is not None):
         infer_s = _median_seconds(lambda: model.val_step(dict(data)), steps, device)
     return dict(step_s=step_s, infer_s=infer_s, memory_mib=memory)
@@ -401,7 +440,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--configs', default='configs/detr_t2t.py,configs/detr_r50.py')
     p.add_argument('--size', type=int, nargs=2, default=(800, 1333), metavar=('H', 'W'))
-    p.add_argument('--batch-size', type=int, default=1)
+    p.add_argument('--batch-size', type=lambda v: [int(b) for b in v.split(',')], default=[1],
+                   help='images per batch, or several comma-separated (default mode and --peer)')
     p.add_argument('--steps', type=int, default=3)
     p.add_argument('--device', default='cpu')
     p.add_argument('--coco-eval-only', action='store_true')
@@ -413,6 +453,7 @@ def main(argv=None):
     p.add_argument('--variants', default='shipped,global,checkpointing,all-trained')
     p.add_argument('--compile', action='store_true', help='also time each config under torch.compile (inductor)')
     p.add_argument('--peer', choices=['hf'], help="time against Hugging Face transformers' DETR / Deformable DETR")
+    p.add_argument('--train-only', action='store_true', help='--peer: training steps only, no inference')
     p.add_argument('--default-allocator', action='store_true',
                    help="leave glibc's malloc as it is (by default freed blocks are kept for reuse: zoo.runtime.allocator)")
     p.add_argument('--amp', choices=['bfloat16', 'float16'],
@@ -420,8 +461,10 @@ def main(argv=None):
     p.add_argument('--child-scaling', nargs=2, help=argparse.SUPPRESS)
     p.add_argument('--child-step', nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.amp and args.peer:
-        p.error('--peer compares float32 models; run it without --amp')
+    if args.amp == 'float16' and args.peer:
+        p.error('--peer compares float32 or bfloat16 autocast (float16 would need loss scaling for HF too)')
+    if (args.step_table or args.scaling) and args.batch_size != [1]:
+        p.error('--step-table and --scaling measure batch 1; --batch-size is for the default mode and --peer')
     if not args.default_allocator:
         reuse_freed_memory()
     _CHILD_FLAGS[:] = (['--default-allocator'] if args.default_allocator else []) + (
@@ -449,14 +492,30 @@ def main(argv=None):
                    args.amp)
         return
     if args.peer:
-        print(f'# input {args.size[0]}x{args.size[1]}, batch 1, float32, same weights and input; '
-              f'median of {args.steps} alternating rounds; ratio > 1: ours faster')
-        print(f'{"config":28s} {"infer s":>8s} {"HF infer s":>10s} {"ratio":>6s} {"step s":>7s} {"HF step s":>9s} {"ratio":>6s}')
+        device = torch.device(args.device)
+        where = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'
+        print(f'# {where}, input {args.size[0]}x{args.size[1]}, {args.amp or "float32"}'
+              f'{" autocast" if args.amp else ""}, same weights and input; median of {args.steps} alternating '
+              f'rounds; train img/s = batch / step time; step MiB = peak memory of one training step above '
+              f'the model and optimiser state; ratio > 1: ours faster (img/s) or smaller (MiB); '
+              f'no HF peer: HF takes timm ResNets only')
+        infer = not args.train_only
+        print('| config | batch | train img/s | HF train img/s | ratio | step MiB | HF step MiB | ratio |'
+              + (' infer img/s | HF infer img/s | ratio |' if infer else ''))
+        print('|---|---:|---:|---:|---:|---:|---:|---:|' + ('---:|---:|---:|' if infer else ''))
         for config in args.configs.split(','):
-            r = peer_timings(config, tuple(args.size), args.steps, torch.device(args.device))
-            print(f'{config.split("/")[-1]:28s} {r["ours_infer"]:8.3f} {r["hf_infer"]:10.3f} '
-                  f'{r["hf_infer"] / r["ours_infer"]:5.2f}x {r["ours_step"]:7.3f} {r["hf_step"]:9.3f} '
-                  f'{r["hf_step"] / r["ours_step"]:5.2f}x', flush=True)
+            name = config.split('/')[-1].removesuffix('.py')
+            for b, r in peer_timings(config, tuple(args.size), args.steps, device, args.batch_size, args.amp,
+                                     infer=infer):
+                peer = 'hf_step' in r
+                cells = [f'{b / r["ours_step"]:.2f}', f'{b / r["hf_step"]:.2f}' if peer else 'no HF peer',
+                         f'{r["hf_step"] / r["ours_step"]:.2f}x' if peer else '',
+                         f'{r["ours_step_mib"]:.0f}', f'{r["hf_step_mib"]:.0f}' if peer else '',
+                         f'{r["hf_step_mib"] / r["ours_step_mib"]:.2f}x' if peer else '']
+                if infer:
+                    cells += [f'{b / r["ours_infer"]:.2f}', f'{b / r["hf_infer"]:.2f}' if peer else '',
+                              f'{r["hf_infer"] / r["ours_infer"]:.2f}x' if peer else '']
+                print(f'| {name} | {b} | ' + ' | '.join(cells) + ' |', flush=True)
         return
     if args.scaling:
         sizes = [tuple(int(v) for v in s.split('x')) for s in args.sizes.split(',')]
@@ -471,10 +530,12 @@ def main(argv=None):
     if not args.coco_eval_only:
         print(f'{"config":28s} {"input":>10s} {"train step s":>12s} {"matcher %":>9s} {"infer img/s":>11s}')
         for config in args.configs.split(','):
-            for compiled in (False, True) if args.compile else (False,):
-                r = detector_timings(config, tuple(args.size), args.batch_size, args.steps, torch.device(args.device),
+            for compiled, batch_size in itertools.product((False, True) if args.compile else (False,),
+                                                          args.batch_size):
+                r = detector_timings(config, tuple(args.size), batch_size, args.steps, torch.device(args.device),
                                      compile=compiled, amp=args.amp)
-                name = config.split('/')[-1] + (' (compiled)' if compiled else '')
+                name = (config.split('/')[-1] + (' (compiled)' if compiled else '')
+                        + (f' batch {batch_size}' if args.batch_size != [1] else ''))
                 print(f'{name:28s} {args.size[0]:>4d}x{args.size[1]:<5d} {r["step_s"]:12.2f} '
                       f'{100 * r["matcher_share"]:9.2f} {r["images_per_s"]:11.3f}', flush=True)
     ev = coco_eval_timings(args.coco_images)

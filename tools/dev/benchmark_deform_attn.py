@@ -1,24 +1,41 @@
-"""Time and peak memory of detection.ms_deform_attn against the official pure-PyTorch form
-(``ms_deform_attn_core_pytorch`` of fundamentalvision/Deformable-DETR: all levels' samples stacked,
-then weighted), at Deformable DETR's real sizes: by default an 800 x 1333 input, levels at strides
-8/16/32/64, M=8 heads of D=32, P=4 points; the decoder (300 queries) and the encoder (every
-pixel a query). Forward alone (no grad) and forward + backward.
+"""Time and peak memory of the implementations of multi-scale deformable attention, at Deformable
+DETR's real sizes: by default an 800 x 1333 input, levels at strides 8/16/32/64, M=8 heads of
+D=32, P=4 points; the decoder (300 queries) and the encoder (every pixel a query). Forward alone
+(no grad) and forward + backward. The implementations (``--impls``; the first is the one the
+ratios are taken to):
+
+- ``pytorch``: detection.ms_deform_attn with backend='pytorch' (grid_sample level by level);
+- ``triton``: detection.ms_deform_attn with backend='triton' (CUDA only: timing the interpreter
+  would measure nothing useful);
+- ``official``: the official pure-PyTorch form (``ms_deform_attn_core_pytorch`` of
+  fundamentalvision/Deformable-DETR: all levels' samples stacked, then weighted);
+- ``official-cuda``: the official CUDA operator (the ``MultiScaleDeformableAttention`` extension
+  of Deformable-DETR's models/ops, im2col_step 64 as its MSDeformAttn), where it is importable:
+  users compile it themselves, so it is listed by default only when it imports.
+
+Default: on CUDA ``triton pytorch official`` and ``official-cuda`` when it imports; on CPU
+``pytorch official``.
 
     python tools/dev/benchmark_deform_attn.py [--image 800 1333] [--batch 1] [--threads T] [--repeat 5]
-        [--device cpu|cuda] [--cases decoder encoder] [--modes fwd fwd+bwd]
+        [--device cpu|cuda] [--cases decoder encoder] [--modes fwd fwd+bwd] [--impls ...] [--markdown PATH]
 
 e.g. the 512 x 512 training size, batch 2, two threads, forward + backward only:
 
     python tools/dev/benchmark_deform_attn.py --image 512 512 --batch 2 --threads 2 --modes fwd+bwd
 
-Peak memory: every (form, case, mode) runs in a fresh process, so each peak is its own: on CPU
-the peak resident memory above the process's resident size with the inputs allocated, on CUDA
-max_memory_allocated above the inputs. Time: one more fresh process per (case, mode) runs the two
-forms in alternating rounds (order swapped every round) and reports each form's median and the
-median of the per-round ratios, so machine load that comes and goes hits both alike. Prints one
-line per form and the ratios official / ours (above 1: ours is faster or smaller).
+Peak memory on CPU: every (implementation, case, mode) runs in a fresh process, so each peak is
+its own: the peak resident memory above the process's resident size with the inputs allocated.
+On CUDA the allocator's own peak (max_memory_allocated above the inputs, reset before each
+implementation's first call) is exact within one process, so one process per (case, mode)
+measures every peak and then the times. Time: one fresh process per (case, mode) runs the
+implementations in alternating rounds (order reversed every other round), after a warm-up call
+of each (Triton compiles there), and reports each one's median and the median of the per-round
+ratios to the first, so machine load that comes and goes hits all alike. Prints one line per
+implementation with the ratios (above 1: the first is faster or smaller); ``--markdown PATH``
+also writes them as a table.
 """
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -57,10 +74,44 @@ def reference_form(value, spatial_shapes, level_start_index, sampling_locations,
     return out.transpose(1, 2).contiguous()
 
 
-IMPLS = dict(ours=ms_deform_attn, official=reference_form)
+class _OfficialCuda(torch.autograd.Function):
+    """The official operator as Deformable-DETR's models/ops/functions wraps it."""
+    @staticmethod
+    def forward(ctx, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+        import MultiScaleDeformableAttention as op
+        ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+        return op.ms_deform_attn_forward(value, spatial_shapes, level_start_index, sampling_locations,
+                                         attention_weights, OFFICIAL_IM2COL_STEP)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        import MultiScaleDeformableAttention as op
+        value, shapes, starts, locations, weights = ctx.saved_tensors
+        grad_value, grad_locations, grad_weights = op.ms_deform_attn_backward(
+            value, shapes, starts, locations, weights, grad_output.contiguous(), OFFICIAL_IM2COL_STEP)
+        return grad_value, None, None, grad_locations, grad_weights
 
 
-def make_inputs(case: str, image, batch: int, device: str, grad: bool):
+OFFICIAL_IM2COL_STEP = 64
+
+
+def official_cuda(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    return _OfficialCuda.apply(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+
+
+IMPLS = dict(
+    pytorch=lambda *args: ms_deform_attn(*args, backend='pytorch'),
+    triton=lambda *args: ms_deform_attn(*args, backend='triton'),
+    official=reference_form,
+    **{'official-cuda': official_cuda},
+)
+
+
+def official_cuda_importable() -> bool:
+    return importlib.util.find_spec('MultiScaleDeformableAttention') is not None
+
+
+def make_inputs(case: str, image, batch: int, device: str, grad: bool, dtype: str = 'float32'):
     shapes = [(math.ceil(image[0] / s), math.ceil(image[1] / s)) for s in STRIDES]
     spatial = torch.tensor(shapes, device=device)
     sizes = spatial.prod(1)
@@ -71,8 +122,7 @@ def make_inputs(case: str, image, batch: int, device: str, grad: bool):
     value = torch.randn(batch, s, HEADS, HEAD_DIM, generator=g).to(device)
     locations = torch.rand(batch, q, HEADS, len(shapes), POINTS, 2, generator=g).to(device)
     weights = torch.rand(batch, q, HEADS, len(shapes), POINTS, generator=g).softmax(-1).to(device)
-    for t in (value, locations, weights):
-        t.requires_grad_(grad)
+    value, locations, weights = (t.to(getattr(torch, dtype)).requires_grad_(grad) for t in (value, locations, weights))
     return (value, spatial, starts, locations, weights), q, s
 
 
@@ -95,38 +145,72 @@ def make_step(fn, args, grad: bool, device: str):
     return step
 
 
+def cuda_peak_mib(step) -> float:
+    """The allocator's peak during ``step`` above what was allocated before it."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+
+
 def peak_worker(impl: str, case: str, mode: str, a) -> dict:
-    """The peak memory of one first call, in this fresh process."""
-    args, q, s = make_inputs(case, a.image, a.batch, a.device, mode == 'fwd+bwd')
+    """The peak memory of one first call, in this fresh process (CPU)."""
+    args, q, s = make_inputs(case, a.image, a.batch, a.device, mode == 'fwd+bwd', a.dtype)
     step = make_step(IMPLS[impl], args, mode == 'fwd+bwd', a.device)
-    if a.device == 'cuda':
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        base = rss_bytes()
-        step()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    base = rss_bytes()
+    step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
     return dict(impl=impl, queries=q, positions=s, peak_mib=peak / 2 ** 20)
 
 
+def check_against_pytorch(impl: str, args, grad: bool) -> dict:
+    """``impl``'s output (and gradients) on these inputs against the pure-PyTorch path's on the same
+    inputs in float32 (the low-precision PyTorch path samples in its dtype, bfloat16 locations to
+    1/256, so it is no reference): the largest difference over the reference's largest magnitude,
+    per tensor; an error past a tolerance of the dtype (float32: 1e-4, loose because both sides
+    sum in orders of their own, grid_sample's backward by atomic adds on a GPU; float16 /
+    bfloat16: 2e-2, a few roundings of the result)."""
+    results = []
+    for fn, dtype in ((IMPLS[impl], args[0].dtype), (IMPLS['pytorch'], torch.float32)):
+        inputs = [t.detach().to(dtype).requires_grad_(grad) for t in (args[0], args[3], args[4])]
+        out = fn(inputs[0], args[1], args[2], inputs[1], inputs[2])
+        torch.manual_seed(0)  # the same output gradient for both (randn_like would follow out's strides)
+        gradient = torch.randn(out.shape, device=out.device).to(dtype)
+        results.append([t.detach().float() for t in
+                        (out, *(torch.autograd.grad(out, inputs, gradient) if grad else ()))])
+    names = ['output'] + (['grad value', 'grad locations', 'grad weights'] if grad else [])
+    errors = {n: float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for n, a, b in zip(names, *results)}
+    tolerance = 1e-4 if args[0].dtype == torch.float32 else 2e-2
+    bad = {n: e for n, e in errors.items() if not e <= tolerance}
+    if bad:
+        raise SystemExit(f'{impl} differs from the pytorch path past {tolerance} (max |diff| / max |ref|): {bad}')
+    return errors
+
+
 def time_worker(case: str, mode: str, a) -> dict:
-    """Both forms in alternating rounds in this one process, after a warm-up call of each."""
-    args, q, s = make_inputs(case, a.image, a.batch, a.device, mode == 'fwd+bwd')
-    steps = {impl: make_step(fn, args, mode == 'fwd+bwd', a.device) for impl, fn in IMPLS.items()}
-    for step in steps.values():
-        step()
+    """The implementations in alternating rounds in this one process, after a warm-up call of
+    each (on CUDA that first call's allocator peak is each one's memory)."""
+    args, q, s = make_inputs(case, a.image, a.batch, a.device, mode == 'fwd+bwd', a.dtype)
+    steps = {impl: make_step(IMPLS[impl], args, mode == 'fwd+bwd', a.device) for impl in a.impls}
+    checked = {impl: check_against_pytorch(impl, args, mode == 'fwd+bwd')
+               for impl in a.impls if impl in ('triton', 'official-cuda')}
+    peaks = {}
+    for impl, step in steps.items():
+        if a.device == 'cuda':
+            peaks[impl] = cuda_peak_mib(step)
+        else:
+            step()
     times = {impl: [] for impl in steps}
     for r in range(a.repeat):
         for impl in (list(steps) if r % 2 == 0 else list(steps)[::-1]):
             t0 = time.perf_counter()
             steps[impl]()
             times[impl].append(time.perf_counter() - t0)
-    ratios = [o / u for o, u in zip(times['official'], times['ours'])]
-    return dict(seconds={impl: statistics.median(t) for impl, t in times.items()},
-                time_ratio=statistics.median(ratios))
+    first = a.impls[0]
+    ratios = {impl: statistics.median(o / f for o, f in zip(t, times[first])) for impl, t in times.items()}
+    return dict(seconds={impl: statistics.median(t) for impl, t in times.items()}, time_ratio=ratios,
+                peak_mib=peaks, queries=q, positions=s, checked=checked)
 
 
 def main():
@@ -138,35 +222,68 @@ def main():
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--cases', nargs='+', default=['decoder', 'encoder'], choices=['decoder', 'encoder'])
     parser.add_argument('--modes', nargs='+', default=['fwd', 'fwd+bwd'], choices=['fwd', 'fwd+bwd'])
+    parser.add_argument('--impls', nargs='+', choices=list(IMPLS),
+                        help='the first is the reference of the ratios (default: see above)')
+    parser.add_argument('--markdown', metavar='PATH', help='also write the results as a markdown table')
+    parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'],
+                        help='of value, locations and weights (official-cuda: float32 only)')
     parser.add_argument('--peak-worker', nargs=3, metavar=('IMPL', 'CASE', 'MODE'), help=argparse.SUPPRESS)
     parser.add_argument('--time-worker', nargs=2, metavar=('CASE', 'MODE'), help=argparse.SUPPRESS)
     a = parser.parse_args()
+    if a.impls is None:
+        official_cuda = official_cuda_importable() and a.dtype == 'float32'
+        a.impls = (['triton', 'pytorch', 'official'] + (['official-cuda'] if official_cuda else [])
+                   if a.device == 'cuda' else ['pytorch', 'official'])
+    if a.device != 'cuda' and {'triton', 'official-cuda'} & set(a.impls):
+        parser.error('triton and official-cuda are timed on CUDA only (--device cuda)')
+    if 'official-cuda' in a.impls and not official_cuda_importable():
+        parser.error('official-cuda: the MultiScaleDeformableAttention extension does not import here '
+                     '(build it from Deformable-DETR\'s models/ops, or leave it out of --impls)')
+    if 'official-cuda' in a.impls and a.dtype != 'float32':
+        parser.error('official-cuda takes float32 only (the extension dispatches float and double)')
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.peak_worker or a.time_worker:
         result = peak_worker(*a.peak_worker, a) if a.peak_worker else time_worker(*a.time_worker, a)
         print(json.dumps(result))
         return
-    print(f'device {a.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {a.batch}, '
-          f'input {a.image[0]}x{a.image[1]}, strides {STRIDES}, M={HEADS} D={HEAD_DIM} P={POINTS}, '
-          f'{a.repeat} alternating rounds')
+    where = torch.cuda.get_device_name() if a.device == 'cuda' else 'CPU'
+    header = (f'device {a.device} ({where}), torch {torch.__version__}, threads {torch.get_num_threads()}, '
+              f'{a.dtype}, batch {a.batch}, input {a.image[0]}x{a.image[1]}, strides {STRIDES}, M={HEADS} D={HEAD_DIM} '
+              f'P={POINTS}, {a.repeat} alternating rounds; ratios: X / {a.impls[0]}')
+    print(header)
     common = ['--batch', str(a.batch), '--repeat', str(a.repeat), '--device', a.device,
-              '--image', *map(str, a.image)] + (['--threads', str(a.threads)] if a.threads else [])
+              '--image', *map(str, a.image), '--impls', *a.impls, '--dtype', a.dtype] + (
+                  ['--threads', str(a.threads)] if a.threads else [])
 
     def run(*worker):
         cmd = [sys.executable, os.path.abspath(__file__), *worker, *common]
-        return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f'{" ".join(worker)} failed:\n{done.stderr[-3000:]}')
+        return json.loads(done.stdout)
 
+    rows = ['| case | mode | implementation | Lq | S | time ms | time / ' + a.impls[0] + ' | peak MiB | peak / '
+            + a.impls[0] + ' |', '|---|---|---|---|---|---|---|---|---|']
     for case in a.cases:
         for mode in a.modes:
-            peaks = {impl: run('--peak-worker', impl, case, mode) for impl in IMPLS}
             timing = run('--time-worker', case, mode)
-            for impl, r in peaks.items():
-                print(f'{case:8s} {mode:8s} {impl:9s} Lq={r["queries"]:6d} S={r["positions"]:6d} '
-                      f'time {timing["seconds"][impl] * 1e3:9.1f} ms  peak {r["peak_mib"]:8.1f} MiB')
-            ours, ref = peaks['ours']['peak_mib'], peaks['official']['peak_mib']
-            print(f'{case:8s} {mode:8s} ratio official/ours: time {timing["time_ratio"]:.2f}x, '
-                  f'peak memory {ref / max(ours, 1e-9):.2f}x')
+            peaks = (timing['peak_mib'] if a.device == 'cuda' else
+                     {impl: run('--peak-worker', impl, case, mode)['peak_mib'] for impl in a.impls})
+            first = max(peaks[a.impls[0]], 1e-9)
+            for impl, errors in timing['checked'].items():
+                print(f'{case:8s} {mode:8s} {impl} against pytorch, max |diff| / max |ref|: '
+                      + ', '.join(f'{n} {e:.1e}' for n, e in errors.items()))
+            for impl in a.impls:
+                ms, peak = timing['seconds'][impl] * 1e3, peaks[impl]
+                print(f'{case:8s} {mode:8s} {impl:13s} Lq={timing["queries"]:6d} S={timing["positions"]:6d} '
+                      f'time {ms:9.2f} ms ({timing["time_ratio"][impl]:5.2f}x)  '
+                      f'peak {peak:8.1f} MiB ({peak / first:5.2f}x)', flush=True)
+                rows.append(f'| {case} | {mode} | {impl} | {timing["queries"]} | {timing["positions"]} | '
+                            f'{ms:.2f} | {timing["time_ratio"][impl]:.2f} | {peak:.1f} | {peak / first:.2f} |')
+    if a.markdown:
+        with open(a.markdown, 'w') as f:
+            f.write(f'{header}\n\n' + '\n'.join(rows) + '\n')
 
 
 if __name__ == '__main__':
