@@ -20,7 +20,7 @@ rounding. ``detection.Predictor`` therefore runs a graph one image at a time, so
 batch-mate adds padding, and warns on an image that needs some (``pad_exact`` in the metadata:
 False for a token backbone; ResNet-50 takes no mask in PyTorch either, so it is exact padded too).
 
-``torch.export`` does not take these models (see the README's Export section): the TorchScript
+``torch.export`` does not take these models (docs/deployment.md): the TorchScript
 exporter records the input sizes as graph values, which is what keeps H and W dynamic here.
 """
 import json

@@ -157,7 +157,7 @@ def _ms_deform_attn_pytorch(value, spatial_shapes, level_start_index, sampling_l
     # when tracing (ONNX export) the level sizes stay tensors, so the graph keeps them dynamic
     shapes = spatial_shapes.unbind(0) if tracing else spatial_shapes.tolist()
     # split, not slicing: its backward concatenates the level gradients once, where each slice's
-    # backward would build a zero-filled gradient of the whole value (1.2x faster in the decoder)
+    # backward would build a zero-filled gradient of the whole value
     levels = value.split([h * w for h, w in shapes], dim=1)
     for level, ((h, w), level_value) in enumerate(zip(shapes, levels)):
         level_value = level_value.permute(0, 2, 3, 1).reshape(n * m, d, h, w)  # (N*M, D, H, W)

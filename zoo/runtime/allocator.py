@@ -5,20 +5,16 @@ threshold that starts at 128 KiB and moves with the allocation history) with fre
 pages and unmaps them when they are freed, and it gives the free top of its heap back to the
 system. A forward's activations are a few MiB to a few hundred MiB, so they are paged in anew,
 one 4 KiB fault at a time, in every forward and every training step. How often depends on the
-allocation history: the same model measured up to 20% slower or faster depending on what had
-been built before it.
+allocation history: the same model measures slower or faster depending on what had been built
+before it.
 
 :func:`reuse_freed_memory` sets two glibc options (``mallopt``): no block is served by ``mmap``
 (every block comes from the heap, where a freed block is reused by the next allocation), and up
 to 1 GiB of free heap top is kept. PyTorch's CUDA caching allocator does the same for GPU memory.
-The cost: the resident set does not shrink after a peak, and heap fragmentation adds a few per
-cent to the peak (DETR at 800x1333: +3-5%). The project's tools call it at start; call it first
-in your own scripts to get the same speed. Measured on the project's CPU machine (README, "Speed"):
-
-* ViT-S/16 inference, batch 8: up to 67,000 page faults and 455-466 ms per forward without it,
-  none and 371-379 ms with it;
-* a DETR-R50 training step at 800x1333: 700,000 faults, 3.3 s without; 1,400-6,000, 2.5 s with;
-* the demo's training step (DETR-T2T-ViT-7, 96 px, batch 8): 0.148-0.151 s without, 0.134 s with.
+The cost: the resident set does not shrink after a peak, and heap fragmentation adds a little to
+the peak. The project's tools call it at start; call it first in your own scripts to get the same
+speed. What it saves (page faults and time per forward and step) is measured in
+docs/benchmarks.md ("Where the CPU speed comes from"; ``--default-allocator`` measures without it).
 """
 import ctypes
 import ctypes.util

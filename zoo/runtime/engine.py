@@ -267,7 +267,7 @@ def set_threads(requested: int | None = None) -> int:
     """PyTorch's CPU thread count for this run, with a line saying why. ``requested`` (``--threads``)
     wins; otherwise PyTorch's default (one per core), lowered to the cores that other running jobs
     leave free: two jobs that each use every core slow each other down far more than their share
-    (measured on 2 cores: 8-9 s per demo step against 0.12 s alone; one thread each halves that)."""
+    (oversubscribed threads wait on each other; docs/reliability.md)."""
     logger = MMLogger.get_current_instance()
     cores = os.cpu_count() or 1
     if requested:
