@@ -6,7 +6,8 @@ results) whose forward is faster on a CPU, for two reasons:
   ``bernoulli_``, one generator call per element. Here the mask is cut from 64-bit draws, four
   16-bit words each (:func:`dropout_keep_mask`), and applied with ``masked_fill``.
 * The projections run on ``torch.mm`` (MKL's AVX2 path on AMD); here they are
-  :func:`zoo.layers.linear.linear`, on oneDNN like every other Linear of the project.
+  :func:`zoo.layers.linear.linear`, on oneDNN like every other Linear of the project (in float32
+  where the ``onednn_float32`` switch is on: by default, not on Intel CPUs).
 
 Measured costs and gains: docs/benchmarks.md, "Detectors at detection resolution (CPU)".
 
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from zoo.layers.config import use_fast_mha, use_onednn
+from zoo.layers.config import use_fast_mha, use_onednn, use_onednn_float32
 from zoo.layers.linear import linear
 
 _WORD = 1 << 16  # the mask's resolution: dropout probability in steps of 1/65536
@@ -74,7 +75,7 @@ class MultiheadAttention(nn.MultiheadAttention):
         # Decided once: the faster forward serves DETR's layout only, with the switches as they are now.
         self.fast_forward = (use_fast_mha() and self.batch_first and self._qkv_same_embed_dim
                              and self.bias_k is None and not self.add_zero_attn)
-        self.onednn = use_onednn()
+        self.onednn, self.onednn_float32 = use_onednn(), use_onednn_float32()
 
     def takes_fast_forward(self, query, key, key_padding_mask, need_weights, attn_mask, is_causal) -> bool:
         """Whether this call takes the faster forward: a large map (:data:`FAST_PATH_MIN_MAP`), no
@@ -92,7 +93,8 @@ class MultiheadAttention(nn.MultiheadAttention):
                                    average_attn_weights=average_attn_weights, is_causal=is_causal)
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None,) * 3
-        q, k, v = (rearrange(linear(x, w, b, self.onednn), 'b l (h d) -> b h l d', h=self.num_heads)
+        q, k, v = (rearrange(linear(x, w, b, self.onednn, self.onednn_float32), 'b l (h d) -> b h l d',
+                             h=self.num_heads)
                    for x, w, b in ((query, w_q, b_q), (key, w_k, b_k), (value, w_v, b_v)))
         allowed = None
         if key_padding_mask is not None:
@@ -100,5 +102,6 @@ class MultiheadAttention(nn.MultiheadAttention):
         if attn_mask is not None:
             allowed = ~attn_mask if allowed is None else allowed & ~attn_mask
         out = attention(q, k, v, allowed, self.dropout if self.training else 0.0)
-        out = linear(rearrange(out, 'b h l d -> b l (h d)'), self.out_proj.weight, self.out_proj.bias, self.onednn)
+        out = linear(rearrange(out, 'b h l d -> b l (h d)'), self.out_proj.weight, self.out_proj.bias,
+                     self.onednn, self.onednn_float32)
         return out, None

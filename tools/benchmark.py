@@ -16,7 +16,8 @@ each going first in every other round, each round timing ``--iters`` forwards; t
 round gives images/s. Both run with freed CPU memory kept for reuse (:mod:`zoo.runtime.allocator`; without
 it glibc unmaps large blocks and every forward faults them in again, slowing whichever model the
 allocation history disfavours by up to 20%); ``--default-allocator`` measures without. The zoo's float32 linears run on oneDNN
-(:mod:`zoo.layers.linear`; twice MKL's rate on an AMD CPU); ``--no-onednn`` measures them on
+(:mod:`zoo.layers.linear`; twice MKL's rate on an AMD CPU) where the ``onednn_float32`` switch is on
+(by default not on Intel CPUs; the header says which and why); ``--no-onednn`` measures them on
 ``torch.mm``, as timm's run. Peak memory: on CUDA
 ``max_memory_allocated``; on CPU the growth of the resident set during one forward, each model in
 a fresh subprocess so one implementation's freed pages cannot hide the other's.
@@ -49,8 +50,8 @@ from torch.overrides import TorchFunctionMode
 import zoo
 from zoo.runtime.allocator import reuse_freed_memory
 from zoo.layers import private_ops, set_onednn_linear
-from zoo.layers.config import use_onednn
-from zoo.layers.linear import linear, onednn_linear_active
+from zoo.layers.config import setting_origin, use_onednn, use_onednn_float32
+from zoo.layers.linear import linear
 
 DEFAULT_MODELS = ['vit_small_patch16_224', 'deit_small_patch16_224', 'cait_xxs24_224', 'cvt_13',
                   't2t_vit_14', 't2t_vit_t_14', 'deepvit_s', 'ceit_s', 'cpvt_s']
@@ -168,17 +169,31 @@ def linear_shapes(model: nn.Module, forward) -> tuple[dict, list[str]]:
 def linear_paths(dtype, device) -> dict:
     """{'float32': ..., dtype's name: ...}: which product :func:`linear_mix` times on ``device`` in
     each dtype, in words. Both go through :func:`zoo.layers.linear.linear` with the zoo's
-    ``onednn`` switch as the models were built with it; bfloat16 runs on bfloat16 operands (as
-    ``--cast`` models run; under autocast the model also casts each weight at each call, and the
-    MLP's first linear carries its GELU as a post-op: both count in the forward's time, not in
-    the mix's, which times the products alone)."""
+    ``onednn`` and ``onednn_float32`` switches as the models were built with them; bfloat16 runs
+    on bfloat16 operands (as ``--cast`` models run; under autocast the model also casts each
+    weight at each call, and the MLP's first linear carries its GELU as a post-op: both count in
+    the forward's time, not in the mix's, which times the products alone)."""
     on = torch.device(device).type == 'cpu' and use_onednn() and private_ops.onednn_linear_available()
-    paths = {'float32': 'oneDNN float32 product (zoo.layers.linear)' if on else 'F.linear'}
+    paths = {'float32': 'oneDNN float32 product (zoo.layers.linear)' if on and use_onednn_float32() else 'F.linear'}
     if dtype != torch.float32:
         name = str(dtype).removeprefix('torch.')
         paths[name] = f'oneDNN {name} product (zoo.layers.linear on {name} operands)' \
             if on and dtype == torch.bfloat16 else f'F.linear on {name} operands'
     return paths
+
+
+def float32_linears(no_onednn: bool) -> str:
+    """Where the zoo's float32 CPU linears built now run, and why, for the header: e.g.
+    ``'torch.mm (onednn_float32 off: default for GenuineIntel)'``."""
+    if no_onednn:
+        return 'torch.mm (--no-onednn)'
+    if not private_ops.onednn_linear_available():
+        return 'torch.mm (no oneDNN linear in this torch)'
+    if not use_onednn():
+        return f'torch.mm (onednn off: {setting_origin("onednn")})'
+    on = use_onednn_float32()
+    return f'{"oneDNN" if on else "torch.mm"} (onednn_float32 {"on" if on else "off"}: ' \
+        f'{setting_origin("onednn_float32")})'
 
 
 def linear_mix(shapes: dict, device, dtype):
@@ -386,7 +401,7 @@ def main(argv=None):
     vs = args.vs_float32 and dtype != torch.float32
     mode += '; explicit attention' if args.explicit_attention else ''
     if device.type == 'cpu':
-        mode += f'; {allocator}; zoo float32 linears on {"oneDNN" if onednn_linear_active() else "torch.mm"}'
+        mode += f'; {allocator}; zoo float32 linears on {float32_linears(args.no_onednn)}'
     print(f'# {machine()}; torch {torch.__version__}; batch {args.batch_size}; {mode}; inference')
     header = f'{"model":34s} {"zoo img/s":>10s} {"peer img/s":>10s} {"ratio":>6s}' + \
         (f' {"zoo fp32":>9s} {"speed-up":>8s} {"peer fp32":>9s} {"speed-up":>8s}' if vs else '') + \

@@ -1,17 +1,21 @@
 """detection.attention: DETR's nn.MultiheadAttention with a faster CPU forward (oneDNN
 projections, a cheaper dropout mask) equals the stock module wherever no dropout is drawn, and
-its dropout is the stock one's distribution."""
+its dropout is the stock one's distribution. Layers are built with the float32 oneDNN projections
+on (``onednn_float32``, off by default on Intel CPUs), so that path is tested on any CPU."""
 import pytest
 import torch
 from torch import nn
 
 from detection import attention as attention_module
 from detection.attention import MultiheadAttention, attention, dropout_keep_mask
+from helpers import spy_calls
+from zoo.layers import fast_paths, private_ops
 
 
 def _pair(dropout=0.0):
     torch.manual_seed(0)
-    ours = MultiheadAttention(64, 8, dropout=dropout, batch_first=True)
+    with fast_paths(onednn_float32=True):
+        ours = MultiheadAttention(64, 8, dropout=dropout, batch_first=True)
     stock = nn.MultiheadAttention(64, 8, dropout=dropout, batch_first=True)
     stock.load_state_dict(ours.state_dict())  # same keys: checkpoints and converters unchanged
     return ours, stock
@@ -43,7 +47,10 @@ def test_equals_nn_multihead_attention_forward_and_gradients(masks, fast_path_fo
     for m in (ours, stock):
         m.train()
         qq, kk = q.clone().requires_grad_(), k.clone().requires_grad_()
-        out = m(qq, kk, kk, **kwargs)[0]
+        onednn = spy_calls(private_ops, 'linear_pointwise', lambda: outs.append(m(qq, kk, kk, **kwargs)[0]))
+        if m is ours:  # the four projections on oneDNN, where this torch has it
+            assert len(onednn) == (4 if private_ops.onednn_linear_available() else 0)
+        out = outs.pop()
         out.square().sum().backward()
         outs.append(out)
         grads.append([qq.grad, kk.grad, m.in_proj_weight.grad, m.out_proj.weight.grad])
@@ -149,3 +156,20 @@ def test_fast_mha_switch_is_read_when_the_layer_is_built(fast_path_for_small_map
     ref = stock(q, k, k, **kwargs)[0]
     torch.testing.assert_close(out_stock_like, ref)
     torch.testing.assert_close(out_ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_onednn_float32_switch_is_read_when_the_layer_is_built(fast_path_for_small_maps):
+    """``onednn_float32`` off when a layer is built: its float32 projections are F.linear (MKL),
+    whatever the switch says later, with the results of the oneDNN ones."""
+    ours, stock = _pair()
+    with fast_paths(onednn_float32=False):
+        plain = MultiheadAttention(64, 8, batch_first=True)
+    plain.load_state_dict(stock.state_dict())
+    assert ours.onednn_float32 and plain.onednn and not plain.onednn_float32
+    q, k, padding, _ = _inputs()
+    kwargs = dict(key_padding_mask=padding, need_weights=False)
+    with fast_paths(onednn_float32=True):
+        assert not spy_calls(private_ops, 'linear_pointwise', lambda: plain(q, k, k, **kwargs))
+    out = plain(q, k, k, **kwargs)[0]
+    torch.testing.assert_close(out, ours(q, k, k, **kwargs)[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, stock(q, k, k, **kwargs)[0], atol=1e-5, rtol=1e-5)

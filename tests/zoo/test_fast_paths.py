@@ -17,7 +17,7 @@ from zoo.layers import leff as leff_module
 from zoo.layers import linear as linear_module
 from zoo.layers.leff import LocallyEnhancedFeedForward
 
-SWITCHES = ('fused_attn', 'onednn', 'fast_mha')
+SWITCHES = ('fused_attn', 'onednn', 'fast_mha', 'onednn_float32')
 
 
 def fused_kernel_calls(fn) -> int:
@@ -36,38 +36,92 @@ def fused_kernel_calls(fn) -> int:
 
 
 def _settings() -> dict:
-    return dict(fused_attn=config.use_fused_attn(), onednn=config.use_onednn(), fast_mha=config.use_fast_mha())
+    return dict(fused_attn=config.use_fused_attn(), onednn=config.use_onednn(), fast_mha=config.use_fast_mha(),
+                onednn_float32=config.use_onednn_float32())
+
+
+def _defaults() -> dict:
+    """Every switch's setting with no variable set: on, and onednn_float32 as this CPU's vendor says."""
+    return dict(dict.fromkeys(SWITCHES, True), onednn_float32=config.onednn_float32_default())
+
+
+def _run_config(script: str, **variables) -> subprocess.CompletedProcess:
+    """``script`` in a fresh interpreter (the switches read at import) with only ``variables`` of VITZOO_*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith('VITZOO_')}
+    script = f'import sys\nsys.path.insert(0, {ROOT!r})\nfrom zoo.layers import config\n' + textwrap.dedent(script)
+    return subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, env=dict(env, **variables))
 
 
 def test_every_switch_is_on_by_default_and_set_from_its_environment_variable():
-    script = textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {ROOT!r})
-        from zoo.layers import config
-        print(config.use_fused_attn(), config.use_onednn(), config.use_fast_mha())
-    """)
-    env = {k: v for k, v in os.environ.items() if not k.startswith('VITZOO_')}
+    script = 'print(config.use_fused_attn(), config.use_onednn(), config.use_fast_mha(), config.use_onednn_float32())'
 
     def run(**variables):
-        return subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                              env=dict(env, **variables))
-    assert run().stdout.split() == ['True'] * 3
-    off = run(VITZOO_FUSED_ATTN='0', VITZOO_ONEDNN='off', VITZOO_FAST_MHA='false')
-    assert off.stdout.split() == ['False'] * 3, off.stderr[-2000:]
-    assert run(VITZOO_ONEDNN='0').stdout.split() == ['True', 'False', 'True']
+        return _run_config(script, **variables)
+    default32 = str(config.onednn_float32_default())  # off on Intel CPUs, on elsewhere
+    assert run().stdout.split() == ['True'] * 3 + [default32]
+    off = run(VITZOO_FUSED_ATTN='0', VITZOO_ONEDNN='off', VITZOO_FAST_MHA='false', VITZOO_ONEDNN_FLOAT32='no')
+    assert off.stdout.split() == ['False'] * 4, off.stderr[-2000:]
+    assert run(VITZOO_ONEDNN='0').stdout.split() == ['True', 'False', 'True', default32]
+    assert run(VITZOO_ONEDNN_FLOAT32='1').stdout.split() == ['True'] * 4
+    assert run(VITZOO_ONEDNN_FLOAT32='off').stdout.split() == ['True'] * 3 + ['False']
     bad = run(VITZOO_FUSED_ATTN='maybe')
     assert bad.returncode != 0
     assert "VITZOO_FUSED_ATTN='maybe' is not a switch setting: set it to 1" in bad.stderr
+    bad = run(VITZOO_ONEDNN_FLOAT32='auto')
+    assert bad.returncode != 0
+    assert "VITZOO_ONEDNN_FLOAT32='auto' is not a switch setting: set it to 1 (on) or 0 (off), or unset it " \
+        "for the default (on except on Intel CPUs)" in bad.stderr
+
+
+def test_the_origin_of_onednn_float32_is_its_variable_or_the_vendor_default():
+    script = "print(config.setting_origin('onednn_float32')); print(config.setting_origin('onednn'))"
+    vendor = config.cpu_vendor() or 'a CPU of unknown vendor'
+    assert _run_config(script).stdout.splitlines() == [f'default for {vendor}', 'default']
+    assert _run_config(script, VITZOO_ONEDNN_FLOAT32='1', VITZOO_ONEDNN='on').stdout.splitlines() == [
+        'VITZOO_ONEDNN_FLOAT32=1', 'VITZOO_ONEDNN=on']
+
+
+@pytest.mark.parametrize('vendor, default', [('GenuineIntel', False), ('AuthenticAMD', True), (None, True)])
+def test_onednn_float32_defaults_to_off_on_intel_cpus_only(monkeypatch, vendor, default):
+    """MKL's float32 GEMM is as fast as oneDNN's on Intel (AVX-512), slower on AMD (AVX2); a vendor
+    that cannot be read (None) keeps oneDNN on."""
+    monkeypatch.setattr(config, 'cpu_vendor', lambda: vendor)
+    monkeypatch.delenv('VITZOO_ONEDNN_FLOAT32', raising=False)
+    assert config.onednn_float32_default() is default
+    assert config._from_environment('onednn_float32') is default  # the import-time reading, redone
+    monkeypatch.setenv('VITZOO_ONEDNN_FLOAT32', '1')
+    assert config._from_environment('onednn_float32') is True  # the variable wins over the vendor
+    monkeypatch.setenv('VITZOO_ONEDNN_FLOAT32', '0')
+    assert config._from_environment('onednn_float32') is False
+
+
+def test_cpu_vendor_reads_the_vendor_id_of_linuxs_cpuinfo(monkeypatch, tmp_path):
+    intel, amd, arm = tmp_path / 'intel', tmp_path / 'amd', tmp_path / 'arm'
+    intel.write_text('processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\n\n'
+                     'processor\t: 1\nvendor_id\t: GenuineIntel\n')
+    amd.write_text('processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n')
+    arm.write_text('processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\n')  # no vendor_id line
+    monkeypatch.setattr(config.platform, 'system', lambda: 'Linux')
+    assert config.cpu_vendor(str(intel)) == 'GenuineIntel'
+    assert config.cpu_vendor(str(amd)) == 'AuthenticAMD'
+    assert config.cpu_vendor(str(arm)) is None
+    assert config.cpu_vendor(str(tmp_path / 'missing')) is None
+    monkeypatch.setattr(config.platform, 'system', lambda: 'Darwin')  # not Linux: not read at all
+    assert config.cpu_vendor(str(intel)) is None
 
 
 def test_setters_return_the_previous_setting_and_the_context_manager_restores_every_switch():
     before = _settings()
-    assert before == dict.fromkeys(SWITCHES, True)  # nothing in the tests leaves one off
+    assert before == _defaults()  # nothing in the tests leaves one changed
     with fast_paths(False):
         assert _settings() == dict.fromkeys(SWITCHES, False)
         with fast_paths(onednn=True):
-            assert _settings() == dict(fused_attn=False, onednn=True, fast_mha=False)
+            assert _settings() == dict(fused_attn=False, onednn=True, fast_mha=False, onednn_float32=False)
+        with fast_paths(onednn_float32=True):
+            assert _settings() == dict(fused_attn=False, onednn=False, fast_mha=False, onednn_float32=True)
         assert not config.use_onednn()
+    with fast_paths(True):
+        assert _settings() == dict.fromkeys(SWITCHES, True)
     assert _settings() == before
     with pytest.raises(KeyError), fast_paths(fused_attn=False):
         assert not config.use_fused_attn()
@@ -78,6 +132,12 @@ def test_setters_return_the_previous_setting_and_the_context_manager_restores_ev
         assert config.set_onednn(True) is False and config.use_onednn()
     finally:
         config.set_onednn(True)
+    default32 = config.use_onednn_float32()
+    assert config.set_onednn_float32(not default32) is default32
+    try:
+        assert config.set_onednn_float32(default32) is (not default32) and config.use_onednn_float32() is default32
+    finally:
+        config.set_onednn_float32(default32)
     # the name tools/benchmark.py --no-onednn uses
     assert linear_module.set_onednn_linear is config.set_onednn
 
@@ -105,13 +165,19 @@ def test_attention_reads_the_switch_when_built_and_its_argument_overrides_it():
 
 @pytest.mark.skipif(not private_ops.onednn_linear_available(), reason='no oneDNN linear in this torch build')
 def test_onednn_is_read_when_a_linear_is_built():
-    with fast_paths(onednn=False):
+    with fast_paths(onednn=False, onednn_float32=True):
         off = Linear(8, 6)
         model = zoo.create_model('deit_tiny_patch16_224', depth=1, img_size=32, patch_size=8)
-    on = Linear(8, 6)
+    with fast_paths(onednn_float32=True):  # the float32 path on, whatever this CPU's default
+        on = Linear(8, 6)
+    with fast_paths(onednn_float32=False):
+        off32 = Linear(8, 6)
     on.load_state_dict(off.state_dict())
     x = torch.randn(3, 8)
     assert not off.onednn and on.onednn
+    assert on.onednn_float32 and off32.onednn and not off32.onednn_float32
+    with fast_paths(onednn_float32=True):  # built with it off, the layer stays off
+        assert not spy_calls(linear_module, '_product', lambda: off32(x))
     assert not spy_calls(linear_module, '_product', lambda: off(x))
     assert spy_calls(linear_module, '_product', lambda: on(x))
     torch.testing.assert_close(on(x), off(x), rtol=1e-5, atol=1e-5)

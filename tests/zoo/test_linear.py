@@ -1,6 +1,8 @@
 """zoo.layers.Linear: the oneDNN float32 path equals F.linear (forward and every gradient), and
 the plain path is taken wherever oneDNN must not run (autocast, bfloat16, FLOP counting,
-torch.compile, export) or is switched off (zoo.layers.config, read when the layer is built)."""
+torch.compile, export) or is switched off (zoo.layers.config, read when the layer is built).
+The float32 path's tests build their layers with ``onednn_float32`` on, so they test it on any CPU
+(its default is off on Intel)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,7 +29,8 @@ def calls_onednn(fn) -> bool:
 @pytest.mark.parametrize('bias', [True, False])
 def test_equals_f_linear_forward_and_gradients(shape, bias):
     torch.manual_seed(0)
-    layer = Linear(12, 9, bias=bias)
+    with fast_paths(onednn_float32=True):
+        layer = Linear(12, 9, bias=bias)
     x = torch.randn(shape, requires_grad=True)
     y = layer(x)
     assert calls_onednn(lambda: layer(x))
@@ -42,7 +45,9 @@ def test_equals_f_linear_forward_and_gradients(shape, bias):
 @needs_onednn
 def test_strided_input_frozen_weight_and_in_place_use_of_the_output():
     torch.manual_seed(0)
-    layer = Linear(8, 6)
+    with fast_paths(onednn_float32=True):
+        layer = Linear(8, 6)
+    assert calls_onednn(lambda: layer(torch.randn(2, 8)))
     layer.weight.requires_grad_(False)
     x = torch.randn(4, 8, 5, requires_grad=True)
     xt = x.transpose(1, 2)                       # (4, 5, 8), not contiguous
@@ -58,7 +63,9 @@ def test_strided_input_frozen_weight_and_in_place_use_of_the_output():
 
 @needs_onednn
 def test_plain_path_where_onednn_must_not_run():
-    layer, x = Linear(8, 6), torch.randn(3, 8)
+    with fast_paths(onednn_float32=True):
+        layer = Linear(8, 6)
+    x = torch.randn(3, 8)
     assert calls_onednn(lambda: layer(x))
     with torch.autocast('cpu', dtype=torch.bfloat16):           # autocast: bfloat16 GEMM
         assert not calls_onednn(lambda: layer(x))
@@ -73,6 +80,32 @@ def test_plain_path_where_onednn_must_not_run():
         assert not calls_onednn(lambda: linear(x, layer.weight, layer.bias))  # functional: read per call
     assert not calls_onednn(lambda: off(x)) and calls_onednn(lambda: layer(x))
     assert not calls_onednn(lambda: torch.compile(linear, backend='eager')(x, layer.weight, layer.bias))
+
+
+@needs_onednn
+def test_onednn_float32_off_sends_float32_to_f_linear_and_keeps_bfloat16_inference_on_onednn():
+    with fast_paths(onednn_float32=False):
+        layer, cast = Linear(8, 6), Linear(8, 6).to(torch.bfloat16)
+    x = torch.randn(3, 8, requires_grad=True)
+    assert layer.onednn and not layer.onednn_float32
+    assert not spy_calls(private_ops, 'linear_pointwise', lambda: layer(x))
+    f_linear = spy_calls(F, 'linear', lambda: layer(x))
+    assert len(f_linear) == 1 and f_linear[0][0] is x
+    with torch.no_grad():
+        assert not spy_calls(private_ops, 'linear_pointwise', lambda: layer(x))  # inference too
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert calls_bfloat16_onednn(lambda: layer(x)) == ['none']
+    with torch.inference_mode():
+        assert calls_bfloat16_onednn(lambda: cast(x.detach().to(torch.bfloat16))) == ['none']
+    # the functional form: its own argument, or the switch read at the call
+    assert not calls_onednn(lambda: linear(x, layer.weight, layer.bias, True, False))
+    assert calls_onednn(lambda: linear(x, layer.weight, layer.bias, True, True))
+    with fast_paths(onednn_float32=False):
+        assert not calls_onednn(lambda: linear(x, layer.weight, layer.bias))
+    with fast_paths(onednn=False, onednn_float32=True):  # onednn off turns every path off
+        off = Linear(8, 6)
+        assert not calls_onednn(lambda: linear(x, layer.weight, layer.bias))
+    assert not calls_onednn(lambda: off(x))
 
 
 def test_state_dict_is_nn_linears():
@@ -133,7 +166,9 @@ def test_linear_gelu_fuses_the_activation_in_bfloat16_inference_only():
     torch.manual_seed(0)
     x, w, b = torch.randn(6, 32), torch.randn(64, 32) / 6, torch.randn(64)
     exact = F.gelu(F.linear(x, w, b))
-    torch.testing.assert_close(linear_gelu(x, w, b), exact)  # float32: linear, then F.gelu
+    with fast_paths(onednn_float32=True):  # float32: the oneDNN linear, then F.gelu
+        assert calls_onednn(lambda: linear_gelu(x, w, b))
+        torch.testing.assert_close(linear_gelu(x, w, b), exact)
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         assert calls_bfloat16_onednn(lambda: linear_gelu(x, w, b)) == ['gelu']
         fused = linear_gelu(x, w, b)

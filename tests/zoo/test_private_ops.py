@@ -1,5 +1,7 @@
 """zoo.layers.private_ops: where the running torch lacks one of the private operators or internals
-that the CPU fast paths use, the models still run, on the public ops, and compute the same."""
+that the CPU fast paths use, the models still run, on the public ops, and compute the same. The
+float32 oneDNN linears are switched on for these tests (``onednn_float32``: off by default on
+Intel CPUs), so their absence is tested on any CPU."""
 import subprocess
 import sys
 import textwrap
@@ -9,7 +11,7 @@ import torch
 
 import zoo
 from helpers import ROOT, spy_calls
-from zoo.layers import private_ops
+from zoo.layers import fast_paths, private_ops
 
 
 # What each simulated absence sets in zoo.layers.private_ops.
@@ -21,6 +23,14 @@ ABSENT = {
     'all': dict(linear_pointwise=None, convolution_pointwise=None, current_dispatch_mode=None,
                 _GLOBAL_HOOKS=('_no_such_hooks', '_no_such_pre_hooks')),
 }
+
+
+@pytest.fixture
+def onednn_float32():
+    """The float32 oneDNN linears on while the test builds and runs its models, whatever this CPU's
+    default."""
+    with fast_paths(onednn_float32=True):
+        yield
 
 
 def _models():
@@ -64,11 +74,14 @@ def _fast_calls(fn) -> int:
 
 
 @pytest.mark.parametrize('absent', list(ABSENT))
-def test_models_run_on_public_ops_and_match_without_a_private_op(monkeypatch, absent):
+def test_models_run_on_public_ops_and_match_without_a_private_op(monkeypatch, absent, onednn_float32):
     models, x = _models(), torch.randn(2, 3, 64, 64)
     reference = {name: _run(model, x) for name, model in models.items()}
     if private_ops.onednn_linear_available():  # the reference did take the fast paths here
         assert _fast_calls(lambda: _run(models['ceit'], x)) > 0
+        float32 = [a for a in spy_calls(private_ops, 'linear_pointwise', lambda: _run(models['vit'], x))
+                   if a[0].dtype == torch.float32]
+        assert float32  # the float32 linears too, which the absences below take away
     for name, value in ABSENT[absent].items():
         monkeypatch.setattr(private_ops, name, value)
     for name, model in models.items():
@@ -95,7 +108,7 @@ def test_queries_say_absent_when_the_handles_are_missing(monkeypatch):
     assert not onednn_linear_active() and needs_plain_ops()
 
 
-def test_a_torch_without_the_mkldnn_operators_imports_and_matches(tmp_path):
+def test_a_torch_without_the_mkldnn_operators_imports_and_matches(tmp_path, onednn_float32):
     """A fresh interpreter whose ``torch.ops.mkldnn`` has no operators (as in a build without
     oneDNN): the lookups at import find nothing, and CeiT computes what it computes here."""
     models, x = _models(), torch.randn(2, 3, 64, 64)
@@ -129,7 +142,7 @@ def test_a_torch_without_the_mkldnn_operators_imports_and_matches(tmp_path):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
 
 
-def test_flop_counting_sees_the_linears_where_torch_hides_its_dispatch_mode(monkeypatch):
+def test_flop_counting_sees_the_linears_where_torch_hides_its_dispatch_mode(monkeypatch, onednn_float32):
     """Without the private dispatch-mode query a FLOP counter cannot be told apart from plain
     inference: the fast paths step aside rather than hide their products from it."""
     from torch.utils.flop_counter import FlopCounterMode

@@ -1,8 +1,9 @@
 """Every fast-path switch of the layer library, and the explicit inference step, in one place.
 
-Switches, each on by default, each read from its environment variable when this module is imported
-(``0`` / ``false`` / ``off`` or ``1`` / ``true`` / ``on``), changed for the whole process by its
-setter, and within a ``with`` block by :func:`fast_paths`:
+Switches, each on by default (``onednn_float32``: except on Intel CPUs), each read from its
+environment variable when this module is imported (``0`` / ``false`` / ``off`` or ``1`` / ``true`` /
+``on``), changed for the whole process by its setter, and within a ``with`` block by
+:func:`fast_paths`:
 
 * ``fused_attn`` (``VITZOO_FUSED_ATTN``, :func:`use_fused_attn`): attention through
   ``F.scaled_dot_product_attention``; off, the explicit q k^T, softmax, @ v. A layer's own
@@ -10,14 +11,20 @@ setter, and within a ``with`` block by :func:`fast_paths`:
 * ``onednn`` (``VITZOO_ONEDNN``, :func:`use_onednn`): CPU linears (float32, bfloat16 inference,
   the MLP's linear + GELU) and a fused LeFF's convolutions on oneDNN's private operators
   (:mod:`zoo.layers.private_ops`); off, ``F.linear`` / ``F.conv2d``. The same function up to
-  summation order (``tests/zoo/test_linear.py``).
+  summation order (``tests/zoo/test_linear.py``). Off, no oneDNN path runs, whatever
+  ``onednn_float32`` says.
+* ``onednn_float32`` (``VITZOO_ONEDNN_FLOAT32``, :func:`use_onednn_float32`): within ``onednn``, the
+  float32 linears too (bfloat16 inference and LeFF need only ``onednn``); off, float32 linears are
+  ``F.linear``. Unset, it is decided once at import from the CPU's vendor
+  (:func:`onednn_float32_default`): off on Intel, on elsewhere and where the vendor is unknown.
 * ``fast_mha`` (``VITZOO_FAST_MHA``, :func:`use_fast_mha`): DETR's attention takes its own forward
   on large maps (:mod:`detection.attention`); off, ``nn.MultiheadAttention``'s on every call.
 
-A layer reads a switch when it is built and keeps that setting (``self.fused``, ``self.onednn``),
-as timm's ``use_fused_attn()`` is read: build the model inside the ``with`` block, or with the
-variable set. What can only be known per call (autograd, device, dtype, tracing) each fast path
-gathers in one predicate, and all of them step aside for :func:`needs_plain_ops`.
+A layer reads a switch when it is built and keeps that setting (``self.fused``, ``self.onednn``,
+``self.onednn_float32``), as timm's ``use_fused_attn()`` is read: build the model inside the
+``with`` block, or with the variable set. What can only be known per call (autograd, device,
+dtype, tracing) each fast path gathers in one predicate, and all of them step aside for
+:func:`needs_plain_ops`.
 
 :func:`fuse_for_inference` is the one explicit step: it folds what can be folded for inference
 (LeFF's batch norms into its convolutions) once, instead of at every forward.
@@ -27,26 +34,74 @@ a CPU", "Detectors at detection resolution").
 """
 import contextlib
 import os
+import platform
 
 import torch
 from torch import nn
 
 from . import private_ops
 
-_ENV = {'fused_attn': 'VITZOO_FUSED_ATTN', 'onednn': 'VITZOO_ONEDNN', 'fast_mha': 'VITZOO_FAST_MHA'}
+_ENV = {'fused_attn': 'VITZOO_FUSED_ATTN', 'onednn': 'VITZOO_ONEDNN', 'fast_mha': 'VITZOO_FAST_MHA',
+        'onednn_float32': 'VITZOO_ONEDNN_FLOAT32'}
 _TRUE, _FALSE = ('1', 'true', 'yes', 'on'), ('0', 'false', 'no', 'off')
 
 
+def cpu_vendor(cpuinfo: str = '/proc/cpuinfo') -> str | None:
+    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``) from the first ``vendor_id`` line
+    of ``cpuinfo`` on Linux; None elsewhere, or where the file cannot be read or has no such line."""
+    if platform.system() != 'Linux':
+        return None
+    try:
+        with open(cpuinfo, encoding='utf-8', errors='replace') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                if key.strip() == 'vendor_id':
+                    return value.strip() or None
+    except OSError:
+        return None
+    return None
+
+
+def onednn_float32_default() -> bool:
+    """``onednn_float32`` where its variable is unset: off on an Intel CPU, on anywhere else
+    (another vendor, or one that :func:`cpu_vendor` cannot tell)."""
+    # MKL's float32 GEMM takes its AVX-512 path on Intel and is as fast or faster; on AMD it takes AVX2
+    # and oneDNN is faster (docs/benchmarks.md, "Where the CPU speed comes from").
+    return cpu_vendor() != 'GenuineIntel'
+
+
 def _from_environment(switch: str) -> bool:
+    """The switch's setting from its environment variable, or its default where that is unset."""
     name = _ENV[switch]
-    value = os.environ.get(name, '1').strip().lower()
+    if name not in os.environ:
+        return onednn_float32_default() if switch == 'onednn_float32' else True
+    value = os.environ[name].strip().lower()
     if value not in _TRUE + _FALSE:
-        raise ValueError(f'{name}={os.environ[name]!r} is not a switch setting: set it to 1 (on, the default) '
-                         f'or 0 (off), or unset it')
+        default = 'on except on Intel CPUs' if switch == 'onednn_float32' else 'on'
+        raise ValueError(f'{name}={os.environ[name]!r} is not a switch setting: set it to 1 (on) or 0 (off), '
+                         f'or unset it for the default ({default})')
     return value in _TRUE
 
 
+def _origin(switch: str) -> str:
+    """Where the switch's setting at import came from, in words."""
+    name = _ENV[switch]
+    if name in os.environ:
+        return f'{name}={os.environ[name]}'
+    if switch == 'onednn_float32':
+        return f'default for {cpu_vendor() or "a CPU of unknown vendor"}'
+    return 'default'
+
+
 _state = {switch: _from_environment(switch) for switch in _ENV}
+_ORIGIN = {switch: _origin(switch) for switch in _ENV}
+
+
+def setting_origin(switch: str) -> str:
+    """Where ``switch``'s setting at import came from: its variable (``'VITZOO_ONEDNN_FLOAT32=1'``)
+    or its default (``'default'``; ``onednn_float32``: ``'default for GenuineIntel'``). A setter or
+    :func:`fast_paths` may have changed the setting since."""
+    return _ORIGIN[switch]
 
 
 def use_fused_attn() -> bool:
@@ -62,6 +117,11 @@ def use_onednn() -> bool:
 def use_fast_mha() -> bool:
     """Whether DETR's attention layers built now take their own forward on large maps."""
     return _state['fast_mha']
+
+
+def use_onednn_float32() -> bool:
+    """Whether float32 linears built now may run on oneDNN (where ``onednn`` is on as well)."""
+    return _state['onednn_float32']
 
 
 def _set(switch: str, enabled: bool) -> bool:
@@ -84,15 +144,20 @@ def set_fast_mha(enabled: bool) -> bool:
     return _set('fast_mha', enabled)
 
 
+def set_onednn_float32(enabled: bool) -> bool:
+    """Turn ``onednn_float32`` on or off for the process; returns the previous setting."""
+    return _set('onednn_float32', enabled)
+
+
 @contextlib.contextmanager
 def fast_paths(enabled: bool | None = None, *, fused_attn: bool | None = None, onednn: bool | None = None,
-               fast_mha: bool | None = None):
+               fast_mha: bool | None = None, onednn_float32: bool | None = None):
     """Within the block, every switch set to ``enabled`` (None: left as it is), then any switch
     named on its own; all restored on leaving. ``with fast_paths(False): model = ...`` builds a
     model on the plain ops alone; ``with fast_paths(onednn=False): ...`` turns off one switch."""
     settings = dict.fromkeys(_state, enabled) if enabled is not None else {}
-    settings.update({k: v for k, v in dict(fused_attn=fused_attn, onednn=onednn, fast_mha=fast_mha).items()
-                     if v is not None})
+    named = dict(fused_attn=fused_attn, onednn=onednn, fast_mha=fast_mha, onednn_float32=onednn_float32)
+    settings.update({k: v for k, v in named.items() if v is not None})
     previous = dict(_state)
     try:
         for switch, value in settings.items():

@@ -74,7 +74,8 @@ class ConvProjectionAttention(Attention):
             real = valid_map(key_mask, grid)
             s = self.conv_proj_k.conv.stride
             kv_mask = torch.cat([key_mask[:, :p], real[:, 0, ::s[0], ::s[1]].flatten(1)], 1)
-        q, k, v = [rearrange(linear(t, wt, bs, self.qkv.onednn), 'b n (h d) -> b h n d', h=self.num_heads)
+        q, k, v = [rearrange(linear(t, wt, bs, self.qkv.onednn, self.qkv.onednn_float32), 'b n (h d) -> b h n d',
+                             h=self.num_heads)
                    for t, wt, bs in zip(self.project_inputs(x, grid, real), weights, biases)]
         out, attn = self.attend(q, k, v, return_attention, kv_mask)
         out = self.proj_drop(self.proj(rearrange(out, 'b h n d -> b n (h d)')))

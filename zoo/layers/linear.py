@@ -5,8 +5,9 @@ Why: PyTorch's x86 wheels do float32 ``mm`` / ``addmm`` with Intel MKL, which on
 takes its AVX2 code path; oneDNN, which PyTorch also ships, uses AVX-512 there. In float32 the
 three products of a linear (forward, input gradient, weight gradient) run on oneDNN in IEEE
 float32 both ways: the results differ only in summation order. On Intel processors MKL takes its
-AVX-512 path and the gap should be small. Measured rates: docs/benchmarks.md, "Where the CPU
-speed comes from".
+AVX-512 path and is as fast or faster, so there the ``onednn_float32`` switch is off by default
+and float32 linears are ``F.linear``. Measured rates: docs/benchmarks.md, "Where the CPU speed
+comes from".
 
 Inference in bfloat16 (autocast to bfloat16, or a model cast with ``.to(torch.bfloat16)``), with
 autograd off, also runs on oneDNN: operands cast to bfloat16 as autocast casts them, one product
@@ -14,7 +15,8 @@ with the bias, and :func:`linear_gelu` adds the MLP's exact GELU as the product'
 instead of a second pass (docs/benchmarks.md, "bfloat16 on a CPU").
 
 Which path runs: the ``onednn`` switch (:mod:`zoo.layers.config`, read when a :class:`Linear` is
-built) chooses whether oneDNN may run at all; per call, :func:`onednn_dtype` says whether it
+built) chooses whether oneDNN may run at all, and ``onednn_float32`` whether float32 products may
+too; per call, :func:`onednn_dtype` says whether it
 applies (a CPU tensor, float32 or bfloat16 inference, not while compiling, tracing, exporting or
 counting FLOPs, and an operator this torch has: :mod:`zoo.layers.private_ops`). Everywhere else
 it is ``F.linear``. State dicts are ``nn.Linear``'s.
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import private_ops  # the private oneDNN operator, or None without it
-from .config import needs_plain_ops, set_onednn, use_onednn
+from .config import needs_plain_ops, set_onednn, use_onednn, use_onednn_float32
 
 set_onednn_linear = set_onednn  # the name tools/benchmark.py --no-onednn uses
 
@@ -63,11 +65,12 @@ class _OneDNNLinear(torch.autograd.Function):
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 
 
-def onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
+def onednn_dtype(x: torch.Tensor, weight: torch.Tensor, float32: bool | None = None) -> torch.dtype | None:
     """The dtype x (..., K) @ weight (N, K)^T runs in on oneDNN now, or None where ``F.linear`` must
-    run. float32: CPU float32 operands, autocast off (autograd on or off). bfloat16: autograd off,
-    and autocast to bfloat16 or bfloat16 operands. Never while plain ops are needed
-    (:func:`zoo.layers.config.needs_plain_ops`) or where this torch lacks the operator."""
+    run. float32: CPU float32 operands, autocast off (autograd on or off), and ``float32`` (the
+    caller's ``onednn_float32`` setting; None reads :func:`zoo.layers.config.use_onednn_float32`
+    now). bfloat16: autograd off, and autocast to bfloat16 or bfloat16 operands. Never while plain
+    ops are needed (:func:`zoo.layers.config.needs_plain_ops`) or where this torch lacks the operator."""
     # plain ops first: under tracing, x.numel() would be recorded as a constant
     if x.device.type != 'cpu' or x.dim() < 2 or needs_plain_ops() or x.numel() == 0 \
             or not private_ops.onednn_linear_available():
@@ -81,7 +84,9 @@ def onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
         dtype = x.dtype
     else:
         return None
-    return None if dtype == torch.bfloat16 and torch.is_grad_enabled() else dtype  # no bfloat16 backward
+    if dtype == torch.float32:
+        return dtype if (use_onednn_float32() if float32 is None else float32) else None
+    return None if torch.is_grad_enabled() else dtype  # no bfloat16 backward
 
 
 def _bfloat16_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -95,11 +100,12 @@ def _bfloat16_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-           onednn: bool | None = None) -> torch.Tensor:
+           onednn: bool | None = None, onednn_float32: bool | None = None) -> torch.Tensor:
     """``F.linear``: x (..., K), weight (N, K), bias (N,) -> (..., N); on oneDNN where it applies.
-    ``onednn``: the caller's setting of the switch (a layer's, read when it was built); None reads
-    :func:`zoo.layers.config.use_onednn` now."""
-    dtype = onednn_dtype(x, weight) if (use_onednn() if onednn is None else onednn) else None
+    ``onednn`` / ``onednn_float32``: the caller's settings of those switches (a layer's, read when
+    it was built); None reads :func:`zoo.layers.config.use_onednn` /
+    :func:`zoo.layers.config.use_onednn_float32` now."""
+    dtype = onednn_dtype(x, weight, onednn_float32) if (use_onednn() if onednn is None else onednn) else None
     if dtype is None:
         return F.linear(x, weight, bias)
     if dtype == torch.bfloat16:
@@ -111,21 +117,23 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                onednn: bool | None = None) -> torch.Tensor:
+                onednn: bool | None = None, onednn_float32: bool | None = None) -> torch.Tensor:
     """GELU (exact, erf form) of :func:`linear`: x (..., K) -> (..., N). The activation is fused
     into the product on the bfloat16 inference path, a second op everywhere else."""
-    if (use_onednn() if onednn is None else onednn) and onednn_dtype(x, weight) == torch.bfloat16:
+    if (use_onednn() if onednn is None else onednn) and onednn_dtype(x, weight, onednn_float32) == torch.bfloat16:
         return _bfloat16_product(x, weight, bias, 'gelu')
-    return F.gelu(linear(x, weight, bias, onednn))
+    return F.gelu(linear(x, weight, bias, onednn, onednn_float32))
 
 
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters, same state dict) whose forward is :func:`linear`. The
-    ``onednn`` switch is read when the layer is built (``self.onednn``)."""
+    ``onednn`` and ``onednn_float32`` switches are read when the layer is built (``self.onednn``,
+    ``self.onednn_float32``)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.onednn = use_onednn()
+        self.onednn_float32 = use_onednn_float32()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias, self.onednn)
+        return linear(x, self.weight, self.bias, self.onednn, self.onednn_float32)
