@@ -68,6 +68,15 @@ def _setup(shapes_ptr, starts_ptr, loc_ptr, attn_ptr, pid, P, LP, BLOCK_LP: tl.c
 
 
 @triton.jit
+def _bilinear(x, y):
+    """The top-left corner (x0, y0) of each sample and its bilinear weights along x and y."""
+    x0f, y0f = tl.floor(x), tl.floor(y)
+    lx, ly = x - x0f, y - y0f
+    hx, hy = x0f + 1.0 - x, y0f + 1.0 - y  # grid_sample's form of 1 - lx, 1 - ly
+    return x0f.to(tl.int32), y0f.to(tl.int32), lx, ly, hx, hy
+
+
+@triton.jit
 def _msda_forward(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, out_ptr,
                   S, Lq, M, D, P, LP, BLOCK_LP: tl.constexpr, BLOCK_D: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
@@ -77,10 +86,7 @@ def _msda_forward(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, out_ptr,
                                                            pid, P, LP, BLOCK_LP)
     d = tl.arange(0, BLOCK_D)
     d_ok = d < D
-    x0f, y0f = tl.floor(x), tl.floor(y)
-    x0, y0 = x0f.to(tl.int32), y0f.to(tl.int32)
-    lx, ly = x - x0f, y - y0f
-    hx, hy = x0f + 1.0 - x, y0f + 1.0 - y  # grid_sample's form of 1 - lx, 1 - ly
+    x0, y0, lx, ly, hx, hy = _bilinear(x, y)
     base = n * S
     v00, _, _ = _corner(value_ptr, base, start, x0, y0, w, h, head, M, D, rows_ok, d, d_ok)
     v01, _, _ = _corner(value_ptr, base, start, x0 + 1, y0, w, h, head, M, D, rows_ok, d, d_ok)
@@ -105,10 +111,7 @@ def _msda_backward(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, grad_ou
     d = tl.arange(0, BLOCK_D)
     d_ok = d < D
     g = tl.load(grad_out_ptr + pid * D + d, mask=d_ok, other=0.0).to(tl.float32)
-    x0f, y0f = tl.floor(x), tl.floor(y)
-    x0, y0 = x0f.to(tl.int32), y0f.to(tl.int32)
-    lx, ly = x - x0f, y - y0f
-    hx, hy = x0f + 1.0 - x, y0f + 1.0 - y
+    x0, y0, lx, ly, hx, hy = _bilinear(x, y)
     base = n * S
     v00, o00, m00 = _corner(value_ptr, base, start, x0, y0, w, h, head, M, D, rows_ok, d, d_ok)
     v01, o01, m01 = _corner(value_ptr, base, start, x0 + 1, y0, w, h, head, M, D, rows_ok, d, d_ok)
