@@ -120,3 +120,15 @@ def spy_calls(module, name: str, fn) -> list[tuple]:
     finally:
         setattr(module, name, real)
     return calls
+
+
+def assert_onnx_matches(model, tmp_path, size: tuple[int, int]) -> None:
+    """``model`` (eval) exported to ONNX at batch 2 of (3, *size) images gives, in onnxruntime, its
+    PyTorch logits on a batch of 3 (another batch size than the one traced) within 1e-4."""
+    import onnxruntime as ort  # a test dependency, imported only by the tests that export
+    path = os.path.join(str(tmp_path), 'model.onnx')
+    torch.onnx.export(model, (torch.randn(2, 3, *size),), path, input_names=['images'], output_names=['logits'],
+                      dynamic_axes={'images': {0: 'batch'}}, dynamo=False)
+    y = torch.randn(3, 3, *size)
+    (out,) = ort.InferenceSession(path, providers=['CPUExecutionProvider']).run(None, {'images': y.numpy()})
+    np.testing.assert_allclose(out, model(y).numpy(), atol=1e-4, rtol=0)

@@ -1,14 +1,12 @@
 """CaiT against timm 1.0.31, whose CaiT keeps the official key layout (facebookresearch/deit
 cait_models.py: gamma_1 / gamma_2, attn.proj_l / proj_w, blocks_token_only.*), so timm state
 dicts are official-layout checkpoints for the converter."""
-import numpy as np
-import onnxruntime as ort
 import pytest
 import timm
 import torch
 
 import zoo
-from helpers import count_params
+from helpers import assert_onnx_matches, count_params
 from zoo.layers import Attention
 from zoo.layers.class_attention import ClassAttention
 from zoo.layers.talking_heads import TalkingHeadsAttention
@@ -237,14 +235,7 @@ def test_onnx_export_matches_onnxruntime(tmp_path):
         for b in model.blocks:  # visible residual branches
             b.ls1.gamma.fill_(0.5)
             b.ls2.gamma.fill_(0.5)
-    x = torch.randn(2, 3, 96, 96)
-    path = str(tmp_path / 'cait.onnx')
-    torch.onnx.export(model, (x,), path, input_names=['images'], output_names=['logits'],
-                      dynamic_axes={'images': {0: 'batch'}}, dynamo=False)
-    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
-    y = torch.randn(3, 3, 96, 96)
-    (out,) = session.run(None, {'images': y.numpy()})
-    np.testing.assert_allclose(out, model(y).numpy(), atol=1e-4, rtol=0)
+    assert_onnx_matches(model, tmp_path, (96, 96))
 
 
 def test_mix_heads_equals_a_linear_over_heads_and_a_1x1_convolution():

@@ -3,14 +3,12 @@ That code is not installable, so the reference figures below were produced by ru
 timm 1.0.31) outside this repository: parameter counts of its ceit_{tiny,small,base}_patch16_224
 builders (the README rounds them to 6.4 / 24.2 / 94.4 M), and logits of a small model in its key
 layout filled with the name-keyed deterministic weights of ``_deterministic``."""
-import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
 
 import zoo
-from helpers import assert_detection_mode, count_params, deterministic_state_dict, spy_calls, wave_image
+from helpers import assert_detection_mode, assert_onnx_matches, count_params, deterministic_state_dict, spy_calls, wave_image
 from zoo.layers import private_ops
 from zoo.layers.layer_class_attention import LayerClassAttentionBlock
 from zoo.layers.leff import LocallyEnhancedFeedForward
@@ -144,14 +142,7 @@ def test_attention_maps_and_fused_path():
 @torch.no_grad()
 def test_onnx_export_matches_onnxruntime(tmp_path):
     model = zoo.create_model('ceit_t', depth=2, img_size=64).eval()
-    x = torch.randn(2, 3, 64, 64)
-    path = str(tmp_path / 'ceit.onnx')
-    torch.onnx.export(model, (x,), path, input_names=['images'], output_names=['logits'],
-                      dynamic_axes={'images': {0: 'batch'}}, dynamo=False)
-    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
-    y = torch.randn(3, 3, 64, 64)
-    (out,) = session.run(None, {'images': y.numpy()})
-    np.testing.assert_allclose(out, model(y).numpy(), atol=1e-4, rtol=0)
+    assert_onnx_matches(model, tmp_path, (64, 64))
 
 
 def test_side_not_multiple_of_stride_is_explained():

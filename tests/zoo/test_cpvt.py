@@ -3,8 +3,6 @@ the PEG code came out with Twins as ``PosCNN``, which timm 1.0.31 ships as
 ``timm.models.twins.PosConv``). The reference here is assembled from timm parts: timm's
 VisionTransformer without a position table (DeiT widths) plus timm's PosConv after the PEG blocks,
 as the CPVT paper's listing wires them."""
-import numpy as np
-import onnxruntime as ort
 import pytest
 import timm
 import torch
@@ -12,7 +10,7 @@ from timm.models.twins import PosConv
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 import zoo
-from helpers import assert_detection_mode, count_params
+from helpers import assert_detection_mode, assert_onnx_matches, count_params
 from zoo.layers.peg import PositionalEncodingGenerator
 
 CPVT = zoo.list_models('cpvt_*')
@@ -201,11 +199,4 @@ def test_fused_and_explicit_attention_agree_and_maps(name):
 @torch.no_grad()
 def test_onnx_export_matches_onnxruntime(tmp_path):
     model = zoo.create_model('cpvt_ti_gap', depth=5).eval()
-    x = torch.randn(2, 3, 64, 96)  # non-square: the PEGs follow the traced grid
-    path = str(tmp_path / 'cpvt.onnx')
-    torch.onnx.export(model, (x,), path, input_names=['images'], output_names=['logits'],
-                      dynamic_axes={'images': {0: 'batch'}}, dynamo=False)
-    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
-    y = torch.randn(3, 3, 64, 96)
-    (out,) = session.run(None, {'images': y.numpy()})
-    np.testing.assert_allclose(out, model(y).numpy(), atol=1e-4, rtol=0)
+    assert_onnx_matches(model, tmp_path, (64, 96))  # non-square: the PEGs follow the traced grid

@@ -5,13 +5,11 @@ parameter counts of its ``deepvit_S`` / ``deepvit_L`` builders, and logits of a 
 its key layout filled with the name-keyed deterministic weights of ``_deterministic``."""
 import copy
 
-import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
 import zoo
-from helpers import assert_detection_mode, count_params, deterministic_state_dict, wave_image
+from helpers import assert_detection_mode, assert_onnx_matches, count_params, deterministic_state_dict, wave_image
 from zoo.layers.attention import Attention
 from zoo.layers.block import LayerNorm6
 from zoo.layers.re_attention import ReAttention, masked_batch_norm
@@ -159,14 +157,7 @@ def test_scaled_residual_block_formula():
 @torch.no_grad()
 def test_onnx_export_matches_onnxruntime(tmp_path):
     model = zoo.create_model('deepvit_l', depth=3, num_reattention_blocks=2, img_size=64).eval()
-    x = torch.randn(2, 3, 64, 64)
-    path = str(tmp_path / 'deepvit.onnx')
-    torch.onnx.export(model, (x,), path, input_names=['images'], output_names=['logits'],
-                      dynamic_axes={'images': {0: 'batch'}}, dynamo=False)
-    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
-    y = torch.randn(3, 3, 64, 64)
-    (out,) = session.run(None, {'images': y.numpy()})
-    np.testing.assert_allclose(out, model(y).numpy(), atol=1e-4, rtol=0)
+    assert_onnx_matches(model, tmp_path, (64, 64))
 
 
 def test_side_not_multiple_of_stride_is_explained():

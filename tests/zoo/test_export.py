@@ -1,24 +1,16 @@
 """Export paths users ask for: ONNX (checked with onnxruntime) and TorchScript tracing."""
-import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
 import zoo
+from helpers import assert_onnx_matches
 
 
 @pytest.mark.parametrize('name', ['vit_tiny_patch16_224', 'deit_tiny_distilled_patch16_224'])
 @torch.no_grad()
 def test_onnx_export_matches_onnxruntime(name, tmp_path):
     model = zoo.create_model(name, depth=2, img_size=96).eval()
-    x = torch.randn(2, 3, 96, 96)
-    path = str(tmp_path / 'model.onnx')
-    torch.onnx.export(model, (x,), path, input_names=['images'], output_names=['logits'],
-                      dynamic_axes={'images': {0: 'batch'}}, dynamo=False)
-    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
-    y = torch.randn(3, 3, 96, 96)  # another batch size than the one traced
-    (out,) = session.run(None, {'images': y.numpy()})
-    np.testing.assert_allclose(out, model(y).numpy(), atol=1e-4, rtol=0)
+    assert_onnx_matches(model, tmp_path, (96, 96))
 
 
 @torch.no_grad()
