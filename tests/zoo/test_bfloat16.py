@@ -176,16 +176,24 @@ def test_train_py_amp_on_cpu_builds_the_autocast_wrapper_and_trains(tmp_path, mo
     assert LOOPS.get('AutocastTestLoop') is AutocastTestLoop
 
 
-def test_cpu_bfloat16_inference_attends_explicitly_and_training_keeps_the_fused_kernel(monkeypatch):
-    """zoo.layers.attention.explicit_is_faster: CPU bfloat16 without autograd takes q k^T,
-    softmax, @ v (oneDNN's bfloat16 products; the CPU flash kernel runs bfloat16 at float32's
-    speed); with autograd, in float32 and for maps over the size limit the fused kernel runs."""
+def test_cpu_bfloat16_inference_attends_explicitly_without_amx_and_training_keeps_the_fused_kernel(monkeypatch):
+    """zoo.layers.attention.explicit_is_faster: with the explicit_bf16_attn switch on (the default on
+    CPUs without AMX), CPU bfloat16 without autograd takes q k^T, softmax, @ v (oneDNN's bfloat16
+    products; the CPU flash kernel runs bfloat16 at float32's speed there); with autograd, in
+    float32 and for maps over the size limit the fused kernel runs. A layer built with the switch
+    off (the default with AMX, where the flash kernel is faster) takes the fused kernel, with the
+    same outputs within bfloat16's rounding."""
     import torch.nn.functional as F
 
-    from zoo.layers import Attention
+    from zoo.layers import Attention, fast_paths
     from zoo.layers import attention as attention_module
     torch.manual_seed(0)
-    attn = Attention(64, num_heads=4).eval()
+    with fast_paths(explicit_bf16_attn=True):
+        attn = Attention(64, num_heads=4).eval()
+    with fast_paths(explicit_bf16_attn=False):
+        amx = Attention(64, num_heads=4).eval()
+    amx.load_state_dict(attn.state_dict())
+    assert attn.explicit_bf16 and not amx.explicit_bf16
     x = torch.randn(2, 50, 64)
     key_mask = torch.ones(2, 50, dtype=torch.bool)
     key_mask[1, 40:] = False  # window padding: masked keys
@@ -198,16 +206,20 @@ def test_cpu_bfloat16_inference_attends_explicitly_and_training_keeps_the_fused_
         low = attn(x, key_mask=key_mask)
     assert fused_calls == []
     assert (low.float() - ref).abs().max() <= 0.02 * ref.abs().max()
+    with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
+        low_fused = amx(x, key_mask=key_mask)
+    assert len(fused_calls) == 1
+    assert (low_fused.float() - ref).abs().max() <= 0.02 * ref.abs().max()
     with torch.inference_mode():
         attn(x, key_mask=key_mask)  # float32: fused
-    assert len(fused_calls) == 1
+    assert len(fused_calls) == 2
     with torch.autocast('cpu', dtype=torch.bfloat16):
         attn(x, key_mask=key_mask).float().sum().backward()  # autograd: fused, no map kept
-    assert len(fused_calls) == 2
+    assert len(fused_calls) == 3
     monkeypatch.setattr(attention_module, '_EXPLICIT_MAP_LIMIT', 2 * 4 * 50 * 50 - 1)
     with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
         attn(x, key_mask=key_mask)  # the map is over the limit: fused
-    assert len(fused_calls) == 3
+    assert len(fused_calls) == 4
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])

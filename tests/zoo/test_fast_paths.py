@@ -17,7 +17,7 @@ from zoo.layers import leff as leff_module
 from zoo.layers import linear as linear_module
 from zoo.layers.leff import LocallyEnhancedFeedForward
 
-SWITCHES = ('fused_attn', 'onednn', 'fast_mha', 'onednn_float32')
+SWITCHES = ('fused_attn', 'onednn', 'fast_mha', 'onednn_float32', 'explicit_bf16_attn')
 
 
 def fused_kernel_calls(fn) -> int:
@@ -37,12 +37,14 @@ def fused_kernel_calls(fn) -> int:
 
 def _settings() -> dict:
     return dict(fused_attn=config.use_fused_attn(), onednn=config.use_onednn(), fast_mha=config.use_fast_mha(),
-                onednn_float32=config.use_onednn_float32())
+                onednn_float32=config.use_onednn_float32(), explicit_bf16_attn=config.use_explicit_bf16_attn())
 
 
 def _defaults() -> dict:
-    """Every switch's setting with no variable set: on, and onednn_float32 as this CPU's vendor says."""
-    return dict(dict.fromkeys(SWITCHES, True), onednn_float32=config.onednn_float32_default())
+    """Every switch's setting with no variable set: on, onednn_float32 as this CPU's vendor says and
+    explicit_bf16_attn as its flags say."""
+    return dict(dict.fromkeys(SWITCHES, True), onednn_float32=config.onednn_float32_default(),
+                explicit_bf16_attn=config.explicit_bf16_attn_default())
 
 
 def _run_config(script: str, **variables) -> subprocess.CompletedProcess:
@@ -53,17 +55,20 @@ def _run_config(script: str, **variables) -> subprocess.CompletedProcess:
 
 
 def test_every_switch_is_on_by_default_and_set_from_its_environment_variable():
-    script = 'print(config.use_fused_attn(), config.use_onednn(), config.use_fast_mha(), config.use_onednn_float32())'
+    script = ('print(config.use_fused_attn(), config.use_onednn(), config.use_fast_mha(), config.use_onednn_float32(), '
+              'config.use_explicit_bf16_attn())')
 
     def run(**variables):
         return _run_config(script, **variables)
     default32 = str(config.onednn_float32_default())  # off on Intel CPUs, on elsewhere
-    assert run().stdout.split() == ['True'] * 3 + [default32]
-    off = run(VITZOO_FUSED_ATTN='0', VITZOO_ONEDNN='off', VITZOO_FAST_MHA='false', VITZOO_ONEDNN_FLOAT32='no')
-    assert off.stdout.split() == ['False'] * 4, off.stderr[-2000:]
-    assert run(VITZOO_ONEDNN='0').stdout.split() == ['True', 'False', 'True', default32]
-    assert run(VITZOO_ONEDNN_FLOAT32='1').stdout.split() == ['True'] * 4
-    assert run(VITZOO_ONEDNN_FLOAT32='off').stdout.split() == ['True'] * 3 + ['False']
+    explicit = str(config.explicit_bf16_attn_default())  # off on CPUs with AMX, on elsewhere
+    assert run().stdout.split() == ['True'] * 3 + [default32, explicit]
+    off = run(VITZOO_FUSED_ATTN='0', VITZOO_ONEDNN='off', VITZOO_FAST_MHA='false', VITZOO_ONEDNN_FLOAT32='no',
+              VITZOO_EXPLICIT_BF16_ATTN='0')
+    assert off.stdout.split() == ['False'] * 5, off.stderr[-2000:]
+    assert run(VITZOO_ONEDNN='0').stdout.split() == ['True', 'False', 'True', default32, explicit]
+    assert run(VITZOO_ONEDNN_FLOAT32='1', VITZOO_EXPLICIT_BF16_ATTN='on').stdout.split() == ['True'] * 5
+    assert run(VITZOO_ONEDNN_FLOAT32='off').stdout.split() == ['True'] * 3 + ['False', explicit]
     bad = run(VITZOO_FUSED_ATTN='maybe')
     assert bad.returncode != 0
     assert "VITZOO_FUSED_ATTN='maybe' is not a switch setting: set it to 1" in bad.stderr
@@ -71,14 +76,35 @@ def test_every_switch_is_on_by_default_and_set_from_its_environment_variable():
     assert bad.returncode != 0
     assert "VITZOO_ONEDNN_FLOAT32='auto' is not a switch setting: set it to 1 (on) or 0 (off), or unset it " \
         "for the default (on except on Intel CPUs)" in bad.stderr
+    bad = run(VITZOO_EXPLICIT_BF16_ATTN='amx')
+    assert bad.returncode != 0
+    assert "or unset it for the default (on except on CPUs with AMX)" in bad.stderr
 
 
-def test_the_origin_of_onednn_float32_is_its_variable_or_the_vendor_default():
-    script = "print(config.setting_origin('onednn_float32')); print(config.setting_origin('onednn'))"
+def test_the_origin_of_a_cpu_dependent_setting_is_its_variable_or_the_cpus_default():
+    script = ("print(config.setting_origin('onednn_float32')); print(config.setting_origin('onednn')); "
+              "print(config.setting_origin('explicit_bf16_attn'))")
     vendor = config.cpu_vendor() or 'a CPU of unknown vendor'
-    assert _run_config(script).stdout.splitlines() == [f'default for {vendor}', 'default']
-    assert _run_config(script, VITZOO_ONEDNN_FLOAT32='1', VITZOO_ONEDNN='on').stdout.splitlines() == [
-        'VITZOO_ONEDNN_FLOAT32=1', 'VITZOO_ONEDNN=on']
+    flags = config.cpu_flags()
+    amx = 'a CPU of unknown flags' if flags is None else f'a CPU {"with" if "amx_bf16" in flags else "without"} AMX'
+    assert _run_config(script).stdout.splitlines() == [f'default for {vendor}', 'default', f'default for {amx}']
+    assert _run_config(script, VITZOO_ONEDNN_FLOAT32='1', VITZOO_ONEDNN='on',
+                       VITZOO_EXPLICIT_BF16_ATTN='0').stdout.splitlines() == [
+        'VITZOO_ONEDNN_FLOAT32=1', 'VITZOO_ONEDNN=on', 'VITZOO_EXPLICIT_BF16_ATTN=0']
+
+
+@pytest.mark.parametrize('flags, default', [(frozenset({'avx512f', 'avx512_bf16'}), True),
+                                            (frozenset({'avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile'}), False),
+                                            (None, True)])
+def test_explicit_bf16_attention_defaults_to_off_on_cpus_with_amx_only(monkeypatch, flags, default):
+    """With AMX the CPU flash kernel beats q k^T, softmax, @ v in bfloat16; without it (AVX-512 BF16
+    alone) it runs bfloat16 at float32's speed; flags that cannot be read keep the explicit path."""
+    monkeypatch.setattr(config, 'cpu_flags', lambda: flags)
+    monkeypatch.delenv('VITZOO_EXPLICIT_BF16_ATTN', raising=False)
+    assert config.explicit_bf16_attn_default() is default
+    assert config._from_environment('explicit_bf16_attn') is default
+    monkeypatch.setenv('VITZOO_EXPLICIT_BF16_ATTN', '1')
+    assert config._from_environment('explicit_bf16_attn') is True
 
 
 @pytest.mark.parametrize('vendor, default', [('GenuineIntel', False), ('AuthenticAMD', True), (None, True)])
@@ -110,15 +136,30 @@ def test_cpu_vendor_reads_the_vendor_id_of_linuxs_cpuinfo(monkeypatch, tmp_path)
     assert config.cpu_vendor(str(intel)) is None
 
 
+def test_cpu_flags_reads_the_first_flags_line_of_linuxs_cpuinfo(monkeypatch, tmp_path):
+    sapphire, arm = tmp_path / 'sapphire', tmp_path / 'arm'
+    sapphire.write_text('processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n\n'
+                        'processor\t: 1\nflags\t\t: fpu\n')
+    arm.write_text('processor\t: 0\nFeatures\t: fp asimd\n')  # no flags line
+    monkeypatch.setattr(config.platform, 'system', lambda: 'Linux')
+    assert config.cpu_flags(str(sapphire)) == frozenset({'fpu', 'avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile'})
+    assert config.cpu_flags(str(arm)) is None
+    assert config.cpu_flags(str(tmp_path / 'missing')) is None
+    monkeypatch.setattr(config.platform, 'system', lambda: 'Darwin')
+    assert config.cpu_flags(str(sapphire)) is None
+
+
 def test_setters_return_the_previous_setting_and_the_context_manager_restores_every_switch():
     before = _settings()
     assert before == _defaults()  # nothing in the tests leaves one changed
     with fast_paths(False):
         assert _settings() == dict.fromkeys(SWITCHES, False)
         with fast_paths(onednn=True):
-            assert _settings() == dict(fused_attn=False, onednn=True, fast_mha=False, onednn_float32=False)
-        with fast_paths(onednn_float32=True):
-            assert _settings() == dict(fused_attn=False, onednn=False, fast_mha=False, onednn_float32=True)
+            assert _settings() == dict(fused_attn=False, onednn=True, fast_mha=False, onednn_float32=False,
+                                       explicit_bf16_attn=False)
+        with fast_paths(onednn_float32=True, explicit_bf16_attn=True):
+            assert _settings() == dict(fused_attn=False, onednn=False, fast_mha=False, onednn_float32=True,
+                                       explicit_bf16_attn=True)
         assert not config.use_onednn()
     with fast_paths(True):
         assert _settings() == dict.fromkeys(SWITCHES, True)
@@ -138,6 +179,12 @@ def test_setters_return_the_previous_setting_and_the_context_manager_restores_ev
         assert config.set_onednn_float32(default32) is (not default32) and config.use_onednn_float32() is default32
     finally:
         config.set_onednn_float32(default32)
+    explicit = config.use_explicit_bf16_attn()
+    assert config.set_explicit_bf16_attn(not explicit) is explicit
+    try:
+        assert config.use_explicit_bf16_attn() is (not explicit)
+    finally:
+        config.set_explicit_bf16_attn(explicit)
     # the name tools/benchmark.py --no-onednn uses
     assert linear_module.set_onednn_linear is config.set_onednn
 

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import zoo
 from helpers import spy_calls
-from zoo.layers import Linear, fast_paths
+from zoo.layers import Linear, fast_paths, fuse_for_inference
 from zoo.layers import linear as linear_module  # the module (the package does not export the function)
 from zoo.layers import private_ops
 from zoo.layers.linear import linear
@@ -197,3 +197,70 @@ def test_mlp_fuses_fc1_and_gelu_unless_a_hook_watches_them():
         ref = mlp(x)
     for out in (fused, hooked):
         assert (out.float() - ref).abs().max() <= 0.02 * ref.abs().max()
+
+
+def _bf16_inference(fn):
+    with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
+        return fn()
+
+
+@needs_onednn
+@pytest.mark.parametrize('bias', [True, False])
+def test_fuse_keeps_one_bfloat16_copy_with_autocasts_products_bit_for_bit(bias):
+    """Linear.fuse (fuse_for_inference): bfloat16 inference reads a kept bfloat16 copy instead of
+    autocast's cast at every call: the same outputs bit for bit; the copy is made once, remade when a
+    parameter changes in place or is loaded, dropped when moved or trained; float32 and the state
+    dict are unchanged."""
+    torch.manual_seed(0)
+    fused, plain = Linear(32, 48, bias=bias).eval(), Linear(32, 48, bias=bias).eval()
+    plain.load_state_dict(fused.state_dict())
+    keys = list(fused.state_dict())
+    fused.fuse()
+    x = torch.randn(3, 5, 32)
+    assert fused.bfloat16_copy is None  # made at the first bfloat16 call, not before
+    assert torch.equal(_bf16_inference(lambda: fused(x)), _bf16_inference(lambda: plain(x)))
+    copy = fused.bfloat16_copy[1]
+    assert copy.dtype == torch.bfloat16 and (fused.bfloat16_copy[2] is None) is (not bias)
+    _bf16_inference(lambda: fused(x))
+    assert fused.bfloat16_copy[1] is copy  # reused while the weight is unchanged
+    with torch.no_grad():  # changed in place (an optimizer step, EMA): the version counter moves
+        for layer in (fused, plain):
+            layer.weight.mul_(-2)
+            if bias:
+                layer.bias.add_(1)
+    assert torch.equal(_bf16_inference(lambda: fused(x)), _bf16_inference(lambda: plain(x)))
+    assert fused.bfloat16_copy[1] is not copy
+    other = Linear(32, 48, bias=bias).state_dict()
+    fused.load_state_dict(other)
+    plain.load_state_dict(other)
+    assert torch.equal(_bf16_inference(lambda: fused(x)), _bf16_inference(lambda: plain(x)))
+    # float32 inference and autograd never read the copy
+    with torch.inference_mode():
+        assert torch.equal(fused(x), plain(x))
+    fused.to(torch.float32)  # a move or cast drops the copy
+    assert fused.bfloat16_copy is None
+    assert list(fused.state_dict()) == keys and 'bfloat16_copy' not in str(fused.state_dict().keys())
+    fused.train()
+    assert not fused.keeps_bfloat16 and fused.bfloat16_copy is None
+    _bf16_inference(lambda: fused(x))
+    assert fused.bfloat16_copy is None  # trained: not kept until fused again
+    with pytest.raises(RuntimeError, match=r'call \.eval\(\) first'):
+        fused.fuse()
+
+
+@needs_onednn
+@pytest.mark.parametrize('name, kw', [('deit_tiny_patch16_224', dict(depth=2, img_size=32, patch_size=8)),
+                                      ('cvt_13', dict(img_size=64))])
+def test_fuse_for_inference_gives_a_model_autocasts_bfloat16_outputs_bit_for_bit(name, kw):
+    """Every path that reads a Linear's weight in bfloat16 inference (Linear, the MLP's fused linear +
+    GELU, CvT's q / k / v slices of one qkv weight) reads the kept copy, and the logits equal those of
+    the same model not fused, bit for bit."""
+    torch.manual_seed(0)
+    model = zoo.create_model(name, **kw).eval()
+    plain = zoo.create_model(name, **kw).eval()
+    plain.load_state_dict(model.state_dict())
+    fuse_for_inference(model)
+    x = torch.randn(2, 3, kw['img_size'], kw['img_size'])
+    assert torch.equal(_bf16_inference(lambda: model(x)), _bf16_inference(lambda: plain(x)))
+    linears = [m for m in model.modules() if isinstance(m, Linear)]
+    assert linears and all(m.bfloat16_copy is not None for m in linears)  # every one read its copy

@@ -3,7 +3,8 @@ from .attention import Attention, mix_heads
 from .block import Block, LayerNorm6
 from .class_attention import ClassAttention, ClassAttentionBlock
 from . import config
-from .config import fast_paths, fuse_for_inference, use_fast_mha, use_fused_attn, use_onednn, use_onednn_float32
+from .config import (fast_paths, fuse_for_inference, use_explicit_bf16_attn, use_fast_mha, use_fused_attn, use_onednn,
+                     use_onednn_float32)
 from .conv_attention import ConvProjection, ConvProjectionAttention
 from .conv_embed import ConvEmbed
 from .drop import DropPath, drop_path, drop_path_rates
@@ -27,7 +28,7 @@ from .weight_init import init_weights_trunc_normal
 
 __all__ = [
     'Attention', 'mix_heads', 'Block', 'LayerNorm6', 'config', 'fast_paths', 'fuse_for_inference',
-    'use_fast_mha', 'use_fused_attn', 'use_onednn', 'use_onednn_float32', 'ClassAttention', 'ClassAttentionBlock',
+    'use_explicit_bf16_attn', 'use_fast_mha', 'use_fused_attn', 'use_onednn', 'use_onednn_float32', 'ClassAttention', 'ClassAttentionBlock',
     'ConvProjection', 'ConvProjectionAttention', 'ConvEmbed', 'DropPath', 'drop_path', 'drop_path_rates',
     'check_image', 'prepend_tokens', 'to_2tuple', 'ImageToTokens', 'LayerClassAttention',
     'LayerClassAttentionBlock', 'LayerScale', 'Linear', 'set_onednn_linear', 'LocallyEnhancedFeedForward', 'Mlp', 'PatchEmbed',

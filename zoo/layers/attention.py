@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .config import needs_plain_ops, use_fused_attn
+from .config import needs_plain_ops, use_explicit_bf16_attn, use_fused_attn
 from .helpers import to_2tuple
 from .linear import Linear
 from .rel_pos import RelPosBias, resize_rel_pos_table
@@ -35,15 +35,16 @@ def zero_masked_keys(attn: torch.Tensor, key_mask: torch.Tensor | None) -> torch
 _EXPLICIT_MAP_LIMIT = 1 << 26
 
 
-def explicit_is_faster(q: torch.Tensor, k: torch.Tensor) -> bool:
+def explicit_is_faster(q: torch.Tensor, k: torch.Tensor, explicit_bf16: bool = True) -> bool:
     """Whether q k^T, softmax, @ v beats ``F.scaled_dot_product_attention`` for this call.
 
-    On a CPU in bfloat16 without autograd, yes: the CPU flash kernel runs bfloat16 at about
-    float32's speed, while the explicit products run on oneDNN's bfloat16 kernels
-    (docs/benchmarks.md, "bfloat16 on a CPU"). In training the map would be kept for backward,
-    so the fused kernel stays there; very large maps stay fused too.
-    q: (B, h, Nq, d), k: (B, h, Nk, d)."""
-    return (q.device.type == 'cpu' and q.dtype == torch.bfloat16 and not torch.is_grad_enabled()
+    On a CPU without AMX in bfloat16 without autograd, yes: the CPU flash kernel runs bfloat16 at
+    about float32's speed, while the explicit products run on oneDNN's bfloat16 kernels. With AMX
+    the flash kernel is the faster one (docs/benchmarks.md, "bfloat16 on a CPU"): ``explicit_bf16``
+    is the layer's ``explicit_bf16_attn`` setting (:mod:`zoo.layers.config`, decided from the CPU).
+    In training the map would be kept for backward, so the fused kernel stays there; very large
+    maps stay fused too. q: (B, h, Nq, d), k: (B, h, Nk, d)."""
+    return (explicit_bf16 and q.device.type == 'cpu' and q.dtype == torch.bfloat16 and not torch.is_grad_enabled()
             and q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] <= _EXPLICIT_MAP_LIMIT)
 
 
@@ -79,7 +80,8 @@ class Attention(nn.Module):
     x: (B, N, D) -> (B, N, D). With ``return_attention=True`` the explicit path runs and the
     softmax-normalised map (B, heads, N, N) is returned as well; otherwise
     ``F.scaled_dot_product_attention`` runs when ``fused`` is set. ``fused=None`` takes the
-    ``fused_attn`` switch as it is when the layer is built (:mod:`zoo.layers.config`).
+    ``fused_attn`` switch as it is when the layer is built (:mod:`zoo.layers.config`), and
+    ``explicit_bf16`` the ``explicit_bf16_attn`` switch.
 
     Subclasses that change the map (talking heads, re-attention) override :meth:`attention_map`
     and set ``fused = False``: the map cannot be changed inside a fused kernel.
@@ -97,6 +99,7 @@ class Attention(nn.Module):
         self.head_dim = head_dim
         self.scale = qk_scale if qk_scale is not None else head_dim ** -0.5
         self.fused = use_fused_attn() if fused is None else fused
+        self.explicit_bf16 = use_explicit_bf16_attn()
         inner_dim = num_heads * head_dim
         self.qkv = Linear(dim, 3 * inner_dim, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
@@ -158,7 +161,7 @@ class Attention(nn.Module):
                return_attention: bool = False, key_mask: torch.Tensor | None = None,
                bias: RelPosBias | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """q, k, v: (B, h, N, d) -> (B, h, Nq, d) and the map (B, h, Nq, Nk) or None."""
-        if self.fused and not return_attention and not explicit_is_faster(q, k):  # the fused kernel
+        if self.fused and not return_attention and not explicit_is_faster(q, k, self.explicit_bf16):  # the fused kernel
             if bias is not None:  # an additive float mask: the bias, -inf at masked keys
                 mask = mask_keys(bias.rows(), key_mask)
             else:

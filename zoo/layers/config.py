@@ -1,6 +1,7 @@
 """Every fast-path switch of the layer library, and the explicit inference step, in one place.
 
-Switches, each on by default (``onednn_float32``: except on Intel CPUs), each read from its
+Switches, each on by default (``onednn_float32``: except on Intel CPUs; ``explicit_bf16_attn``:
+except on CPUs with AMX), each read from its
 environment variable when this module is imported (``0`` / ``false`` / ``off`` or ``1`` / ``true`` /
 ``on``), changed for the whole process by its setter, and within a ``with`` block by
 :func:`fast_paths`:
@@ -19,6 +20,11 @@ environment variable when this module is imported (``0`` / ``false`` / ``off`` o
   (:func:`onednn_float32_default`): off on Intel, on elsewhere and where the vendor is unknown.
 * ``fast_mha`` (``VITZOO_FAST_MHA``, :func:`use_fast_mha`): DETR's attention takes its own forward
   on large maps (:mod:`detection.attention`); off, ``nn.MultiheadAttention``'s on every call.
+* ``explicit_bf16_attn`` (``VITZOO_EXPLICIT_BF16_ATTN``, :func:`use_explicit_bf16_attn`): within
+  ``fused_attn``, CPU bfloat16 inference attends with explicit products (q k^T, softmax, @ v on
+  oneDNN's bfloat16 kernels) instead of the fused kernel (:func:`zoo.layers.attention.explicit_is_faster`);
+  off, the fused kernel there too. Unset, it is decided once at import from the CPU's flags
+  (:func:`explicit_bf16_attn_default`): off where the CPU has AMX, on elsewhere.
 
 A layer reads a switch when it is built and keeps that setting (``self.fused``, ``self.onednn``,
 ``self.onednn_float32``), as timm's ``use_fused_attn()`` is read: build the model inside the
@@ -26,8 +32,9 @@ A layer reads a switch when it is built and keeps that setting (``self.fused``, 
 dtype, tracing) each fast path gathers in one predicate, and all of them step aside for
 :func:`needs_plain_ops`.
 
-:func:`fuse_for_inference` is the one explicit step: it folds what can be folded for inference
-(LeFF's batch norms into its convolutions) once, instead of at every forward.
+:func:`fuse_for_inference` is the one explicit step: it does once for inference what would
+otherwise be redone at every forward (LeFF's batch norms folded into its convolutions; the linears'
+weights cast to bfloat16 for bfloat16 inference).
 
 Speed figures for each path: docs/benchmarks.md ("Where the CPU speed comes from", "bfloat16 on
 a CPU", "Detectors at detection resolution").
@@ -42,24 +49,37 @@ from torch import nn
 from . import private_ops
 
 _ENV = {'fused_attn': 'VITZOO_FUSED_ATTN', 'onednn': 'VITZOO_ONEDNN', 'fast_mha': 'VITZOO_FAST_MHA',
-        'onednn_float32': 'VITZOO_ONEDNN_FLOAT32'}
+        'onednn_float32': 'VITZOO_ONEDNN_FLOAT32', 'explicit_bf16_attn': 'VITZOO_EXPLICIT_BF16_ATTN'}
 _TRUE, _FALSE = ('1', 'true', 'yes', 'on'), ('0', 'false', 'no', 'off')
 
 
-def cpu_vendor(cpuinfo: str = '/proc/cpuinfo') -> str | None:
-    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``) from the first ``vendor_id`` line
-    of ``cpuinfo`` on Linux; None elsewhere, or where the file cannot be read or has no such line."""
+def _cpuinfo_value(key: str, cpuinfo: str) -> str | None:
+    """The value of the first ``key`` line of ``cpuinfo`` on Linux; None elsewhere, or where the
+    file cannot be read or has no such line."""
     if platform.system() != 'Linux':
         return None
     try:
         with open(cpuinfo, encoding='utf-8', errors='replace') as f:
             for line in f:
-                key, _, value = line.partition(':')
-                if key.strip() == 'vendor_id':
-                    return value.strip() or None
+                name, _, value = line.partition(':')
+                if name.strip() == key:
+                    return value.strip()
     except OSError:
         return None
     return None
+
+
+def cpu_vendor(cpuinfo: str = '/proc/cpuinfo') -> str | None:
+    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``) from the first ``vendor_id`` line
+    of ``cpuinfo`` on Linux; None elsewhere, or where the file cannot be read or has no such line."""
+    return _cpuinfo_value('vendor_id', cpuinfo) or None
+
+
+def cpu_flags(cpuinfo: str = '/proc/cpuinfo') -> frozenset[str] | None:
+    """The CPU's feature flags (``avx512_bf16``, ``amx_bf16``, ...) from the first ``flags`` line of
+    ``cpuinfo`` on Linux; None where they cannot be read (another system, no such line)."""
+    flags = _cpuinfo_value('flags', cpuinfo)
+    return None if flags is None else frozenset(flags.split())
 
 
 def onednn_float32_default() -> bool:
@@ -70,14 +90,34 @@ def onednn_float32_default() -> bool:
     return cpu_vendor() != 'GenuineIntel'
 
 
+def explicit_bf16_attn_default() -> bool:
+    """``explicit_bf16_attn`` where its variable is unset: off on a CPU with AMX (``amx_bf16``), on
+    anywhere else (a CPU without it, or one whose flags :func:`cpu_flags` cannot read)."""
+    # With AMX the fused kernel's bfloat16 products run on the tile unit and it beats the explicit
+    # products at every shape the zoo meets; without AMX it runs bfloat16 at about float32's speed
+    # (docs/benchmarks.md, "bfloat16 on a CPU").
+    return 'amx_bf16' not in (cpu_flags() or ())
+
+
+def _default(switch: str) -> bool:
+    if switch == 'onednn_float32':
+        return onednn_float32_default()
+    if switch == 'explicit_bf16_attn':
+        return explicit_bf16_attn_default()
+    return True
+
+
+_DEFAULT_IN_WORDS = {'onednn_float32': 'on except on Intel CPUs', 'explicit_bf16_attn': 'on except on CPUs with AMX'}
+
+
 def _from_environment(switch: str) -> bool:
     """The switch's setting from its environment variable, or its default where that is unset."""
     name = _ENV[switch]
     if name not in os.environ:
-        return onednn_float32_default() if switch == 'onednn_float32' else True
+        return _default(switch)
     value = os.environ[name].strip().lower()
     if value not in _TRUE + _FALSE:
-        default = 'on except on Intel CPUs' if switch == 'onednn_float32' else 'on'
+        default = _DEFAULT_IN_WORDS.get(switch, 'on')
         raise ValueError(f'{name}={os.environ[name]!r} is not a switch setting: set it to 1 (on) or 0 (off), '
                          f'or unset it for the default ({default})')
     return value in _TRUE
@@ -90,6 +130,11 @@ def _origin(switch: str) -> str:
         return f'{name}={os.environ[name]}'
     if switch == 'onednn_float32':
         return f'default for {cpu_vendor() or "a CPU of unknown vendor"}'
+    if switch == 'explicit_bf16_attn':
+        flags = cpu_flags()
+        if flags is None:
+            return 'default for a CPU of unknown flags'
+        return f'default for a CPU {"with" if "amx_bf16" in flags else "without"} AMX'
     return 'default'
 
 
@@ -124,6 +169,11 @@ def use_onednn_float32() -> bool:
     return _state['onednn_float32']
 
 
+def use_explicit_bf16_attn() -> bool:
+    """Whether attention layers built now attend with explicit products in CPU bfloat16 inference."""
+    return _state['explicit_bf16_attn']
+
+
 def _set(switch: str, enabled: bool) -> bool:
     previous, _state[switch] = _state[switch], bool(enabled)
     return previous
@@ -149,14 +199,21 @@ def set_onednn_float32(enabled: bool) -> bool:
     return _set('onednn_float32', enabled)
 
 
+def set_explicit_bf16_attn(enabled: bool) -> bool:
+    """Turn ``explicit_bf16_attn`` on or off for the process; returns the previous setting."""
+    return _set('explicit_bf16_attn', enabled)
+
+
 @contextlib.contextmanager
 def fast_paths(enabled: bool | None = None, *, fused_attn: bool | None = None, onednn: bool | None = None,
-               fast_mha: bool | None = None, onednn_float32: bool | None = None):
+               fast_mha: bool | None = None, onednn_float32: bool | None = None,
+               explicit_bf16_attn: bool | None = None):
     """Within the block, every switch set to ``enabled`` (None: left as it is), then any switch
     named on its own; all restored on leaving. ``with fast_paths(False): model = ...`` builds a
     model on the plain ops alone; ``with fast_paths(onednn=False): ...`` turns off one switch."""
     settings = dict.fromkeys(_state, enabled) if enabled is not None else {}
-    named = dict(fused_attn=fused_attn, onednn=onednn, fast_mha=fast_mha, onednn_float32=onednn_float32)
+    named = dict(fused_attn=fused_attn, onednn=onednn, fast_mha=fast_mha, onednn_float32=onednn_float32,
+                 explicit_bf16_attn=explicit_bf16_attn)
     settings.update({k: v for k, v in named.items() if v is not None})
     previous = dict(_state)
     try:
@@ -177,7 +234,8 @@ def needs_plain_ops() -> bool:
 
 def fuse_for_inference(model: nn.Module) -> nn.Module:
     """Call ``fuse()`` on every submodule of ``model`` that has one (LeFF: its batch norms folded into
-    its convolutions, computed once); returns ``model``. For inference: the model must be in eval
+    its convolutions, computed once; :class:`zoo.layers.linear.Linear`: a bfloat16 copy of its
+    weight kept for bfloat16 inference, made at the first such call); returns ``model``. For inference: the model must be in eval
     mode, and ``model.train()`` undoes it. Parameters, buffers and state-dict keys are unchanged,
     so checkpoints load and save as before (a load refolds from the loaded weights)."""
     if model.training:

@@ -66,8 +66,9 @@ class ConvProjectionAttention(Attention):
         """``key_mask`` (B, P + h*w), False at an image's padding in a padded batch: zeroed
         before the projections and masked as keys on the strided key / value grid, where cell
         j is real when cell stride * j of the grid is (the cell its kernel is centred on)."""
-        weights = self.qkv.weight.chunk(3)
-        biases = self.qkv.bias.chunk(3) if self.qkv.bias is not None else (None,) * 3
+        weight, bias = self.qkv.operands(x)
+        weights = weight.chunk(3)
+        biases = bias.chunk(3) if bias is not None else (None,) * 3
         real = kv_mask = None
         if key_mask is not None:
             p = self.num_prefix_tokens

@@ -128,12 +128,50 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters, same state dict) whose forward is :func:`linear`. The
     ``onednn`` and ``onednn_float32`` switches are read when the layer is built (``self.onednn``,
-    ``self.onednn_float32``)."""
+    ``self.onednn_float32``). After :meth:`fuse` (:func:`zoo.layers.config.fuse_for_inference`) the
+    bfloat16 inference path reads a kept bfloat16 copy of the weight and bias (:meth:`operands`)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.onednn = use_onednn()
         self.onednn_float32 = use_onednn_float32()
+        self.keeps_bfloat16 = False  # fuse(): keep a bfloat16 copy for bfloat16 inference
+        self.bfloat16_copy = None  # (what it was made from, weight, bias); not in the state dict
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias, self.onednn, self.onednn_float32)
+        return linear(x, *self.operands(x), self.onednn, self.onednn_float32)
+
+    def fuse(self) -> None:
+        """For inference: the bfloat16 inference path (autocast or bfloat16 input, autograd off, on
+        oneDNN) then reads a bfloat16 copy of the weight and bias, made at its first call, instead
+        of casting the float32 parameters at every call as autocast does. The same products bit for
+        bit (the copy is cast as autocast casts); the cost is the copy's memory, half the float32
+        parameters'. The copy is remade when a parameter is changed in place (its version counter;
+        an edit through ``.data`` bypasses it: call ``fuse_for_inference`` again), replaced or
+        moved; ``train()`` drops it. Float32 inference and training are unchanged."""
+        if self.training:
+            raise RuntimeError('Linear.fuse() prepares inference: call .eval() first')
+        self.keeps_bfloat16 = True
+
+    def operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight, bias) for the product of ``x`` (..., in_features): the kept bfloat16 copy where
+        :meth:`fuse` asked for one and the product runs in bfloat16 on oneDNN; else the parameters."""
+        weight, bias = self.weight, self.bias
+        if not self.keeps_bfloat16 or weight.dtype == torch.bfloat16 or not self.onednn \
+                or onednn_dtype(x, weight, self.onednn_float32) != torch.bfloat16:
+            return weight, bias
+        made_from = tuple((t._version, t.data_ptr()) for t in (weight, bias) if t is not None)
+        if self.bfloat16_copy is None or self.bfloat16_copy[0] != made_from:
+            with torch.no_grad():
+                self.bfloat16_copy = (made_from, weight.to(torch.bfloat16),
+                                      None if bias is None else bias.to(torch.bfloat16))
+        return self.bfloat16_copy[1:]
+
+    def train(self, mode: bool = True):
+        if mode:
+            self.keeps_bfloat16, self.bfloat16_copy = False, None
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self.bfloat16_copy = None  # moved or cast: made again from the moved parameters when next used
+        return super()._apply(fn, *args, **kwargs)

@@ -26,7 +26,7 @@ class Mlp(nn.Module):
         """``grid`` and ``valid`` (the padding mask) are accepted and ignored: Block hands them
         to its mlp_layer whenever it has them, and this feed-forward is per token."""
         if self._gelu_fusable():
-            hidden = linear_gelu(x, self.fc1.weight, self.fc1.bias, self.fc1.onednn, self.fc1.onednn_float32)
+            hidden = linear_gelu(x, *self.fc1.operands(x), self.fc1.onednn, self.fc1.onednn_float32)
         else:
             hidden = self.act(self.fc1(x))
         return self.drop2(self.fc2(self.drop1(hidden)))
