@@ -80,12 +80,13 @@ def build(name: str, impl: str, device, dtype, cast: bool = True, explicit_atten
     ``explicit_attention``: the zoo's attention through q k^T, softmax, @ v (three ops) instead of
     F.scaled_dot_product_attention (on a CPU in bfloat16 the explicit path's matmuls run on
     oneDNN's bfloat16 kernels, while the fused kernel is about as slow as in float32)."""
-    model = zoo.create_model(name) if impl == 'zoo' else peer_builder(name)()
+    with torch.inference_mode(False):  # parameters with version counters, as a loaded model has
+        model = zoo.create_model(name) if impl == 'zoo' else peer_builder(name)()
+        model = model.eval().to(device=device, dtype=dtype if cast else torch.float32)
     if impl == 'zoo' and explicit_attention:
         for m in model.modules():
             if hasattr(m, 'fused'):
                 m.fused = False
-    model = model.eval().to(device=device, dtype=dtype if cast else torch.float32)
     # as the inference tools run it: LeFF's batch norms folded once (zoo.layers.fuse_for_inference)
     return zoo.layers.fuse_for_inference(model) if impl == 'zoo' else model
 

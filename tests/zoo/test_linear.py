@@ -264,3 +264,20 @@ def test_fuse_for_inference_gives_a_model_autocasts_bfloat16_outputs_bit_for_bit
     assert torch.equal(_bf16_inference(lambda: model(x)), _bf16_inference(lambda: plain(x)))
     linears = [m for m in model.modules() if isinstance(m, Linear)]
     assert linears and all(m.bfloat16_copy is not None for m in linears)  # every one read its copy
+
+
+@needs_onednn
+def test_parameters_made_in_inference_mode_keep_no_copy():
+    """Inference tensors carry no version counter, so a change in place could not be seen: a Linear
+    built under torch.inference_mode casts at every call, as without fuse()."""
+    with torch.inference_mode():
+        layer = Linear(16, 8).eval()
+    layer.fuse()
+    x = torch.randn(4, 16)
+    out = _bf16_inference(lambda: layer(x))
+    assert layer.bfloat16_copy is None and out.dtype == torch.bfloat16
+    with torch.inference_mode():
+        layer.weight.mul_(2)  # in place, unseen by any version counter
+    # x (2W)^T + b = 2 (x W^T + b) - b: the doubled weight is read, not a stale copy
+    torch.testing.assert_close(_bf16_inference(lambda: layer(x)).float(), 2 * out.float() - layer.bias,
+                               rtol=2e-2, atol=2e-2)

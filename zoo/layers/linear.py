@@ -148,7 +148,9 @@ class Linear(nn.Linear):
         bit (the copy is cast as autocast casts); the cost is the copy's memory, half the float32
         parameters'. The copy is remade when a parameter is changed in place (its version counter;
         an edit through ``.data`` bypasses it: call ``fuse_for_inference`` again), replaced or
-        moved; ``train()`` drops it. Float32 inference and training are unchanged."""
+        moved; ``train()`` drops it. Parameters created under ``torch.inference_mode`` have no
+        version counter: none is kept for them (cast at every call, as without ``fuse``). Float32
+        inference and training are unchanged."""
         if self.training:
             raise RuntimeError('Linear.fuse() prepares inference: call .eval() first')
         self.keeps_bfloat16 = True
@@ -157,7 +159,7 @@ class Linear(nn.Linear):
         """(weight, bias) for the product of ``x`` (..., in_features): the kept bfloat16 copy where
         :meth:`fuse` asked for one and the product runs in bfloat16 on oneDNN; else the parameters."""
         weight, bias = self.weight, self.bias
-        if not self.keeps_bfloat16 or weight.dtype == torch.bfloat16 or not self.onednn \
+        if not self.keeps_bfloat16 or weight.dtype == torch.bfloat16 or not self.onednn or weight.is_inference() \
                 or onednn_dtype(x, weight, self.onednn_float32) != torch.bfloat16:
             return weight, bias
         made_from = tuple((t._version, t.data_ptr()) for t in (weight, bias) if t is not None)
