@@ -29,8 +29,9 @@ size are recorded as (M, K, N) with how often each occurs (:func:`linear_shapes`
 (:func:`linear_mix`, a weight of its own for every product, as the model has) is timed in float32
 and in the dtype in the same alternating rounds as the models, through the products the zoo's
 Linear calls (:func:`linear_paths`). Printed per model: the model's speed-up, the machine's ratio
-on its mix (float32 time over the dtype's), their quotient against the target of 0.9, and the
-share of each forward that the mix's time makes up: the part the ratio can speed up (Amdahl).
+on its mix (float32 time over the dtype's), their quotient against the target of 0.9, the
+share of each forward that the mix's time makes up: the part the ratio can speed up, and the
+bound that leaves by Amdahl's law where everything else gains the 2x of halved bytes.
 """
 import argparse
 import collections
@@ -225,11 +226,17 @@ def against_machine(batch: int, ips: float, ips_fp32: float, mix_s: float, mix_f
     against the machine's ratio on its linear mix (``mix_fp32_s`` / ``mix_s``, seconds per run of
     the mix): 'zoo_speedup', 'machine_ratio', 'of_machine' (their quotient), 'meets_target'
     (of_machine >= TARGET_OF_MACHINE), and 'linear_share' / 'linear_share_fp32': the mix's time
-    over one forward's, in the dtype and in float32."""
+    over one forward's, in the dtype and in float32. 'amdahl_bound': the speed-up if the linears
+    gained the machine's ratio and everything else the 2x of bytes halved (memory-bound work), by
+    Amdahl's law on the float32 share; 'of_bound': the speed-up over it."""
     speedup, machine_ratio = ips / ips_fp32, mix_fp32_s / mix_s
+    share_fp32 = mix_fp32_s / (batch / ips_fp32)
+    linears = min(share_fp32, 1.0)  # timing noise can put the mix above the forward
+    bound = 1 / (linears / machine_ratio + (1 - linears) / 2)
     return dict(zoo_speedup=speedup, machine_ratio=machine_ratio, of_machine=speedup / machine_ratio,
                 meets_target=speedup / machine_ratio >= TARGET_OF_MACHINE,
-                linear_share=mix_s / (batch / ips), linear_share_fp32=mix_fp32_s / (batch / ips_fp32))
+                linear_share=mix_s / (batch / ips), linear_share_fp32=share_fp32,
+                amdahl_bound=bound, of_bound=speedup / bound)
 
 
 @torch.inference_mode()
@@ -339,12 +346,14 @@ def print_against_machine(rows: list[dict], dtype_name: str, device) -> None:
     print('# linear mix: ' + '; '.join(f'{d} on {p}' for d, p in paths.items()))
     short = 'bf16' if dtype_name == 'bfloat16' else dtype_name[:4]
     print(f'{"model":34s} {"fp32 img/s":>10s} {short + " img/s":>10s} {"speed-up":>8s} {"machine":>8s} '
-          f'{"of machine":>10s} {"pass":>4s} {"products":>8s} {"linears % fp32":>14s} {"% " + short:>7s}')
+          f'{"of machine":>10s} {"pass":>4s} {"products":>8s} {"linears % fp32":>14s} {"% " + short:>7s} '
+          f'{"bound":>7s} {"of bound":>8s}')
     for row in rows:
         products = sum(count for *_, count in row['linear_shapes'])
         print(f'{row["model"]:34s} {row["zoo_fp32_ips"]:10.1f} {row["zoo_ips"]:10.1f} {row["zoo_speedup"]:7.2f}x '
               f'{row["machine_ratio"]:7.2f}x {row["of_machine"]:9.2f}x {"yes" if row["meets_target"] else "no":>4s} '
-              f'{products:8d} {100 * row["linear_share_fp32"]:13.0f}% {100 * row["linear_share"]:6.0f}%')
+              f'{products:8d} {100 * row["linear_share_fp32"]:13.0f}% {100 * row["linear_share"]:6.0f}% '
+              f'{row["amdahl_bound"]:6.2f}x {row["of_bound"]:7.2f}x')
 
 
 def main(argv=None):

@@ -81,10 +81,12 @@ def test_against_machine_holds_the_speed_up_against_the_mix_ratio():
     # takes 0.25 s in float32 and 0.1 s in bfloat16: the machine's ratio 2.5, reached at 0.8
     got = benchmark.against_machine(8, ips=16.0, ips_fp32=8.0, mix_s=0.1, mix_fp32_s=0.25)
     assert set(got) == {'zoo_speedup', 'machine_ratio', 'of_machine', 'meets_target', 'linear_share',
-                        'linear_share_fp32'}
+                        'linear_share_fp32', 'amdahl_bound', 'of_bound'}
     assert got['zoo_speedup'] == 2.0 and got['machine_ratio'] == 2.5
     assert abs(got['of_machine'] - 0.8) < 1e-12 and got['meets_target'] is False
     assert abs(got['linear_share'] - 0.2) < 1e-12 and abs(got['linear_share_fp32'] - 0.25) < 1e-12
+    # Amdahl: a quarter of float32's time at 2.5x, three quarters at 2x: 1 / (0.1 + 0.375)
+    assert abs(got['amdahl_bound'] - 1 / 0.475) < 1e-12 and abs(got['of_bound'] - 2 * 0.475) < 1e-12
     assert benchmark.against_machine(8, ips=19.2, ips_fp32=8.0, mix_s=0.1, mix_fp32_s=0.25)['meets_target'] is True
 
 
@@ -101,7 +103,7 @@ def test_vs_float32_reports_the_machine_ratio_of_each_models_own_linears(tmp_pat
         (197, 192, 576): 12, (197, 192, 192): 12, (197, 192, 768): 12, (197, 768, 192): 12, (1, 192, 1000): 1}
     assert row['linear_unseen'] == []
     for key in ('zoo_ips', 'zoo_fp32_ips', 'zoo_speedup', 'machine_ratio', 'of_machine', 'linear_s',
-                'linear_fp32_s', 'linear_share', 'linear_share_fp32'):
+                'linear_fp32_s', 'linear_share', 'linear_share_fp32', 'amdahl_bound', 'of_bound'):
         assert row[key] > 0, key
     assert row['of_machine'] == row['zoo_speedup'] / row['machine_ratio']
     assert set(report['linear_paths']) == {'float32', 'bfloat16'} and report['target_of_machine'] == 0.9
