@@ -79,8 +79,8 @@ def peer_builder(name: str):
 def build(name: str, impl: str, device, dtype, cast: bool = True, explicit_attention: bool = False):
     """The model in eval mode on ``device``; its weights in ``dtype`` when ``cast``, else float32.
     ``explicit_attention``: the zoo's attention through q k^T, softmax, @ v (three ops) instead of
-    F.scaled_dot_product_attention (on a CPU in bfloat16 the explicit path's matmuls run on
-    oneDNN's bfloat16 kernels, while the fused kernel is about as slow as in float32)."""
+    F.scaled_dot_product_attention in every dtype (the ``explicit_bf16_attn`` switch chooses for CPU
+    bfloat16 inference alone)."""
     with torch.inference_mode(False):  # parameters with version counters, as a loaded model has
         model = zoo.create_model(name) if impl == 'zoo' else peer_builder(name)()
         model = model.eval().to(device=device, dtype=dtype if cast else torch.float32)

@@ -138,7 +138,8 @@ def test_cpu_vendor_reads_the_vendor_id_of_linuxs_cpuinfo(monkeypatch, tmp_path)
 
 def test_cpu_flags_reads_the_first_flags_line_of_linuxs_cpuinfo(monkeypatch, tmp_path):
     sapphire, arm = tmp_path / 'sapphire', tmp_path / 'arm'
-    sapphire.write_text('processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n\n'
+    sapphire.write_text('processor\t: 0\nvendor_id\t: GenuineIntel\n'
+                        'flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n\n'
                         'processor\t: 1\nflags\t\t: fpu\n')
     arm.write_text('processor\t: 0\nFeatures\t: fp asimd\n')  # no flags line
     monkeypatch.setattr(config.platform, 'system', lambda: 'Linux')

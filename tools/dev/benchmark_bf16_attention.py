@@ -24,7 +24,8 @@ from zoo.layers.config import cpu_flags  # noqa: E402
 
 # (family, heads, queries, keys, head width) at 224 x 224
 SHAPES = [('ViT-S / DeiT-S', 6, 197, 197, 64), ('DeiT-Ti', 3, 197, 197, 64), ('CaiT-XXS', 4, 197, 197, 48),
-          ('CvT-13 stage 1', 1, 3136, 784, 64), ('CvT-13 stage 2', 3, 784, 196, 64), ('T2T-ViT-t stage 2', 1, 784, 784, 64)]
+          ('CvT-13 stage 1', 1, 3136, 784, 64), ('CvT-13 stage 2', 3, 784, 196, 64),
+          ('T2T-ViT-t stage 2', 1, 784, 784, 64)]
 
 
 def explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

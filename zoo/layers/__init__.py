@@ -28,7 +28,8 @@ from .weight_init import init_weights_trunc_normal
 
 __all__ = [
     'Attention', 'mix_heads', 'Block', 'LayerNorm6', 'config', 'fast_paths', 'fuse_for_inference',
-    'use_explicit_bf16_attn', 'use_fast_mha', 'use_fused_attn', 'use_onednn', 'use_onednn_float32', 'ClassAttention', 'ClassAttentionBlock',
+    'use_explicit_bf16_attn', 'use_fast_mha', 'use_fused_attn', 'use_onednn', 'use_onednn_float32',
+    'ClassAttention', 'ClassAttentionBlock',
     'ConvProjection', 'ConvProjectionAttention', 'ConvEmbed', 'DropPath', 'drop_path', 'drop_path_rates',
     'check_image', 'prepend_tokens', 'to_2tuple', 'ImageToTokens', 'LayerClassAttention',
     'LayerClassAttentionBlock', 'LayerScale', 'Linear', 'set_onednn_linear', 'LocallyEnhancedFeedForward', 'Mlp', 'PatchEmbed',

@@ -161,7 +161,7 @@ class Attention(nn.Module):
                return_attention: bool = False, key_mask: torch.Tensor | None = None,
                bias: RelPosBias | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """q, k, v: (B, h, N, d) -> (B, h, Nq, d) and the map (B, h, Nq, Nk) or None."""
-        if self.fused and not return_attention and not explicit_is_faster(q, k, self.explicit_bf16):  # the fused kernel
+        if self.fused and not return_attention and not explicit_is_faster(q, k, self.explicit_bf16):  # fused kernel
             if bias is not None:  # an additive float mask: the bias, -inf at masked keys
                 mask = mask_keys(bias.rows(), key_mask)
             else:

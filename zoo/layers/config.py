@@ -235,9 +235,10 @@ def needs_plain_ops() -> bool:
 def fuse_for_inference(model: nn.Module) -> nn.Module:
     """Call ``fuse()`` on every submodule of ``model`` that has one (LeFF: its batch norms folded into
     its convolutions, computed once; :class:`zoo.layers.linear.Linear`: a bfloat16 copy of its
-    weight kept for bfloat16 inference, made at the first such call); returns ``model``. For inference: the model must be in eval
-    mode, and ``model.train()`` undoes it. Parameters, buffers and state-dict keys are unchanged,
-    so checkpoints load and save as before (a load refolds from the loaded weights)."""
+    weight kept for bfloat16 inference, made at the first such call); returns ``model``. For
+    inference: the model must be in eval mode, and ``model.train()`` undoes it. Parameters,
+    buffers and state-dict keys are unchanged, so checkpoints load and save as before (a load
+    refolds from the loaded weights and remakes the bfloat16 copies)."""
     if model.training:
         raise RuntimeError('fuse_for_inference folds batch norms with their running statistics, which '
                            'only eval mode uses: call model.eval() first')
