@@ -99,25 +99,33 @@ def explicit_bf16_attn_default() -> bool:
     return 'amx_bf16' not in (cpu_flags() or ())
 
 
-def _default(switch: str) -> bool:
-    if switch == 'onednn_float32':
-        return onednn_float32_default()
-    if switch == 'explicit_bf16_attn':
-        return explicit_bf16_attn_default()
-    return True
+def _vendor_in_words() -> str:
+    return cpu_vendor() or 'a CPU of unknown vendor'
 
 
-_DEFAULT_IN_WORDS = {'onednn_float32': 'on except on Intel CPUs', 'explicit_bf16_attn': 'on except on CPUs with AMX'}
+def _amx_in_words() -> str:
+    flags = cpu_flags()
+    if flags is None:
+        return 'a CPU of unknown flags'
+    return f'a CPU {"with" if "amx_bf16" in flags else "without"} AMX'
+
+
+# The switches whose default depends on the CPU: (their default on this CPU, the rule in words,
+# this CPU in words). Every other switch is on by default.
+_CPU_DEPENDENT = {
+    'onednn_float32': (onednn_float32_default, 'on except on Intel CPUs', _vendor_in_words),
+    'explicit_bf16_attn': (explicit_bf16_attn_default, 'on except on CPUs with AMX', _amx_in_words),
+}
 
 
 def _from_environment(switch: str) -> bool:
     """The switch's setting from its environment variable, or its default where that is unset."""
-    name = _ENV[switch]
+    name, cpu_dependent = _ENV[switch], _CPU_DEPENDENT.get(switch)
     if name not in os.environ:
-        return _default(switch)
+        return cpu_dependent[0]() if cpu_dependent else True
     value = os.environ[name].strip().lower()
     if value not in _TRUE + _FALSE:
-        default = _DEFAULT_IN_WORDS.get(switch, 'on')
+        default = cpu_dependent[1] if cpu_dependent else 'on'
         raise ValueError(f'{name}={os.environ[name]!r} is not a switch setting: set it to 1 (on) or 0 (off), '
                          f'or unset it for the default ({default})')
     return value in _TRUE
@@ -125,17 +133,10 @@ def _from_environment(switch: str) -> bool:
 
 def _origin(switch: str) -> str:
     """Where the switch's setting at import came from, in words."""
-    name = _ENV[switch]
+    name, cpu_dependent = _ENV[switch], _CPU_DEPENDENT.get(switch)
     if name in os.environ:
         return f'{name}={os.environ[name]}'
-    if switch == 'onednn_float32':
-        return f'default for {cpu_vendor() or "a CPU of unknown vendor"}'
-    if switch == 'explicit_bf16_attn':
-        flags = cpu_flags()
-        if flags is None:
-            return 'default for a CPU of unknown flags'
-        return f'default for a CPU {"with" if "amx_bf16" in flags else "without"} AMX'
-    return 'default'
+    return f'default for {cpu_dependent[2]()}' if cpu_dependent else 'default'
 
 
 _state = {switch: _from_environment(switch) for switch in _ENV}
